@@ -1,0 +1,1 @@
+"""The command line: parsing and thin handlers over blastwall.api."""

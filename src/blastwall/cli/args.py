@@ -1,0 +1,151 @@
+"""Command-line parsing: a pure function from argv to a ``Parsed`` request.
+
+Hand-written rather than argparse because ``blastwall run`` starts on every
+command an agent makes; argparse alone costs about 10 ms to import here.
+"""
+
+from __future__ import annotations
+
+__all__ = ["COMMANDS", "Parsed", "UsageError", "parse", "usage"]
+
+# option -> (takes a value, may repeat)
+_SANDBOX_OPTIONS = {
+    "--policy": (True, False),
+    "--workspace": (True, False),
+    "--allow-domain": (True, True),
+    "--allow-write": (True, True),
+    "--deny-read": (True, True),
+    "--deny-write": (True, True),
+    "--env": (True, True),
+    "--tier": (True, False),
+    "--require": (True, True),
+    "--read-only": (False, False),
+}
+
+COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
+    # name -> (options, positional kind, summary)
+    "run": (_SANDBOX_OPTIONS, "command", "run COMMAND in a sandbox"),
+    "shell": (_SANDBOX_OPTIONS, "none", "start an interactive shell in a sandbox"),
+    "policy show": ({**_SANDBOX_OPTIONS, "--json": (False, False), "--plan": (False, False)},
+                    "none", "print the effective policy (and the compiled plan)"),
+    "policy import-srt": ({"--output": (True, False), "--force": (False, False)}, "one",
+                          "convert an srt settings file to a blastwall policy"),
+    "doctor": ({"--json": (False, False)}, "none", "check what this machine supports"),
+    "version": ({}, "none", "print the version"),
+}
+
+USAGE = """\
+usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
+       blastwall shell [OPTIONS]
+       blastwall policy show [OPTIONS] [--json] [--plan]
+       blastwall policy import-srt FILE [--output FILE] [--force]
+       blastwall doctor [--json]
+       blastwall version
+
+Sandbox options:
+  --policy FILE        policy file (default: ~/.config/blastwall/policy.toml)
+  --workspace DIR      the writable project directory (default: current directory)
+  --allow-domain HOST  allow network access to HOST (repeatable)
+  --allow-write PATH   also make PATH writable (repeatable)
+  --deny-read PATH     also hide PATH (repeatable)
+  --deny-write PATH    also make PATH read-only (repeatable)
+  --env NAME[=VALUE]   pass variable NAME through (or set it) deliberately (repeatable)
+  --read-only          make the workspace read-only too
+  --tier TIER          process (default), container or vm
+  --require FEATURE    refuse to run without FEATURE (landlock)
+
+Exit status: the command's; 125 if the sandbox could not be set up; 2 for usage
+or policy errors.
+"""
+
+
+class UsageError(Exception):
+    """Bad command line: exit status 2 with the usage text."""
+
+
+class Parsed:
+    __slots__ = ("command", "options", "args")
+
+    def __init__(self, command: str, options: dict[str, object], args: list[str]) -> None:
+        self.command = command
+        self.options = options
+        self.args = args
+
+    def get(self, name: str, default=None):
+        return self.options.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"Parsed({self.command!r}, {self.options!r}, {self.args!r})"
+
+
+def usage() -> str:
+    return USAGE
+
+
+def parse(argv: list[str]) -> Parsed:
+    """Parse ``argv`` (without the program name); raise UsageError when it is wrong."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        return Parsed("help", {}, [])
+    if argv[0] in ("--version", "-V"):
+        return Parsed("version", {}, [])
+    name = argv[0]
+    rest = argv[1:]
+    if name == "policy":
+        if not rest or rest[0] in ("-h", "--help"):
+            raise UsageError("policy needs a subcommand: show or import-srt")
+        name = f"policy {rest[0]}"
+        rest = rest[1:]
+    if name not in COMMANDS:
+        raise UsageError(f"unknown command {name!r}")
+    spec, positional, _summary = COMMANDS[name]
+    options: dict[str, object] = {}
+    args: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            args.extend(rest[i + 1:])
+            break
+        if arg in ("-h", "--help"):
+            return Parsed("help", {}, [])
+        if arg.startswith("--") and len(arg) > 2:
+            key, eq, inline = arg.partition("=")
+            if key not in spec:
+                raise UsageError(f"{name}: unknown option {key}")
+            takes_value, repeatable = spec[key]
+            if takes_value:
+                if eq:
+                    value = inline
+                else:
+                    if i + 1 >= len(rest):
+                        raise UsageError(f"{name}: {key} needs a value")
+                    i += 1
+                    value = rest[i]
+                if repeatable:
+                    options.setdefault(key, []).append(value)  # type: ignore[union-attr]
+                elif key in options:
+                    raise UsageError(f"{name}: {key} given twice")
+                else:
+                    options[key] = value
+            else:
+                if eq:
+                    raise UsageError(f"{name}: {key} takes no value")
+                options[key] = True
+            i += 1
+            continue
+        if arg.startswith("-") and arg != "-":
+            raise UsageError(f"{name}: unknown option {arg}")
+        if positional == "command":
+            # The first word that is not an option starts the command; the
+            # command's own options are never ours.
+            args.extend(rest[i:])
+            break
+        args.append(arg)
+        i += 1
+    if positional == "command" and not args:
+        raise UsageError(f"{name}: no command given (blastwall run -- COMMAND)")
+    if positional == "none" and args:
+        raise UsageError(f"{name}: unexpected argument {args[0]!r}")
+    if positional == "one" and len(args) != 1:
+        raise UsageError(f"{name}: expected exactly one file")
+    return Parsed(name, options, args)

@@ -1,0 +1,168 @@
+"""``blastwall doctor``: what this machine supports for each tier, and what to install.
+
+Each check *tries* the primitive rather than looking for a file: a bubblewrap
+that cannot create a user namespace, or a /dev/kvm that opens but refuses to
+create a VM, is reported as unusable.  Nothing here reads a workspace.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+__all__ = ["checks", "run_doctor"]
+
+
+class Check:
+    __slots__ = ("tier", "name", "ok", "detail", "fix")
+
+    def __init__(self, tier: str, name: str, ok: bool, detail: str, fix: str = "") -> None:
+        self.tier, self.name, self.ok, self.detail, self.fix = tier, name, ok, detail, fix
+
+    def as_dict(self) -> dict:
+        return {"tier": self.tier, "name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unusable ({exc})"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else f"exit status {out.returncode}"
+
+
+def _first(paths) -> str | None:
+    for path in paths:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def check_bwrap() -> list[Check]:
+    from blastwall.errors import EnforcementError
+    from blastwall.tiers.process import find_bwrap, translate_bwrap_error
+
+    try:
+        bwrap = find_bwrap()
+    except EnforcementError as exc:
+        return [Check("process", "bubblewrap", False, exc.message, exc.fix or ""),
+                Check("process", "user namespaces", False, "not checked: no bubblewrap")]
+    out = [Check("process", "bubblewrap", True, f"{bwrap}: {_version([bwrap, '--version'])}")]
+    try:
+        probe = subprocess.run([bwrap, "--unshare-user", "--unshare-net", "--disable-userns", "--ro-bind", "/", "/",
+                                "--", "/bin/true"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        out.append(Check("process", "user namespaces", False, str(exc)))
+        return out
+    if probe.returncode == 0:
+        out.append(Check("process", "user namespaces", True, "bubblewrap created a user and network namespace"))
+    else:
+        err = translate_bwrap_error(probe.stderr)
+        out.append(Check("process", "user namespaces", False, err.message, err.fix or ""))
+    return out
+
+
+def check_seccomp() -> Check:
+    try:
+        from blastwall.tiers.process import _raw_seccomp
+        from blastwall.policy.defaults import DENIED_SYSCALL_FAMILIES
+
+        fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES)
+        size = os.fstat(fd).st_size
+        os.close(fd)
+    except OSError as exc:
+        return Check("process", "seccomp", False, str(exc), "sudo apt-get install libseccomp2")
+    with open("/proc/self/status") as f:
+        has_field = any(line.startswith("Seccomp:") for line in f)
+    if not has_field:
+        return Check("process", "seccomp", False, "the kernel has no seccomp support", "use a kernel with CONFIG_SECCOMP_FILTER")
+    return Check("process", "seccomp", True, f"libseccomp built a {size // 8}-instruction filter")
+
+
+def check_landlock() -> Check:
+    from blastwall.tiers.process import landlock_abi
+
+    abi = landlock_abi()
+    if abi:
+        extras = []
+        if abi >= 6:
+            extras.append("abstract unix socket and signal scoping")
+        if abi >= 5:
+            extras.append("device ioctl control")
+        detail = f"ABI {abi}" + (f" ({', '.join(extras)})" if extras else "")
+        return Check("process", "Landlock", True, detail)
+    return Check("process", "Landlock", False, "not available: the process tier runs with bubblewrap and seccomp only",
+                 "kernel >= 5.13 with CONFIG_SECURITY_LANDLOCK=y and 'landlock' in the lsm= boot parameter")
+
+
+def check_runsc() -> Check:
+    path = _first(["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"])
+    if path is None:
+        return Check("container", "gVisor (runsc)", False, "not installed", "sudo apt-get install runsc (Debian 13+) or gVisor's release package")
+    return Check("container", "gVisor (runsc)", True, f"{path}: {_version([path, '--version'])}")
+
+
+def check_qemu() -> Check:
+    path = _first(["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"])
+    if path is None:
+        return Check("vm", "QEMU", False, "not installed", "sudo apt-get install qemu-system-x86")
+    return Check("vm", "QEMU", True, f"{path}: {_version([path, '--version'])}")
+
+
+def check_kvm() -> Check:
+    import fcntl
+
+    KVM_GET_API_VERSION = 0xAE00
+    KVM_CREATE_VM = 0xAE01
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Check("vm", "KVM", False, "no /dev/kvm: the VM tier will use software emulation (slow)",
+                     "enable virtualisation in firmware, load kvm_intel/kvm_amd")
+    except OSError as exc:
+        return Check("vm", "KVM", False, f"/dev/kvm cannot be opened: {exc.strerror}", "add the user to the kvm group")
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+        vm = fcntl.ioctl(fd, KVM_CREATE_VM, 0)
+        os.close(vm)
+    except OSError as exc:
+        return Check("vm", "KVM", False, f"/dev/kvm opens but cannot create a VM: {exc.strerror}")
+    finally:
+        os.close(fd)
+    return Check("vm", "KVM", True, f"API version {version}; a VM could be created (booting a guest is not probed yet)")
+
+
+def checks() -> list[Check]:
+    out = check_bwrap()
+    out.append(check_seccomp())
+    out.append(check_landlock())
+    out.append(check_runsc())
+    out.append(check_qemu())
+    out.append(check_kvm())
+    return out
+
+
+def run_doctor(*, json_output: bool) -> int:
+    results = checks()
+    essential = [c for c in results if c.tier == "process" and c.name != "Landlock"]
+    process_ok = all(c.ok for c in essential)
+    if json_output:
+        import json
+
+        sys.stdout.write(json.dumps({"process_tier_usable": process_ok,
+                                     "checks": [c.as_dict() for c in results]}, indent=2) + "\n")
+        return 0 if process_ok else 1
+    width = max(len(c.name) for c in results)
+    tier = None
+    for c in results:
+        if c.tier != tier:
+            tier = c.tier
+            sys.stdout.write(f"{tier} tier\n")
+        mark = "ok  " if c.ok else "MISSING" if "not installed" in c.detail or "Can't find" in c.detail else "NO  "
+        sys.stdout.write(f"  {mark:<7} {c.name:<{width}}  {c.detail}\n")
+        if not c.ok and c.fix:
+            sys.stdout.write(f"  {'':<7} {'':<{width}}  fix: {c.fix}\n")
+    sys.stdout.write(f"\nprocess tier: {'usable' if process_ok else 'NOT usable'}\n")
+    return 0 if process_ok else 1

@@ -1,0 +1,250 @@
+"""The ``blastwall`` command: a thin shell over ``blastwall.api``.
+
+No policy logic lives here: flags become a policy layer, the API does the rest.
+Every error reaches the user as one ``blastwall: ...`` message and an exit
+status (2 usage/policy, 125 set-up), never a traceback (set BLASTWALL_DEBUG=1
+to see one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from blastwall.cli.args import UsageError, parse, usage
+from blastwall.errors import ContainmentError
+
+__all__ = ["entry", "main"]
+
+VERSION = "0.1.0"
+
+
+def entry() -> None:
+    sys.exit(main(sys.argv[1:]))
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    try:
+        parsed = parse(argv)
+    except UsageError as exc:
+        _say(f"blastwall: {exc}\n(run 'blastwall --help' for usage)")
+        return 2
+    handler = _HANDLERS[parsed.command]
+    try:
+        return handler(parsed)
+    except ContainmentError as exc:
+        if not getattr(exc, "already_reported", False):
+            _say(f"blastwall: {exc}")
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        return 141
+    except Exception as exc:  # Last line of defence: no tracebacks to users.
+        if os.environ.get("BLASTWALL_DEBUG"):
+            raise
+        _say(f"blastwall: internal error: {type(exc).__name__}: {exc}\n"
+             "  (set BLASTWALL_DEBUG=1 for a traceback and please report it)")
+        return 125
+
+
+def flags_layer(parsed):
+    """The command line as a policy layer that adds to the file's lists."""
+    from blastwall.errors import PolicyError
+    from blastwall.policy.model import is_env_name, parse_layer
+
+    doc: dict[str, dict[str, object]] = {}
+
+    def put(section: str, key: str, value: object) -> None:
+        doc.setdefault(section, {})[key] = value
+
+    if parsed.get("--allow-domain"):
+        put("network", "allow", parsed.get("--allow-domain"))
+    if parsed.get("--allow-write"):
+        put("filesystem", "allow_write", parsed.get("--allow-write"))
+    if parsed.get("--deny-read"):
+        put("filesystem", "deny_read", parsed.get("--deny-read"))
+    if parsed.get("--deny-write"):
+        put("filesystem", "deny_write", parsed.get("--deny-write"))
+    if parsed.get("--require"):
+        put("sandbox", "require", parsed.get("--require"))
+    if parsed.get("--tier"):
+        put("sandbox", "tier", parsed.get("--tier"))
+    passed, setting = [], {}
+    for item in parsed.get("--env") or []:
+        name, eq, value = item.partition("=")
+        if not is_env_name(name):
+            raise PolicyError(f"{name!r} is not an environment variable name", key="--env", source="command line")
+        if eq:
+            setting[name] = value
+        else:
+            passed.append(name)
+    if passed:
+        put("environment", "pass", passed)
+    if setting:
+        put("environment", "set", setting)
+    layer = parse_layer(doc, "command line", extend_lists=True)
+    if parsed.get("--read-only"):
+        # Replaces, not extends: the workspace (and every allow_write) read-only.
+        layer.values[("filesystem", "allow_write")] = ("set", ())
+    return layer
+
+
+def _load(parsed):
+    from blastwall import api
+
+    return api.load(parsed.get("--policy"), flags=flags_layer(parsed))
+
+
+def _warn_once_landlock(abi: int) -> None:
+    """Landlock missing: say so once per user, then stay quiet."""
+    if abi:
+        return
+    from blastwall.policy.load import cache_dir
+
+    marker = os.path.join(cache_dir(), "landlock-missing-warned")
+    if os.path.exists(marker):
+        return
+    _say("blastwall: note: this kernel has no Landlock; continuing with bubblewrap and seccomp "
+         "(use --require landlock to refuse instead; `blastwall doctor` shows details)")
+    try:
+        os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
+        with open(marker, "w"):
+            pass
+    except OSError:
+        pass
+
+
+def cmd_run(parsed, command: list[str] | None = None) -> int:
+    from blastwall import api
+
+    sandbox = api.sandbox(_load(parsed), workspace=parsed.get("--workspace"))
+    command = command or parsed.args
+    import signal
+
+    def terminate(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    try:
+        sandbox.prepare()
+        _warn_once_landlock(sandbox.landlock)
+        if _interactive():
+            from blastwall.cli.terminal import run_with_pty
+
+            return run_with_pty(sandbox, command)
+        sandbox.start(command)
+        return sandbox.wait()
+    finally:
+        sandbox.close()
+
+
+def _interactive() -> bool:
+    try:
+        return os.isatty(0) and os.isatty(1)
+    except OSError:
+        return False
+
+
+def cmd_shell(parsed) -> int:
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    if not os.path.isabs(shell) or not os.access(shell, os.X_OK):
+        shell = "/bin/sh"
+    return cmd_run(parsed, [shell, "-i"] if _interactive() else [shell])
+
+
+def cmd_policy_show(parsed) -> int:
+    from blastwall import api
+    from blastwall.policy import defaults
+    from blastwall.policy.toml_out import dumps
+
+    policy = _load(parsed)
+    data = policy.as_dict()
+    plan = None
+    if parsed.get("--plan"):
+        plan = api.plan_for(policy, workspace=parsed.get("--workspace"))
+    if parsed.get("--json"):
+        import json
+
+        out = {"policy": data, "sources": list(policy.sources),
+               "builtin_secrets": [s for s in defaults.BUILTIN_SECRETS if s not in policy.filesystem.reveal],
+               "mandatory_write_deny": list(defaults.MANDATORY_WRITE_DENY)}
+        if plan is not None:
+            out["plan"] = [op.describe() for op in plan.operations if type(op).__name__ != "Environment"]
+            out["notes"] = list(plan.notes)
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return 0
+    lines = ["# Effective blastwall policy", "# layers, lowest first: built-in defaults"
+             + "".join(f" < {s}" for s in policy.sources)]
+    lines.append("# plus the built-in secret list (hidden) and mandatory write-denies: see docs/policy.md")
+    sys.stdout.write("\n".join(lines) + "\n\n" + dumps(data))
+    if plan is not None:
+        sys.stdout.write("\n# Compiled plan for workspace " + plan.workspace + "\n")
+        for op in plan.operations:
+            sys.stdout.write("#   " + op.describe().replace("\n", " ") + "\n")
+        for note in plan.notes:
+            sys.stdout.write("# note: " + note + "\n")
+    return 0
+
+
+def cmd_import_srt(parsed) -> int:
+    from blastwall.policy.srt import import_srt_file
+
+    text, warnings = import_srt_file(parsed.args[0])
+    for warning in warnings:
+        _say(f"blastwall: import-srt: {warning}")
+    output = parsed.get("--output")
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if parsed.get("--force") else os.O_EXCL)
+    try:
+        fd = os.open(output, flags, 0o644)
+    except FileExistsError:
+        _say(f"blastwall: Refusing to overwrite {output}: it exists (use --force)")
+        return 2
+    except OSError as exc:
+        _say(f"blastwall: Can't write {output}: {exc.strerror}")
+        return 2
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    _say(f"blastwall: wrote {output}")
+    return 0
+
+
+def cmd_doctor(parsed) -> int:
+    from blastwall.cli.doctor import run_doctor
+
+    return run_doctor(json_output=bool(parsed.get("--json")))
+
+
+def cmd_version(parsed) -> int:
+    sys.stdout.write(f"blastwall {VERSION}\n")
+    return 0
+
+
+def cmd_help(parsed) -> int:
+    sys.stdout.write(usage())
+    return 0
+
+
+_HANDLERS = {
+    "run": cmd_run,
+    "shell": cmd_shell,
+    "policy show": cmd_policy_show,
+    "policy import-srt": cmd_import_srt,
+    "doctor": cmd_doctor,
+    "version": cmd_version,
+    "help": cmd_help,
+}

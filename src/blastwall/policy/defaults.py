@@ -1,0 +1,204 @@
+"""Built-in defaults: the secret list, the mandatory write-denies, the default policy.
+
+These lists are part of the product's promise and are documented in
+``docs/policy.md``; a test keeps the two in step.  Changing them changes what
+every user's sandbox can see, so each entry says why it is here.
+"""
+
+from __future__ import annotations
+
+# Paths hidden from every sandbox (read *and* write), on top of the user's own
+# ``filesystem.deny_read``.  ``~`` is the invoking user's home; ``{uid}`` the uid.
+# A user may take an entry out only by naming it exactly in
+# ``filesystem.reveal`` in their own policy file.
+BUILTIN_SECRETS: tuple[str, ...] = (
+    # Cloud provider credentials.
+    "~/.aws",
+    "~/.azure",
+    "~/.config/gcloud",
+    "~/.oci",
+    "~/.config/doctl",
+    "~/.databrickscfg",
+    "~/.s3cfg",
+    "~/.boto",
+    "~/.config/rclone",
+    # Remote access and signing keys.
+    "~/.ssh",
+    "~/.gnupg",
+    "~/.password-store",
+    # Cluster and container credentials.
+    "~/.kube",
+    "~/.docker/config.json",
+    "~/.config/containers/auth.json",
+    "~/.terraform.d/credentials.tfrc.json",
+    "~/.vault-token",
+    # Source hosting and package registry tokens.
+    "~/.netrc",
+    "~/.git-credentials",
+    "~/.config/git/credentials",
+    "~/.config/gh",
+    "~/.config/hub",
+    "~/.config/glab-cli",
+    "~/.npmrc",
+    "~/.yarnrc.yml",
+    "~/.pypirc",
+    "~/.config/pip/pip.conf",
+    "~/.cargo/credentials",
+    "~/.cargo/credentials.toml",
+    "~/.gem/credentials",
+    "~/.m2/settings.xml",
+    "~/.gradle/gradle.properties",
+    "~/.config/configstore",
+    # Database client passwords.
+    "~/.pgpass",
+    "~/.my.cnf",
+    # Keyrings and password managers.
+    "~/.local/share/keyrings",
+    "~/.config/op",
+    "~/.config/Bitwarden",
+    "~/.config/Bitwarden CLI",
+    # Browser profiles: cookies and saved passwords.
+    "~/.mozilla",
+    "~/.config/google-chrome",
+    "~/.config/chromium",
+    "~/.config/BraveSoftware",
+    "~/.config/microsoft-edge",
+    "~/.config/vivaldi",
+    "~/snap/firefox",
+    "~/.thunderbird",
+    # AI agent credentials.
+    "~/.claude/.credentials.json",
+    "~/.codex/auth.json",
+    "~/.config/anthropic",
+    "~/.config/openai",
+    # Shell histories often hold pasted tokens.
+    "~/.bash_history",
+    "~/.zsh_history",
+    "~/.python_history",
+    "~/.psql_history",
+    "~/.mysql_history",
+    "~/.node_repl_history",
+    "~/.local/share/fish/fish_history",
+    # The user's runtime directory holds the ssh-agent, gpg-agent, D-Bus and
+    # keyring sockets.
+    "/run/user/{uid}",
+    # Host secrets readable when blastwall itself runs as root.
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/shadow-",
+    "/etc/gshadow-",
+    "/etc/ssh",
+    "/root/.aws",
+    "/root/.ssh",
+    "/root/.gnupg",
+)
+
+# Paths made read-only inside every writable root (the workspace and any
+# ``allow_write`` path), existing or not.  Each one is executed or trusted by a
+# tool on the *host* later, so writing it would hand the agent code execution
+# outside the sandbox.  A missing entry is blocked at its first missing
+# component with a temporary placeholder (always an empty directory, which git
+# ignores, so an agent's `git add -A` cannot commit it) removed after the run.
+MANDATORY_WRITE_DENY: tuple[str, ...] = (
+    # Shell start-up files.
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".profile",
+    ".zshrc",
+    ".zshenv",
+    ".zprofile",
+    ".zlogin",
+    ".zlogout",
+    ".kshrc",
+    ".cshrc",
+    ".tcshrc",
+    ".config/fish",
+    # direnv runs .envrc on `cd`.
+    ".envrc",
+    # git runs hooks and honours core.fsmonitor/core.hooksPath/aliases from config;
+    # submodules keep their own hooks and config under .git/modules.
+    ".git/hooks",
+    ".git/config",
+    ".git/modules",
+    # Editors run tasks and load per-project settings and scripts.
+    ".vscode",
+    ".idea",
+    ".zed",
+    ".exrc",
+    ".nvimrc",
+    ".nvim.lua",
+    # Agents load project settings, hooks and MCP servers from these.
+    ".claude",
+    ".mcp.json",
+    ".cursor",
+    ".codex",
+    ".gemini",
+    ".blastwall",
+    # Read from the home directory by git, the desktop session and the shell
+    # when the writable root is (or contains) the user's home.
+    ".gitconfig",
+    ".config/git",
+    ".config/autostart",
+    ".config/systemd",
+    ".config/environment.d",
+    ".local/bin",
+    ".pam_environment",
+    ".xprofile",
+    ".xinitrc",
+    ".xsessionrc",
+)
+
+# Environment variables dropped from the sandbox unless passed deliberately
+# with ``--env NAME`` or ``environment.pass``.  Matching is case-insensitive:
+# a name is dropped when it contains one of SECRET_ENV_WORDS, ends with one of
+# SECRET_ENV_SUFFIXES, starts with one of SECRET_ENV_PREFIXES, or is listed in
+# SECRET_ENV_NAMES.
+SECRET_ENV_WORDS: tuple[str, ...] = (
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "CREDENTIAL",
+    "APIKEY",
+    "API_KEY",
+    "PRIVATE_KEY",
+    "ACCESS_KEY",
+    "COOKIE",
+    "SESSION_KEY",
+)
+SECRET_ENV_SUFFIXES: tuple[str, ...] = ("_KEY", "_PASS", "_PAT", "_PWD", "_DSN", "_AUTH")
+SECRET_ENV_PREFIXES: tuple[str, ...] = ("AWS_", "AZURE_", "GOOGLE_", "GCLOUD_", "VAULT_")
+SECRET_ENV_NAMES: frozenset[str] = frozenset(
+    {
+        "SSH_AUTH_SOCK",
+        "SSH_AGENT_PID",
+        "GPG_AGENT_INFO",
+        "KRB5CCNAME",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "MONGODB_URI",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "NETRC",
+    }
+)
+
+# Network families the seccomp layer refuses in every sandbox.  ``unix`` is
+# relaxed only when the policy names a socket path (filesystem.allow_unix_sockets).
+DENIED_SYSCALL_FAMILIES: tuple[str, ...] = (
+    "unix-sockets",
+    "vsock",
+    "namespaces",
+    "mount",
+    "ptrace",
+    "io-uring",
+    "bpf",
+    "perf",
+    "keyring",
+    "kernel-modules",
+    "kexec",
+    "terminal-injection",
+    "handle-open",
+    "userfaultfd",
+)

@@ -1,0 +1,479 @@
+"""Compiling a Policy into a Plan: the ordered, frozen operations a tier enforces.
+
+The policy says *what* is allowed; the plan says exactly which paths to hide,
+bind read-only or writable, which syscall families to refuse, which variables
+the sandbox sees.  Every judgement is made here, once, in pure code; a tier
+receives the plan and either enforces every operation or refuses the whole plan.
+
+The compiler needs to know what exists on disk (to resolve symlinks and to
+choose between hiding a file and hiding a directory), so it takes a ``Host``
+describing the invoking user and a filesystem probe; tests give it a fake one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from blastwall.errors import EnforcementError, PolicyError
+from blastwall.policy import defaults as _defaults
+from blastwall.policy.reasons import Reason
+
+__all__ = [
+    "AllowUnixSockets",
+    "Chdir",
+    "DenySyscalls",
+    "Egress",
+    "Environment",
+    "Hide",
+    "Host",
+    "IsolateNetwork",
+    "LandlockWrites",
+    "OPERATION_TYPES",
+    "Placeholder",
+    "Plan",
+    "PrivateDev",
+    "PrivateProc",
+    "PrivateTmp",
+    "ReadOnly",
+    "ReadOnlyRoot",
+    "RequireLandlock",
+    "Writable",
+    "compile_plan",
+]
+
+
+class Operation:
+    """Base of plan operations: immutable, compared and hashed by value."""
+
+    __slots__ = ()
+
+    def __init__(self, *args: object) -> None:
+        if len(args) != len(self.__slots__):
+            raise TypeError(f"{type(self).__name__} takes {len(self.__slots__)} arguments")
+        for name, value in zip(self.__slots__, args):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("plan operations are immutable")
+
+    def _key(self) -> tuple:
+        return (type(self),) + tuple(getattr(self, n) for n in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Operation) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+    def describe(self) -> str:
+        return repr(self)
+
+
+class ReadOnlyRoot(Operation):
+    """Show the host's root filesystem read-only."""
+
+    __slots__ = ()
+
+
+class PrivateDev(Operation):
+    """A minimal private /dev (null, zero, random, tty, pts, shm)."""
+
+    __slots__ = ()
+
+
+class PrivateProc(Operation):
+    """A /proc showing only the sandbox's own processes."""
+
+    __slots__ = ()
+
+
+class PrivateTmp(Operation):
+    """An empty writable tmpfs at ``path`` that disappears with the sandbox."""
+
+    __slots__ = ("path",)
+
+
+class Writable(Operation):
+    """Bind ``path`` (a directory that exists) writable at the same place."""
+
+    __slots__ = ("path", "reason")
+
+
+class ReadOnly(Operation):
+    """Bind existing ``path`` read-only over itself (inside a writable root)."""
+
+    __slots__ = ("path", "reason")
+
+
+class Hide(Operation):
+    """Replace existing ``path`` by an empty read-only ``kind`` ('dir' or 'file')."""
+
+    __slots__ = ("path", "kind", "reason")
+
+
+class Placeholder(Operation):
+    """``target`` does not exist yet and must not be created.
+
+    ``path`` is its first missing component inside a writable root.  The tier
+    creates an empty directory there on the host for the life of the sandbox,
+    shows it read-only inside, and removes it afterwards.  A directory, even
+    where a file is expected: git ignores empty directories, so the placeholder
+    can never be committed by an agent's ``git add -A``.
+    """
+
+    __slots__ = ("path", "target", "reason")
+
+
+class Chdir(Operation):
+    __slots__ = ("path",)
+
+
+class IsolateNetwork(Operation):
+    """No network interface but loopback."""
+
+    __slots__ = ()
+
+
+class Egress(Operation):
+    """Route network traffic to the egress gateway, which enforces allow/deny."""
+
+    __slots__ = ("allow", "deny")
+
+
+class DenySyscalls(Operation):
+    """Refuse these syscall families (names from defaults.DENIED_SYSCALL_FAMILIES)."""
+
+    __slots__ = ("families",)
+
+
+class AllowUnixSockets(Operation):
+    """Unix sockets may be created, and only these socket paths are visible."""
+
+    __slots__ = ("paths",)
+
+
+class Environment(Operation):
+    """The exact environment of the sandboxed command, and what was dropped."""
+
+    __slots__ = ("variables", "dropped")
+
+
+class LandlockWrites(Operation):
+    """At the LSM level, allow writes only beneath these hierarchies."""
+
+    __slots__ = ("paths",)
+
+
+class RequireLandlock(Operation):
+    """Refuse to run where Landlock cannot be applied."""
+
+    __slots__ = ()
+
+
+OPERATION_TYPES: tuple[type[Operation], ...] = (
+    ReadOnlyRoot,
+    PrivateDev,
+    PrivateProc,
+    PrivateTmp,
+    Writable,
+    ReadOnly,
+    Hide,
+    Placeholder,
+    Chdir,
+    IsolateNetwork,
+    Egress,
+    DenySyscalls,
+    AllowUnixSockets,
+    Environment,
+    LandlockWrites,
+    RequireLandlock,
+)
+
+
+class Plan:
+    """An ordered tuple of operations plus the notes the compiler made."""
+
+    __slots__ = ("operations", "notes", "workspace")
+
+    def __init__(self, operations: tuple[Operation, ...], notes: tuple[str, ...], workspace: str) -> None:
+        object.__setattr__(self, "operations", operations)
+        object.__setattr__(self, "notes", notes)
+        object.__setattr__(self, "workspace", workspace)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Plan is immutable")
+
+    def of(self, kind: type[Operation]) -> list:
+        return [op for op in self.operations if type(op) is kind]
+
+    def __iter__(self):
+        return iter(self.operations)
+
+    def __repr__(self) -> str:
+        return f"Plan({len(self.operations)} operations, workspace={self.workspace!r})"
+
+
+class FileProbe:
+    """What the compiler may ask of the filesystem.  Tests replace it."""
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def kind(self, path: str) -> str:
+        """'dir', 'file', 'missing' or 'other' for ``path`` (following symlinks)."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing"
+        except OSError:
+            return "other"
+        import stat
+
+        if stat.S_ISDIR(st.st_mode):
+            return "dir"
+        if stat.S_ISREG(st.st_mode):
+            return "file"
+        return "other"
+
+
+class Host:
+    """The invoking user and machine: everything the compiler reads besides the policy."""
+
+    __slots__ = ("home", "uid", "workspace", "cwd", "environ", "protected", "probe")
+
+    def __init__(
+        self,
+        *,
+        home: str,
+        uid: int,
+        workspace: str,
+        cwd: str | None = None,
+        environ: dict[str, str],
+        protected: tuple[str, ...],
+        probe: FileProbe | None = None,
+    ) -> None:
+        object.__setattr__(self, "home", home)
+        object.__setattr__(self, "uid", uid)
+        object.__setattr__(self, "workspace", workspace)
+        object.__setattr__(self, "cwd", cwd or workspace)
+        object.__setattr__(self, "environ", environ)
+        object.__setattr__(self, "protected", protected)
+        object.__setattr__(self, "probe", probe or FileProbe())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Host is immutable")
+
+
+# Paths that can never be a workspace: making them writable would give the
+# sandbox the machine.
+_FORBIDDEN_WORKSPACES = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc",
+                         "/run", "/sbin", "/sys", "/usr", "/var")
+
+
+def expand(path: str, *, home: str, base: str, uid: int) -> str:
+    """Expand ``~`` and ``{uid}``, anchor relative paths at ``base``, normalise."""
+    if path == "~":
+        path = home
+    elif path.startswith("~/"):
+        path = home + path[1:]
+    path = path.replace("{uid}", str(uid))
+    if not path.startswith("/"):
+        path = os.path.join(base, path)
+    return os.path.normpath(path)
+
+
+def is_within(path: str, root: str) -> bool:
+    """True when ``path`` is ``root`` or beneath it (both normalised, absolute)."""
+    if root == "/":
+        return True
+    return path == root or path.startswith(root + "/")
+
+
+def compile_plan(policy, host: Host) -> Plan:
+    """Compile ``policy`` for ``host`` into a Plan.  Pure but for the probe's reads."""
+    probe = host.probe
+    notes: list[str] = []
+
+    def resolve(raw: str, base: str) -> str:
+        return probe.realpath(expand(raw, home=host.home, base=base, uid=host.uid))
+
+    workspace = probe.realpath(host.workspace)
+    _check_workspace(workspace, probe)
+    fs = policy.filesystem
+
+    # 1. Secrets: built-ins minus exact `reveal` entries, plus the user's deny_read.
+    revealed = set(fs.reveal)
+    unknown = revealed - set(_defaults.BUILTIN_SECRETS)
+    if unknown:
+        raise PolicyError(
+            f"{sorted(unknown)[0]!r} is not in the built-in secret list; reveal takes entries exactly as listed there",
+            key="filesystem.reveal",
+        )
+    hidden: dict[str, Hide] = {}
+    secret_sources = [(p, Reason.SECRET_PATH) for p in _defaults.BUILTIN_SECRETS if p not in revealed]
+    secret_sources += [(p, Reason.DENY_READ) for p in fs.deny_read]
+    for raw, reason in secret_sources:
+        target = resolve(raw, workspace)
+        kind = probe.kind(target)
+        if kind == "missing":
+            continue
+        if target == "/" or is_within(workspace, target):
+            raise PolicyError(
+                f"Refusing to hide {raw!r}: it contains the workspace {workspace}",
+                key="filesystem.deny_read",
+            )
+        hidden[target] = Hide(target, "dir" if kind == "dir" else "file", reason)
+
+    def is_hidden(path: str) -> bool:
+        return any(is_within(path, h) for h in hidden)
+
+    # 2. Writable roots: the allow_write entries (the workspace is ".").
+    writable: dict[str, Writable] = {}
+    for raw in fs.allow_write:
+        target = resolve(raw, workspace)
+        if probe.kind(target) != "dir":
+            notes.append(f"allow_write {raw!r}: {target} is not an existing directory; not made writable")
+            continue
+        if target in _FORBIDDEN_WORKSPACES:
+            raise PolicyError(f"Refusing to make {target} writable", key="filesystem.allow_write")
+        if is_hidden(target):
+            # Deny wins: a hidden path stays hidden, even when also allowed for writing.
+            notes.append(f"allow_write {raw!r}: {target} is a denied path; deny wins")
+            continue
+        reason = Reason.WORKSPACE if target == workspace else Reason.ALLOW_WRITE
+        writable[target] = Writable(target, reason)
+    roots = sorted(writable)
+
+    def writable_root(path: str) -> str | None:
+        best = None
+        for root in roots:
+            if is_within(path, root) and (best is None or len(root) > len(best)):
+                best = root
+        return best
+
+    # 3. Write-denies: mandatory entries in every writable root, the user's
+    # deny_write, and blastwall's own files (config, trust, audit, the install).
+    readonly: dict[str, ReadOnly] = {}
+    placeholders: dict[str, Placeholder] = {}
+
+    def deny_write(target: str, reason: Reason) -> None:
+        root = writable_root(target)
+        if root is None or is_hidden(target):
+            return  # Already read-only (or hidden) everywhere.
+        kind = probe.kind(target)
+        if kind != "missing":
+            readonly.setdefault(target, ReadOnly(target, reason))
+            return
+        first = _first_missing(target, root, probe)
+        if first is None:
+            return
+        if first in placeholders or first in readonly:
+            return
+        placeholders[first] = Placeholder(first, target, reason)
+
+    for root in roots:
+        for entry in _defaults.MANDATORY_WRITE_DENY:
+            target = probe.realpath(os.path.join(root, entry))
+            deny_write(target, Reason.MANDATORY_DENY)
+    for raw in fs.deny_write:
+        deny_write(resolve(raw, workspace), Reason.DENY_WRITE)
+    for raw in host.protected:
+        deny_write(probe.realpath(raw), Reason.SELF_PROTECTION)
+
+    # 4. Unix sockets the policy names are the only ones reachable.
+    sockets = tuple(resolve(raw, workspace) for raw in fs.allow_unix_sockets)
+
+    # 5. Assemble, in mount order: shallow before deep so that a deeper, stricter
+    # mount lands on top of the writable one that contains it; at equal depth
+    # writable < read-only < hidden (deny wins).
+    ops: list = [ReadOnlyRoot(), PrivateDev(), PrivateProc()]
+    tmp_paths = ("/tmp", "/var/tmp") if fs.private_tmp else ()
+    mounts: list = [PrivateTmp(p) for p in tmp_paths]
+    mounts += writable.values()
+    mounts += readonly.values()
+    mounts += placeholders.values()
+    mounts += hidden.values()
+    rank = {PrivateTmp: 0, Writable: 1, ReadOnly: 2, Placeholder: 3, Hide: 4}
+
+    def depth(op) -> int:
+        return op.path.rstrip("/").count("/")
+
+    mounts.sort(key=lambda op: (depth(op), rank[type(op)], op.path))
+    ops += mounts
+
+    ops.append(IsolateNetwork())
+    net = policy.network
+    if net.allow:
+        ops.append(Egress(net.allow, net.deny))
+    families = list(_defaults.DENIED_SYSCALL_FAMILIES)
+    if sockets:
+        families.remove("unix-sockets")
+        ops.append(AllowUnixSockets(sockets))
+    ops.append(DenySyscalls(tuple(families)))
+    ops.append(_environment(policy, host))
+    landlock = ["/dev", *tmp_paths, *roots]
+    ops.append(LandlockWrites(tuple(landlock)))
+    if "landlock" in policy.sandbox.require:
+        ops.append(RequireLandlock())
+    cwd = probe.realpath(host.cwd)
+    ops.append(Chdir(cwd if is_within(cwd, workspace) and not is_hidden(cwd) else workspace))
+    return Plan(tuple(ops), tuple(notes), workspace)
+
+
+def _check_workspace(workspace: str, probe: FileProbe) -> None:
+    if probe.kind(workspace) != "dir":
+        raise EnforcementError(f"Can't use {workspace} as the workspace: not an existing directory")
+    if workspace in _FORBIDDEN_WORKSPACES:
+        raise EnforcementError(
+            f"Refusing to use {workspace} as the workspace: it would make system files writable",
+            fix="run blastwall from your project directory, or pass --workspace DIR",
+        )
+
+
+def _first_missing(target: str, root: str, probe: FileProbe) -> str | None:
+    """The shallowest missing path between ``root`` (exclusive) and ``target``."""
+    rel = target[len(root):].lstrip("/")
+    if not rel:
+        return None
+    current = root
+    for part in rel.split("/"):
+        current = os.path.join(current, part)
+        kind = probe.kind(current)
+        if kind == "missing":
+            return current
+        if kind != "dir":
+            return None  # A file in the way: nothing can be created beneath it.
+    return None
+
+
+def secret_env(name: str) -> bool:
+    """True when an environment variable name looks like it holds a secret."""
+    upper = name.upper()
+    if upper in _defaults.SECRET_ENV_NAMES:
+        return True
+    if upper.startswith(_defaults.SECRET_ENV_PREFIXES) or upper.endswith(_defaults.SECRET_ENV_SUFFIXES):
+        return True
+    return any(word in upper for word in _defaults.SECRET_ENV_WORDS)
+
+
+def _environment(policy, host: Host) -> Environment:
+    env_policy = policy.environment
+    passed = set(env_policy.pass_)
+    denied = set(env_policy.deny)
+    variables: dict[str, str] = {}
+    dropped: list[str] = []
+    for name, value in host.environ.items():
+        if name in denied or (secret_env(name) and name not in passed):
+            dropped.append(name)
+            continue
+        variables[name] = value
+    for name, value in env_policy.set:
+        variables[name] = value
+    variables["BLASTWALL_SANDBOX"] = policy.sandbox.tier
+    if policy.filesystem.private_tmp:
+        variables["TMPDIR"] = "/tmp"
+    return Environment(tuple(sorted(variables.items())), tuple(sorted(dropped)))

@@ -1,0 +1,1 @@
+"""One package per isolation tier; each enforces a Plan or refuses it whole."""

@@ -1,0 +1,338 @@
+"""The Linux process tier: bubblewrap + seccomp + Landlock.
+
+``ProcessSandbox(plan)`` follows the verbs every tier shares: ``prepare`` checks
+the machine and turns the plan into a bubblewrap command line and a seccomp
+program (refusing the whole plan if any operation cannot be enforced), ``start``
+runs a command in it, ``wait`` returns the exit status, ``close`` kills what is
+left and removes the placeholders it created on the host.
+
+What is a security boundary here: the mount namespace (read-only root, hidden
+secrets, writable workspace), the seccomp filter and Landlock.  What is not:
+the host's kernel is shared, so a kernel bug reachable through the allowed
+syscalls is out of scope; use the container or VM tier for hostile tenants.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from blastwall.errors import EnforcementError, Unsupported
+from blastwall.policy import plan as P
+
+__all__ = ["ProcessSandbox", "find_bwrap", "landlock_abi"]
+
+BWRAP_CANDIDATES = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
+INSTALL_BWRAP = "install bubblewrap: sudo apt-get install bubblewrap (Debian/Ubuntu) or sudo dnf install bubblewrap"
+
+# Operation types this tier enforces; anything else makes prepare() refuse the plan.
+HANDLED = frozenset({
+    P.ReadOnlyRoot, P.PrivateDev, P.PrivateProc, P.PrivateTmp, P.Writable, P.ReadOnly,
+    P.Hide, P.Placeholder, P.Chdir, P.IsolateNetwork, P.DenySyscalls, P.AllowUnixSockets,
+    P.Environment, P.LandlockWrites, P.RequireLandlock,
+})
+REFUSED = {
+    P.Egress: "the process tier's egress gateway is not available yet; "
+              "network access cannot be granted, so the policy's network.allow cannot be honoured",
+}
+
+# Descriptor numbers inside bubblewrap (see start()).
+_FD_REAL_STDERR = 3
+_FD_READY = 4
+_FD_SECCOMP = 5
+_FD_STATUS = 6
+
+_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_raw_enter.py")
+
+
+def find_bwrap(environ=os.environ) -> str:
+    """The bubblewrap binary: ``$BLASTWALL_BWRAP`` (absolute) or a system location.
+
+    ``$PATH`` is deliberately not searched: a directory on it may be writable by
+    a previous sandbox, and a planted ``bwrap`` would run unsandboxed.
+    """
+    override = environ.get("BLASTWALL_BWRAP")
+    candidates = (override,) if override else BWRAP_CANDIDATES
+    for path in candidates:
+        if path and os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    where = override if override else ", ".join(BWRAP_CANDIDATES)
+    raise EnforcementError(f"Can't find bubblewrap (looked at {where})", fix=INSTALL_BWRAP)
+
+
+def landlock_abi() -> int:
+    from blastwall.tiers.process import _raw_enter
+
+    return _raw_enter.landlock_abi()
+
+
+def translate_bwrap_error(text: str) -> EnforcementError:
+    """Map bubblewrap's own error output to an EnforcementError with a fix."""
+    message = " ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or "bwrap failed"
+    lowered = message.lower()
+    if ("namespace" in lowered and ("permission" in lowered or "failed" in lowered or "no permissions" in lowered)) \
+            or "uid map" in lowered or "max_user_namespaces" in lowered:
+        return EnforcementError(
+            f"Can't create the sandbox's user namespace: {message}",
+            fix="user namespaces are blocked on this machine. On Ubuntu 23.10+ allow them for bwrap "
+                "(an AppArmor profile, or sysctl kernel.apparmor_restrict_unprivileged_userns=0); on Debian "
+                "sysctl kernel.unprivileged_userns_clone=1; check sysctl user.max_user_namespaces > 0; "
+                "inside a container, run it with user namespaces allowed. `blastwall doctor` checks this.",
+        )
+    return EnforcementError(f"Can't set up the sandbox: {message}")
+
+
+class ProcessSandbox:
+    """One sandboxed command under bubblewrap.  Use as a context manager."""
+
+    def __init__(self, plan: P.Plan, *, environ=os.environ) -> None:
+        self.plan = plan
+        self._environ = environ
+        self._bwrap: str | None = None
+        self._seccomp_fd: int | None = None
+        self._placeholders: list = []
+        self._locked = False
+        self._pid: int | None = None
+        self._status: int | None = None
+        self._err_r: int | None = None
+        self._json_r: int | None = None
+        self._ready_r: int | None = None
+        self.landlock = 0
+        self.bwrap_messages = ""
+
+    # -- prepare ----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check the machine and compile the plan; refuse it whole if needed."""
+        for op in self.plan.operations:
+            kind = type(op)
+            if kind in REFUSED:
+                raise Unsupported(f"Refusing the plan: {REFUSED[kind]}",
+                                  fix="remove network.allow / --allow-domain, or wait for the egress gateway")
+            if kind not in HANDLED:
+                raise Unsupported(f"Refusing the plan: the process tier cannot enforce {kind.__name__}")
+        self._bwrap = find_bwrap(self._environ)
+        self.landlock = landlock_abi()
+        if not self.landlock and self.plan.of(P.RequireLandlock):
+            raise EnforcementError(
+                "Refusing to run: Landlock is required (--require landlock) but this kernel does not provide it",
+                fix="use a kernel >= 5.13 with CONFIG_SECURITY_LANDLOCK=y and landlock in the lsm= boot list",
+            )
+        from blastwall.tiers.process import _raw_seccomp
+
+        (deny,) = self.plan.of(P.DenySyscalls)
+        try:
+            self._seccomp_fd = _raw_seccomp.compile_filter(families=deny.families)
+        except OSError as exc:
+            raise EnforcementError(f"Can't build the seccomp filter: {exc.strerror or exc}",
+                                   fix="install libseccomp2 (sudo apt-get install libseccomp2)") from None
+
+    # -- start ------------------------------------------------------------------
+    def start(self, command: list[str], *, stdin: int = 0, stdout: int = 1, stderr: int = 2,
+              ctty: bool = False) -> int:
+        """Start ``command`` in the sandbox with the given descriptors; return bwrap's pid."""
+        if self._seccomp_fd is None:
+            raise RuntimeError("prepare() must be called first")
+        if not command:
+            raise EnforcementError("Can't run an empty command")
+        self._create_placeholders()
+        mounts = self._mounts()
+        (landlock,) = self.plan.of(P.LandlockWrites)
+        (env_op,) = self.plan.of(P.Environment)
+        (chdir,) = self.plan.of(P.Chdir)
+        launcher = [sys.executable, "-I", "-S", "-B", _LAUNCHER,
+                    "--stderr-fd", str(_FD_REAL_STDERR), "--ready-fd", str(_FD_READY)]
+        for path in landlock.paths:
+            launcher += ["--write", path]
+        if self.plan.of(P.RequireLandlock):
+            launcher.append("--require-landlock")
+        if self.plan.of(P.AllowUnixSockets):
+            launcher.append("--allow-unix")
+        if ctty:
+            launcher.append("--ctty")
+        err_r, err_w = os.pipe()
+        json_r, json_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        from blastwall.tiers.process._raw_bwrap import bwrap_argv
+
+        argv = bwrap_argv(
+            bwrap=self._bwrap, mounts=mounts, isolate_network=True, chdir=chdir.path,
+            seccomp_fd=_FD_SECCOMP, status_fd=_FD_STATUS, launcher=launcher, command=list(command),
+        )
+        env = dict(env_op.variables)
+        # Descriptor layout of bubblewrap: 0-2 as given (2 is a pipe for
+        # bubblewrap's own messages), then the fixed numbers the argv names.
+        layout = {0: stdin, 1: stdout, 2: err_w, _FD_REAL_STDERR: stderr, _FD_READY: ready_w,
+                  _FD_SECCOMP: self._seccomp_fd, _FD_STATUS: json_w}
+        pdeathsig = _prctl_pdeathsig()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # Child: becomes bubblewrap.
+            try:
+                # Die with `blastwall run`, even on SIGKILL; then check we did not
+                # miss the parent's death between fork and prctl.
+                pdeathsig()
+                if os.getppid() != parent:
+                    os._exit(125)
+                # Move every source out of the way first, so that placing one
+                # cannot clobber another that happens to sit on its target number.
+                import fcntl
+
+                moved = {}
+                for target, source in layout.items():
+                    try:
+                        moved[target] = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 64)
+                    except OSError:
+                        moved[target] = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+                for target, temp in moved.items():
+                    os.dup2(temp, target, inheritable=True)
+                os.execve(argv[0], argv, env)
+            except BaseException:
+                pass
+            os._exit(125)
+        os.close(err_w)
+        os.close(json_w)
+        os.close(ready_w)
+        self._err_r, self._json_r, self._ready_r = err_r, json_r, ready_r
+        self._pid = pid
+        return pid
+
+    # -- wait -------------------------------------------------------------------
+    def wait(self) -> int:
+        """Wait for the sandbox to finish; return the command's exit status.
+
+        Raises EnforcementError when bubblewrap failed before the command ran.
+        """
+        if self._pid is None:
+            raise RuntimeError("start() must be called first")
+        while True:
+            try:
+                _, raw = os.waitpid(self._pid, 0)
+                break
+            except InterruptedError:
+                continue
+        self._pid = None
+        status = os.waitstatus_to_exitcode(raw)
+        if status < 0:
+            status = 128 - status
+        self.bwrap_messages = _drain(self._err_r)
+        _drain(self._json_r)
+        ready = _drain(self._ready_r)
+        self._err_r = self._json_r = self._ready_r = None
+        if ready != "1":
+            # The command never started.  Either bubblewrap failed (its message
+            # is in the pipe) or the launcher refused and already said why.
+            if self.bwrap_messages.strip():
+                raise translate_bwrap_error(self.bwrap_messages)
+            raise EnforcementError(f"Can't start the sandbox (status {status})", fix=None) \
+                if status != 125 else _LauncherRefused()
+        if self.bwrap_messages:
+            # Output on bubblewrap's stderr after set-up (rare): pass it on.
+            os.write(2, self.bwrap_messages.encode("utf-8", "replace"))
+        self._status = status
+        return status
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self._pid is not None:
+            try:
+                os.kill(self._pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # -- close ------------------------------------------------------------------
+    def close(self) -> None:
+        """Kill anything still running, reap it, remove placeholders, close fds."""
+        if self._pid is not None:
+            self.kill()
+            try:
+                os.waitpid(self._pid, 0)
+            except ChildProcessError:
+                pass
+            self._pid = None
+        for fd in (self._seccomp_fd, self._err_r, self._json_r, self._ready_r):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._seccomp_fd = self._err_r = self._json_r = self._ready_r = None
+        self._remove_placeholders()
+
+    def __enter__(self) -> "ProcessSandbox":
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- helpers ------------------------------------------------------------------
+    def _mounts(self) -> list[tuple[str, ...]]:
+        mounts: list[tuple[str, ...]] = []
+        for op in self.plan.operations:
+            kind = type(op)
+            if kind is P.ReadOnlyRoot:
+                mounts.append(("ro-root",))
+            elif kind is P.PrivateDev:
+                mounts.append(("dev",))
+            elif kind is P.PrivateProc:
+                mounts.append(("proc",))
+            elif kind is P.PrivateTmp:
+                mounts.append(("tmpfs", op.path))
+            elif kind is P.Writable:
+                mounts.append(("bind", op.path))
+            elif kind in (P.ReadOnly, P.Placeholder):
+                mounts.append(("ro-bind", op.path))
+            elif kind is P.Hide:
+                mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path))
+        return mounts
+
+    def _create_placeholders(self) -> None:
+        from blastwall.tiers.process import placeholders
+
+        roots = [op.path for op in self.plan.of(P.Writable)]
+        placeholders.lock_roots(roots)
+        self._locked = True
+        self._placeholders = placeholders.create(self.plan.of(P.Placeholder), roots, environ=self._environ)
+
+    def _remove_placeholders(self) -> None:
+        if self._placeholders or self._locked:
+            from blastwall.tiers.process import placeholders
+
+            placeholders.remove(self._placeholders, environ=self._environ)
+            self._placeholders = []
+            self._locked = False
+
+
+class _LauncherRefused(EnforcementError):
+    """The in-sandbox launcher refused to run and has printed why."""
+
+    def __init__(self) -> None:
+        super().__init__("the sandbox launcher refused to run (see the message above)")
+        self.already_reported = True
+
+
+def _drain(fd: int | None) -> str:
+    if fd is None:
+        return ""
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _prctl_pdeathsig():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+
+    def set_pdeathsig() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return set_pdeathsig

@@ -1,0 +1,219 @@
+"""Temporary placeholders that stop a sandbox from creating protected paths.
+
+A mount can only cover a path that exists, so a protected path that does not
+exist yet (``.git/hooks`` in a fresh directory, ``.bashrc`` in a workspace) is
+covered by creating its first missing component on the host as an empty
+directory, binding it read-only into the sandbox, and removing it after.
+
+Three rules keep this safe:
+
+* A placeholder is removed only if it is still the same inode and still empty,
+  so nothing a person wrote meanwhile is lost.
+* Removing a mountpoint on the host detaches the mount inside *other* sandboxes
+  still using it; so every run holds a shared lock on the workspace while it
+  runs, and placeholders are removed only by a run that can take the lock
+  exclusively (the last one out).
+* A journal in the state directory records what each run created, so that the
+  next run cleans up after a ``blastwall run`` that was killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from blastwall.policy.load import state_dir
+
+__all__ = ["create", "lock_roots", "release", "remove", "recover"]
+
+# (path, kind, dev, ino, root)
+Record = tuple[str, str, int, int, str]
+
+_held_locks: dict[str, int] = {}
+
+
+def _journal_dir(environ) -> str:
+    return os.path.join(state_dir(environ), "placeholders")
+
+
+def _journal_path(environ) -> str:
+    return os.path.join(_journal_dir(environ), f"{os.getpid()}.txt")
+
+
+def lock_roots(roots) -> None:
+    """Hold a shared lock on every writable root for the life of this run.
+
+    Every run takes it, whether or not it created placeholders, because it
+    relies on placeholders that other runs may have created.
+    """
+    for root in roots:
+        if root in _held_locks:
+            continue
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _held_locks[root] = fd
+
+
+def release() -> None:
+    for fd in _held_locks.values():
+        os.close(fd)
+    _held_locks.clear()
+
+
+def _try_exclusive(workspace: str) -> int | None:
+    """An exclusive lock on the workspace if no other run holds it, else None."""
+    held = _held_locks.pop(workspace, None)
+    try:
+        fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        if held is not None:
+            os.close(held)
+        return None
+    if held is not None:
+        os.close(held)  # Drops our shared lock.
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def create(ops, roots, *, environ=os.environ) -> list[Record]:
+    """Create the placeholders of ``ops`` (Placeholder operations); journal them.
+
+    ``roots`` are the writable roots; call ``lock_roots(roots)`` first.
+    """
+    if not ops:
+        return []
+    recover(environ=environ)
+    records: list[Record] = []
+    journal = _journal_path(environ)
+    os.makedirs(os.path.dirname(journal), mode=0o700, exist_ok=True)
+    with open(journal, "w", encoding="utf-8") as out:
+        for op in sorted(ops, key=lambda o: o.path):
+            try:
+                os.mkdir(op.path, 0o755)
+            except FileExistsError:
+                # Created since the plan was compiled (another run, or the user):
+                # it exists now, so the read-only bind still covers it; not ours to remove.
+                continue
+            except OSError as exc:
+                from blastwall.errors import EnforcementError
+
+                remove(records, environ=environ)
+                raise EnforcementError(
+                    f"Can't create the placeholder {op.path} that protects {op.target}: {exc.strerror}"
+                ) from None
+            st = os.lstat(op.path)
+            root = _root_of(op.path, roots)
+            records.append((op.path, "dir", st.st_dev, st.st_ino, root))
+            out.write(f"{root}\tdir\t{st.st_dev}\t{st.st_ino}\t{op.path}\n")
+            out.flush()
+    return records
+
+
+def _root_of(path: str, roots) -> str:
+    best = os.path.dirname(path)
+    for root in roots:
+        if path.startswith(root.rstrip("/") + "/") and len(root) <= len(best):
+            best = root
+    return best
+
+
+def remove(records: list[Record], *, environ=os.environ) -> None:
+    """Remove our placeholders if we are the last run using their directories."""
+    by_root: dict[str, list[Record]] = {}
+    for record in records:
+        by_root.setdefault(record[4], []).append(record)
+    leftover = False
+    for root, items in by_root.items():
+        fd = _try_exclusive(root)
+        if fd is None:
+            leftover = True  # Another run still uses them; it or recover() cleans up.
+            continue
+        try:
+            for path, kind, dev, ino, _root in sorted(items, reverse=True):
+                _remove_one(path, kind, dev, ino)
+        finally:
+            os.close(fd)
+    release()
+    if not leftover:
+        try:
+            os.unlink(_journal_path(environ))
+        except FileNotFoundError:
+            pass
+
+
+def _remove_one(path: str, kind: str, dev: int, ino: int) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        return
+    try:
+        if kind == "dir":
+            os.rmdir(path)  # Fails, harmlessly, unless still empty.
+        elif st.st_size == 0:
+            os.unlink(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
+            raise
+
+
+def recover(*, environ=os.environ) -> None:
+    """Clean up the placeholders of runs that died without removing them."""
+    directory = _journal_dir(environ)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        stem, _, ext = name.partition(".")
+        if ext != "txt" or not stem.isdigit() or int(stem) == os.getpid():
+            continue
+        if _alive(int(stem)):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        done = True
+        by_root: dict[str, list] = {}
+        for line in lines:
+            parts = line.split("\t", 4)
+            if len(parts) != 5 or not parts[2].isdigit() or not parts[3].isdigit():
+                continue
+            by_root.setdefault(parts[0], []).append((parts[4], parts[1], int(parts[2]), int(parts[3])))
+        for root, items in by_root.items():
+            fd = _try_exclusive(root)
+            if fd is None:
+                done = False
+                continue
+            try:
+                for rec in sorted(items, reverse=True):
+                    _remove_one(*rec)
+            finally:
+                os.close(fd)
+        if done:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
