@@ -98,6 +98,7 @@ class ProcessSandbox:
         self._err_r: int | None = None
         self._json_r: int | None = None
         self._ready_r: int | None = None
+        self._started = False
         self.landlock = 0
         self.bwrap_messages = ""
 
@@ -133,6 +134,9 @@ class ProcessSandbox:
         """Start ``command`` in the sandbox with the given descriptors; return bwrap's pid."""
         if self._seccomp_fd is None:
             raise RuntimeError("prepare() must be called first")
+        if self._started:
+            raise RuntimeError("a ProcessSandbox runs one command; create another for the next")
+        self._started = True
         if not command:
             raise EnforcementError("Can't run an empty command")
         self._create_placeholders()

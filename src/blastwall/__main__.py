@@ -1,0 +1,5 @@
+"""``python -m blastwall`` is the ``blastwall`` command."""
+
+from blastwall.cli.main import entry
+
+entry()

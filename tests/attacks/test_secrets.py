@@ -1,0 +1,96 @@
+"""Reading credentials: incident 1 of the brief (the agent read ~/.aws/credentials).
+
+Every test first shows that an ordinary file beside the secret *is* readable,
+so a failure to read the secret is the policy at work, not a broken sandbox.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import SECRET, assert_no_traceback, blastwall, in_sandbox, needs_bwrap
+
+pytestmark = needs_bwrap
+
+READ = """
+import sys
+for path in sys.argv[1:]:
+    try:
+        data = open(path).read()
+    except OSError as exc:
+        print(f"{path}: refused errno={exc.errno}")
+    else:
+        print(f"{path}: read {len(data)} bytes: {data!r}")
+"""
+
+
+def read_in_sandbox(paths, *, home, workspace, args=()):
+    r = blastwall(["run", *args, "--", "python3", "-c", READ, *map(str, paths)], home=home, cwd=workspace)
+    assert_no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("secret", [".aws/credentials", ".ssh/id_ed25519", ".netrc"])
+def test_builtin_secret_is_unreadable(home, workspace, secret):
+    out = read_in_sandbox([home / "notes.txt", home / secret], home=home, workspace=workspace)
+    assert "an ordinary readable file" in out  # The control: home is readable.
+    assert SECRET not in out
+    assert f"{home / secret}: refused" in out or f"{home / secret}: read 0 bytes" in out
+
+
+def test_secret_directory_listing_is_empty(home, workspace):
+    r = blastwall(["run", "--", "python3", "-c", "import os,sys; print(sorted(os.listdir(sys.argv[1])))",
+                   str(home / ".aws")], home=home, cwd=workspace)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_symlink_in_workspace_to_secret(home, workspace):
+    (workspace / "innocent.txt").symlink_to(home / ".aws" / "credentials")
+    out = read_in_sandbox([workspace / "innocent.txt"], home=home, workspace=workspace)
+    assert SECRET not in out
+
+
+def test_symlink_planted_inside_sandbox_to_secret(home, workspace):
+    script = (f"import os; os.symlink({str(home / '.aws' / 'credentials')!r}, 'x');\n"
+              "try:\n print(open('x').read())\nexcept OSError as e:\n print('refused', e.errno)")
+    r = in_sandbox(script, home=home, cwd=workspace)
+    assert r.returncode == 0, r.stderr
+    assert SECRET not in r.stdout
+    assert "refused" in r.stdout or r.stdout.strip() == ""
+
+
+def test_user_deny_read_hides_a_workspace_file(home, workspace):
+    (workspace / ".env").write_text(f"TOKEN={SECRET}\n")
+    out = read_in_sandbox([workspace / "README.md", workspace / ".env"], home=home, workspace=workspace,
+                          args=["--deny-read", ".env"])
+    assert "project" in out
+    assert SECRET not in out
+
+
+def test_secret_environment_variables_are_dropped(home, workspace):
+    env = {"AWS_SECRET_ACCESS_KEY": SECRET, "GITHUB_TOKEN": SECRET, "MY_API_KEY": SECRET,
+           "DB_PASSWORD": SECRET, "HARMLESS_SETTING": "visible"}
+    r = blastwall(["run", "--", "env"], home=home, cwd=workspace, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "HARMLESS_SETTING=visible" in r.stdout
+    assert SECRET not in r.stdout
+
+
+def test_env_flag_passes_one_variable_deliberately(home, workspace):
+    env = {"GITHUB_TOKEN": "deliberate", "AWS_SECRET_ACCESS_KEY": SECRET}
+    r = blastwall(["run", "--env", "GITHUB_TOKEN", "--", "env"], home=home, cwd=workspace, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "GITHUB_TOKEN=deliberate" in r.stdout
+    assert SECRET not in r.stdout
+
+
+def test_proc_of_host_processes_is_invisible(home, workspace):
+    # A secret in the environment of a *host* process must not be reachable
+    # through /proc: the sandbox has its own pid namespace.
+    r = in_sandbox("import os; print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))",
+                   home=home, cwd=workspace)
+    assert r.returncode == 0, r.stderr
+    pids = eval(r.stdout)  # noqa: S307 - our own output
+    assert len(pids) <= 4, pids  # bwrap's pid 1, the launcher/python, nothing from the host

@@ -1,0 +1,181 @@
+"""Writing outside the boundary: dotfiles, git hooks, system files, link tricks.
+
+Each test checks the host afterwards: the file is unchanged, or was never
+created, and the workspace holds nothing the run did not mean to leave.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import assert_no_traceback, blastwall, in_sandbox, needs_bwrap
+
+pytestmark = needs_bwrap
+
+TRY_WRITE = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as f:
+            f.write("PWNED\\n")
+    except OSError as exc:
+        print(f"{path}: refused errno={exc.errno}")
+    else:
+        print(f"{path}: written")
+"""
+
+
+def try_write(paths, *, home, workspace, args=()):
+    r = blastwall(["run", *args, "--", "python3", "-c", TRY_WRITE, *map(str, paths)], home=home, cwd=workspace)
+    assert_no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def snapshot(root):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            content = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    content = f.read()
+            out[os.path.relpath(path, root)] = (st.st_mode, content)
+    return out
+
+
+def test_workspace_is_writable_and_home_is_not(home, workspace):
+    before = (home / ".bashrc").read_text()
+    out = try_write([workspace / "new.txt", home / ".bashrc", home / "planted.txt"], home=home, workspace=workspace)
+    assert f"{workspace / 'new.txt'}: written" in out  # The control.
+    assert (workspace / "new.txt").read_text() == "PWNED\n"
+    assert (home / ".bashrc").read_text() == before
+    assert not (home / "planted.txt").exists()
+
+
+def test_system_files_are_read_only(home, workspace):
+    out = try_write(["/etc/blastwall-pwned", "/usr/local/bin/blastwall-pwned"], home=home, workspace=workspace)
+    assert "written" not in out
+    assert not os.path.exists("/etc/blastwall-pwned")
+    assert not os.path.exists("/usr/local/bin/blastwall-pwned")
+
+
+@pytest.mark.parametrize("target", [".git/hooks/pre-commit", ".git/config", ".bashrc", ".vscode/tasks.json",
+                                    ".claude/settings.json", ".mcp.json", ".envrc", ".blastwall/policy.toml"])
+def test_mandatory_deny_of_existing_paths(home, workspace, target):
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    path = workspace / target
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text("original\n")
+    before = snapshot(workspace)
+    out = try_write([path], home=home, workspace=workspace)
+    assert "written" not in out
+    assert snapshot(workspace) == before
+
+
+@pytest.mark.parametrize("target", [".git/hooks/pre-commit", ".git/config", ".bashrc", ".zshrc", ".vscode/tasks.json",
+                                    ".idea/workspace.xml", ".claude/settings.json", ".mcp.json", ".envrc",
+                                    ".blastwall/policy.toml", ".gitconfig", ".local/bin/ls"])
+def test_mandatory_deny_of_paths_that_do_not_exist_yet(home, workspace, target):
+    before = snapshot(workspace)
+    out = try_write([workspace / target], home=home, workspace=workspace)
+    assert "written" not in out
+    # Nothing left behind: no placeholder, no file, no directory.
+    assert snapshot(workspace) == before
+
+
+def test_git_hook_planted_in_fresh_repo_does_not_survive(home, workspace):
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    hooks = workspace / ".git" / "hooks"
+    before = sorted(os.listdir(hooks))
+    r = blastwall(["run", "--", "sh", "-c",
+                   "printf '#!/bin/sh\\ntouch /tmp/pwned\\n' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit;"
+                   "git config core.hooksPath /tmp; git config alias.st '!touch pwned'; echo done"],
+                  home=home, cwd=workspace)
+    assert "done" in r.stdout
+    assert sorted(os.listdir(hooks)) == before
+    config = (workspace / ".git" / "config").read_text()
+    assert "hooksPath" not in config and "pwned" not in config
+
+
+def test_git_still_works_inside_the_workspace(home, workspace):
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    r = blastwall(["run", "--", "sh", "-c",
+                   "git add README.md && git -c user.name=a -c user.email=a@b commit -qm init && git log --oneline"],
+                  home=home, cwd=workspace)
+    assert r.returncode == 0, r.stderr
+    assert "init" in r.stdout
+
+
+def test_user_deny_write(home, workspace):
+    (workspace / "locked.txt").write_text("keep\n")
+    out = try_write([workspace / "locked.txt", workspace / "missing-dir" / "f"], home=home, workspace=workspace,
+                    args=["--deny-write", "locked.txt", "--deny-write", "missing-dir"])
+    assert "written" not in out
+    assert (workspace / "locked.txt").read_text() == "keep\n"
+    assert not (workspace / "missing-dir").exists()
+
+
+def test_read_only_flag_makes_workspace_read_only(home, workspace):
+    out = try_write([workspace / "new.txt"], home=home, workspace=workspace, args=["--read-only"])
+    assert "written" not in out
+    assert not (workspace / "new.txt").exists()
+
+
+def test_symlink_out_of_workspace(home, workspace):
+    (workspace / "etc").symlink_to("/etc")
+    (workspace / "homelink").symlink_to(home)
+    out = try_write([workspace / "etc" / "blastwall-pwned", workspace / "homelink" / ".bashrc"],
+                    home=home, workspace=workspace)
+    assert "written" not in out
+    assert not os.path.exists("/etc/blastwall-pwned")
+    assert (home / ".bashrc").read_text() == "# the user's real bashrc\n"
+
+
+def test_symlink_created_inside_sandbox(home, workspace):
+    script = (f"import os; os.symlink({str(home)!r}, 'h')\n"
+              "try:\n open('h/.profile','w').write('x')\nexcept OSError as e:\n print('refused', e.errno)")
+    r = in_sandbox(script, home=home, cwd=workspace)
+    assert "refused" in r.stdout, r.stdout + r.stderr
+    assert not (home / ".profile").exists()
+
+
+def test_hard_link_out_of_workspace(home, workspace):
+    target = home / "notes.txt"
+    before = target.read_text()
+    script = (f"import os\ntry:\n os.link({str(target)!r}, 'hl')\nexcept OSError as e:\n print('refused', e.errno)\n"
+              "else:\n open('hl','a').write('PWNED')\n print('linked')")
+    r = in_sandbox(script, home=home, cwd=workspace)
+    assert "refused" in r.stdout, r.stdout + r.stderr
+    assert target.read_text() == before
+    assert not (workspace / "hl").exists()
+
+
+def test_mknod_device(home, workspace):
+    script = ("import os, stat\nfor name, mode in (('null', stat.S_IFCHR), ('disk', stat.S_IFBLK)):\n"
+              " try:\n  os.mknod(name, mode | 0o666, os.makedev(1, 3))\n"
+              " except OSError as e:\n  print(name, 'refused', e.errno)\n else:\n  print(name, 'created')")
+    r = in_sandbox(script, home=home, cwd=workspace)
+    assert r.stdout.count("refused") == 2, r.stdout + r.stderr
+    assert not (workspace / "null").exists() and not (workspace / "disk").exists()
+
+
+def test_private_tmp_leaves_nothing_on_host(home, workspace):
+    marker = f"blastwall-test-{os.getpid()}-{id(workspace)}"
+    r = blastwall(["run", "--", "sh", "-c", f"echo x > /tmp/{marker} && cat /tmp/{marker}"], home=home, cwd=workspace)
+    assert r.returncode == 0 and "x" in r.stdout
+    assert not os.path.exists(f"/tmp/{marker}")
+
+
+def test_blastwall_config_is_not_writable_even_when_workspace_is_home(home):
+    r = blastwall(["run", "--", "sh", "-c", "mkdir -p .config/blastwall && echo '[network]' > .config/blastwall/policy.toml"],
+                  home=home, cwd=home)
+    assert r.returncode != 0
+    assert not (home / ".config" / "blastwall" / "policy.toml").exists()

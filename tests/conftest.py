@@ -1,0 +1,100 @@
+"""Shared fixtures: a fake home with planted secrets, a workspace, and a runner.
+
+Every fixture directory lives under ``<repo>/.test-tmp``, never under /tmp:
+the sandbox has a private /tmp, so a secret planted there would be invisible
+for the wrong reason and a test reading it could not fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = REPO / ".test-tmp"
+
+SECRET = "AKIA-BLASTWALL-TEST-SECRET-0123456789"
+
+
+def _machine_has_bwrap() -> str | None:
+    for path in ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"):
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+BWRAP = _machine_has_bwrap()
+needs_bwrap = pytest.mark.skipif(BWRAP is None, reason="bubblewrap is not installed on this machine")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to set up the attack scenario")
+
+
+@pytest.fixture
+def scratch():
+    BASE.mkdir(exist_ok=True)
+    path = BASE / uuid.uuid4().hex[:12]
+    path.mkdir()
+    os.chmod(path, 0o755)
+    yield path
+    subprocess.run(["chmod", "-R", "u+rwX", str(path)], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def home(scratch):
+    """A fake home directory with credentials planted the way a real one has them."""
+    h = scratch / "home"
+    (h / ".aws").mkdir(parents=True)
+    (h / ".aws" / "credentials").write_text(f"[default]\naws_secret_access_key = {SECRET}\n")
+    (h / ".ssh").mkdir()
+    (h / ".ssh" / "id_ed25519").write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{SECRET}\n")
+    (h / ".netrc").write_text(f"machine example.com login me password {SECRET}\n")
+    (h / ".bashrc").write_text("# the user's real bashrc\n")
+    (h / "notes.txt").write_text("an ordinary readable file\n")
+    return h
+
+
+@pytest.fixture
+def workspace(scratch):
+    w = scratch / "ws"
+    w.mkdir()
+    (w / "README.md").write_text("project\n")
+    return w
+
+
+def bw_env(home: Path, extra: dict | None = None) -> dict:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+def blastwall(args, *, home: Path, cwd: Path, env: dict | None = None, input: str | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the real ``blastwall`` command line (``python -m blastwall``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "blastwall", *args],
+        cwd=cwd, env=bw_env(home, env), input=input, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def in_sandbox(script: str, *, home: Path, cwd: Path, args=(), env=None, timeout: float = 60):
+    """Run a Python ``script`` inside ``blastwall run``."""
+    return blastwall(["run", *args, "--", sys.executable, "-c", script], home=home, cwd=cwd, env=env,
+                     timeout=timeout)
+
+
+def assert_no_traceback(result) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
