@@ -107,7 +107,10 @@ def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = N
             f"Can't use the {tier} tier: it is not available in this version",
             fix="use --tier process",
         )
-    plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
     from blastwall.tiers.process import ProcessSandbox
 
+    # Leftovers of a run killed with SIGKILL change what exists on disk, so
+    # they are cleaned before the plan looks at the disk.
+    ProcessSandbox.recover(environ=environ)
+    plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
     return ProcessSandbox(plan, environ=environ)

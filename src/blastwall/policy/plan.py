@@ -384,15 +384,27 @@ def compile_plan(policy, host: Host) -> Plan:
     for raw in host.protected:
         deny_write(probe.realpath(raw), Reason.SELF_PROTECTION)
 
-    # 4. Unix sockets the policy names are the only ones reachable.
+    # 4. Unix sockets.  Creating one is refused by seccomp unless the policy
+    # names socket paths; then the host's /run (D-Bus, systemd, docker, ...) is
+    # masked and only the named sockets are bound back in.
     sockets = tuple(resolve(raw, workspace) for raw in fs.allow_unix_sockets)
+    socket_mounts = []
+    if sockets:
+        socket_mounts.append(PrivateTmp("/run"))
+        for sock in sockets:
+            if probe.kind(sock) == "missing":
+                notes.append(f"allow_unix_sockets: {sock} does not exist")
+            elif not is_hidden(sock):
+                socket_mounts.append(ReadOnly(sock, Reason.UNIX_SOCKET))
 
     # 5. Assemble, in mount order: shallow before deep so that a deeper, stricter
     # mount lands on top of the writable one that contains it; at equal depth
     # writable < read-only < hidden (deny wins).
     ops: list = [ReadOnlyRoot(), PrivateDev(), PrivateProc()]
-    tmp_paths = ("/tmp", "/var/tmp") if fs.private_tmp else ()
+    tmp_paths = tuple(p for p in ("/tmp", "/var/tmp") if probe.kind(p) == "dir"
+                      and probe.realpath(p) == p) if fs.private_tmp else ()
     mounts: list = [PrivateTmp(p) for p in tmp_paths]
+    mounts += socket_mounts
     mounts += writable.values()
     mounts += readonly.values()
     mounts += placeholders.values()

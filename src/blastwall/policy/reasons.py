@@ -24,6 +24,7 @@ class Reason(str, enum.Enum):
     NETWORK_DENIED = "network-denied"  # No network granted.
     SYSCALL_DENIED = "syscall-denied"  # Refused by the seccomp filter.
     SECRET_ENV = "secret-env"  # Environment variable dropped.
+    UNIX_SOCKET = "unix-socket"  # filesystem.allow_unix_sockets.
 
     def __str__(self) -> str:
         return self.value

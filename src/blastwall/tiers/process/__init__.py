@@ -102,6 +102,13 @@ class ProcessSandbox:
         self.landlock = 0
         self.bwrap_messages = ""
 
+    @staticmethod
+    def recover(*, environ=os.environ) -> None:
+        """Remove what runs killed with SIGKILL left behind (placeholders)."""
+        from blastwall.tiers.process import placeholders
+
+        placeholders.recover(environ=environ)
+
     # -- prepare ----------------------------------------------------------------
     def prepare(self) -> None:
         """Check the machine and compile the plan; refuse it whole if needed."""

@@ -86,11 +86,11 @@ def _try_exclusive(workspace: str) -> int | None:
 def create(ops, roots, *, environ=os.environ) -> list[Record]:
     """Create the placeholders of ``ops`` (Placeholder operations); journal them.
 
-    ``roots`` are the writable roots; call ``lock_roots(roots)`` first.
+    ``roots`` are the writable roots; call ``lock_roots(roots)`` first, and
+    ``recover()`` before the plan was compiled.
     """
     if not ops:
         return []
-    recover(environ=environ)
     records: list[Record] = []
     journal = _journal_path(environ)
     os.makedirs(os.path.dirname(journal), mode=0o700, exist_ok=True)
