@@ -1,0 +1,150 @@
+"""Compiling policies into plans, against a fake filesystem."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from blastwall.errors import EnforcementError, PolicyError
+from blastwall.policy import plan as P
+from blastwall.policy.model import merge, parse_layer
+from blastwall.policy.reasons import Reason
+from blastwall.tiers import process
+
+
+class FakeFS(P.FileProbe):
+    def __init__(self, dirs=(), files=(), links=None):
+        self.dirs = {"/"} | set(dirs)
+        for d in list(self.dirs):
+            while d != "/":
+                d = os.path.dirname(d)
+                self.dirs.add(d)
+        self.files = set(files)
+        self.links = links or {}
+
+    def realpath(self, path):
+        for src, dst in self.links.items():
+            if path == src or path.startswith(src + "/"):
+                return dst + path[len(src):]
+        return os.path.normpath(path)
+
+    def kind(self, path):
+        path = self.realpath(path)
+        if path in self.dirs:
+            return "dir"
+        if path in self.files:
+            return "file"
+        return "missing"
+
+
+HOME = "/home/u"
+WS = "/home/u/proj"
+
+
+def compile_(doc=None, fs=None, **host):
+    fs = fs or FakeFS(dirs=[WS, f"{HOME}/.aws", "/tmp", "/var/tmp"], files=[f"{HOME}/.netrc"])
+    policy = merge([parse_layer(doc or {}, "test")])
+    args = dict(home=HOME, uid=1000, workspace=WS, environ={"PATH": "/bin", "GITHUB_TOKEN": "x", "HOME": HOME},
+                protected=(), probe=fs)
+    args.update(host)
+    return P.compile_plan(policy, P.Host(**args))
+
+
+def test_secrets_hidden_with_the_right_kind():
+    plan = compile_()
+    hides = {op.path: op.kind for op in plan.of(P.Hide)}
+    assert hides[f"{HOME}/.aws"] == "dir"
+    assert hides[f"{HOME}/.netrc"] == "file"
+    assert f"{HOME}/.ssh" not in hides  # Missing: nothing to hide.
+
+
+def test_workspace_writable_and_mandatory_placeholders():
+    plan = compile_()
+    assert [op.path for op in plan.of(P.Writable)] == [WS]
+    placeholders = {op.path for op in plan.of(P.Placeholder)}
+    assert f"{WS}/.git" in placeholders and f"{WS}/.bashrc" in placeholders
+    # .git/hooks, .git/config and .git/modules share one placeholder.
+    assert sum(1 for p in placeholders if p == f"{WS}/.git" or p.startswith(f"{WS}/.git/")) == 1
+
+
+def test_existing_mandatory_paths_become_read_only():
+    fs = FakeFS(dirs=[WS, f"{WS}/.git/hooks"], files=[f"{WS}/.git/config"])
+    plan = compile_(fs=fs)
+    ro = {op.path for op in plan.of(P.ReadOnly)}
+    assert {f"{WS}/.git/hooks", f"{WS}/.git/config"} <= ro
+    assert f"{WS}/.git/modules" in {op.path for op in plan.of(P.Placeholder)}
+
+
+def test_deny_wins_over_allow_write():
+    plan = compile_({"filesystem": {"allow_write": [".", "~/.aws"]}})
+    assert f"{HOME}/.aws" not in {op.path for op in plan.of(P.Writable)}
+    assert any("deny wins" in n for n in plan.notes)
+
+
+def test_mount_order_puts_stricter_mounts_on_top():
+    plan = compile_({"filesystem": {"deny_read": ["secrets"]}},
+                    fs=FakeFS(dirs=[WS, f"{WS}/.git/hooks", f"{WS}/secrets", "/tmp"]))
+    order = [op.path for op in plan.operations if hasattr(op, "path") and not isinstance(op, P.Chdir)]
+    assert order.index(WS) < order.index(f"{WS}/.git/hooks")
+    assert order.index(WS) < order.index(f"{WS}/secrets")
+    assert order.index("/tmp") < order.index(WS)
+
+
+def test_symlinked_secret_is_hidden_at_its_target():
+    fs = FakeFS(dirs=[WS, "/vault/aws"], links={f"{HOME}/.aws": "/vault/aws"})
+    plan = compile_(fs=fs)
+    assert "/vault/aws" in {op.path for op in plan.of(P.Hide)}
+
+
+@pytest.mark.parametrize("ws", ["/", "/etc", "/usr"])
+def test_forbidden_workspaces(ws):
+    with pytest.raises(EnforcementError, match="Refusing"):
+        compile_(workspace=ws, fs=FakeFS(dirs=[ws]))
+
+
+def test_workspace_inside_a_secret_is_refused():
+    fs = FakeFS(dirs=[f"{HOME}/.aws/proj"])
+    with pytest.raises(PolicyError, match="contains the workspace"):
+        compile_(workspace=f"{HOME}/.aws/proj", fs=fs)
+
+
+def test_reveal_takes_exact_builtin_entries_only():
+    plan = compile_({"filesystem": {"reveal": ["~/.netrc"]}})
+    assert f"{HOME}/.netrc" not in {op.path for op in plan.of(P.Hide)}
+    with pytest.raises(PolicyError, match="reveal"):
+        compile_({"filesystem": {"reveal": ["~/.aws/credentials"]}})
+
+
+def test_environment_drops_secrets_and_passes_named():
+    env = compile_().of(P.Environment)[0]
+    assert "GITHUB_TOKEN" in env.dropped and "PATH" in dict(env.variables)
+    env = compile_({"environment": {"pass": ["GITHUB_TOKEN"]}}).of(P.Environment)[0]
+    assert dict(env.variables)["GITHUB_TOKEN"] == "x"
+
+
+def test_network_allow_compiles_to_egress_and_the_process_tier_refuses_it():
+    plan = compile_({"network": {"allow": ["example.com"]}})
+    assert plan.of(P.Egress)
+    sandbox = process.ProcessSandbox(plan)
+    with pytest.raises(Exception, match="network"):
+        sandbox.prepare()
+
+
+def test_protected_paths_inside_writable_root():
+    fs = FakeFS(dirs=[WS, f"{WS}/.venv"])
+    plan = compile_(fs=fs, protected=(f"{WS}/.venv", f"{WS}/.config/blastwall"))
+    assert f"{WS}/.venv" in {op.path for op in plan.of(P.ReadOnly)}
+    assert any(op.reason is Reason.SELF_PROTECTION for op in plan.of(P.ReadOnly))
+
+
+def test_every_operation_type_is_handled_or_refused_by_the_process_tier():
+    for kind in P.OPERATION_TYPES:
+        assert (kind in process.HANDLED) != (kind in process.REFUSED), kind.__name__
+
+
+def test_operations_are_immutable_values():
+    a, b = P.Writable("/x", Reason.WORKSPACE), P.Writable("/x", Reason.WORKSPACE)
+    assert a == b and hash(a) == hash(b)
+    with pytest.raises(AttributeError):
+        a.path = "/"

@@ -1,0 +1,187 @@
+"""Each layer of the process tier, tested on its own.
+
+* seccomp: the filter installed in a plain process, without bubblewrap;
+* Landlock: the launcher under bubblewrap with two writable mounts, only one
+  of which it grants;
+* mounts: the bubblewrap command line with an allow-everything filter and no
+  launcher;
+* verification: the launcher refuses to run when the filter is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from blastwall.policy.defaults import DENIED_SYSCALL_FAMILIES
+from blastwall.tiers.process import _raw_bwrap, _raw_seccomp
+from blastwall.tiers.process._raw_enter import landlock_abi
+from tests.conftest import BWRAP, needs_bwrap
+
+LAUNCHER = os.path.join(os.path.dirname(_raw_seccomp.__file__), "_raw_enter.py")
+
+PROBES = r"""
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def probe():
+    out = {}
+    def call(name, *args):
+        ctypes.set_errno(0)
+        rc = libc.syscall(*[ctypes.c_long(a) for a in args])
+        out[name] = ctypes.get_errno() if rc < 0 else 0
+    call("bpf", 321, 0, 0, 0)
+    call("io_uring_setup", 425, 0, 0)
+    call("perf_event_open", 298, 0, 0, 0, 0, 0)
+    call("keyctl", 250, 0, 0)
+    call("kexec_load", 246, 0, 0, 0, 0)
+    call("open_by_handle_at", 304, -1, 0, 0)
+    call("mount", 165, 0, 0, 0, 0, 0)
+    call("ptrace", 101, 0x4206, 1, 0, 0)
+    call("socket-unix", 41, 1, 1, 0)
+    call("socket-vsock", 41, 40, 1, 0)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno())
+    out["unshare-user"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return out
+before = probe()
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+data = os.read(int(sys.argv[1]), 1 << 20)
+buf = ctypes.create_string_buffer(data, len(data))
+prog = Prog(len(data) // 8, ctypes.cast(buf, ctypes.c_void_p))
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.prctl(22, 2, ctypes.byref(prog)) == 0, ctypes.get_errno()
+print(json.dumps({"before": before, "after": probe()}))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="probe syscall numbers are x86_64's")
+def test_seccomp_filter_alone():
+    fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES)
+    try:
+        r = subprocess.run([sys.executable, "-c", PROBES, str(fd)], pass_fds=(fd,), capture_output=True,
+                           text=True, timeout=30)
+    finally:
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout)
+    after = results["after"]
+    assert all(code == 1 for code in after.values()), after  # Exactly EPERM, every one.
+    # The control: without the filter the kernel answered otherwise, so the
+    # EPERMs above come from the filter.
+    before = results["before"]
+    assert sum(code != 1 for code in before.values()) >= len(before) - 2, before
+
+
+def test_seccomp_rejects_unknown_family():
+    with pytest.raises(ValueError):
+        _raw_seccomp.compile_filter(families=("no-such-family",))
+
+
+def test_every_family_in_the_defaults_is_known():
+    assert set(DENIED_SYSCALL_FAMILIES) == set(_raw_seccomp.FAMILIES)
+
+
+def _launcher_argv(writable, extra=()):
+    return [sys.executable, "-I", "-S", "-B", LAUNCHER, *[a for w in writable for a in ("--write", str(w))], *extra]
+
+
+@needs_bwrap
+@pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
+def test_landlock_alone_restricts_writes_to_granted_paths(scratch):
+    granted, refused = scratch / "granted", scratch / "refused"
+    granted.mkdir()
+    refused.mkdir()
+    fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES)
+    try:
+        # Both directories are writable *mounts*; only Landlock tells them apart.
+        argv = [BWRAP, "--unshare-user", "--unshare-pid", "--die-with-parent", "--cap-drop", "ALL",
+                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                "--bind", str(granted), str(granted), "--bind", str(refused), str(refused),
+                "--seccomp", str(fd), "--", *_launcher_argv([granted, "/dev"]), "--",
+                "sh", "-c", f"echo ok > {granted}/f; echo pwned > {refused}/f; mkdir {refused}/d; echo done"]
+        r = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True, timeout=30)
+    finally:
+        os.close(fd)
+    assert "done" in r.stdout, r.stderr
+    assert (granted / "f").read_text() == "ok\n"
+    assert not (refused / "f").exists() and not (refused / "d").exists()
+    assert "Permission denied" in r.stderr  # EACCES: Landlock, not EROFS from a mount
+
+
+@needs_bwrap
+def test_launcher_refuses_without_seccomp(scratch):
+    marker = scratch / "marker"
+    argv = [BWRAP, "--unshare-user", "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev",
+            "--bind", str(scratch), str(scratch), "--", *_launcher_argv([scratch]), "--", "touch", str(marker)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 125
+    assert "Refusing to run" in r.stderr and "seccomp" in r.stderr
+    assert not marker.exists()
+
+
+@needs_bwrap
+def test_launcher_refuses_when_landlock_required_but_unavailable(scratch):
+    # Make Landlock look absent by answering its syscalls with ENOSYS, as an
+    # old kernel would.
+    import ctypes
+    import errno
+
+    lib = _raw_seccomp._load()
+    ctx = lib.seccomp_init(_raw_seccomp.SCMP_ACT_ALLOW)
+    for nr in (444, 445, 446):
+        lib.seccomp_rule_add_array(ctx, _raw_seccomp.SCMP_ACT_ERRNO(errno.ENOSYS), nr, 0,
+                                   (_raw_seccomp._ArgCmp * 1)())
+    for nr, flag in ((272, 0x10000000),):  # unshare(CLONE_NEWUSER), for the launcher's own check
+        arr = (_raw_seccomp._ArgCmp * 1)(_raw_seccomp._ArgCmp(0, _raw_seccomp.SCMP_CMP_MASKED_EQ, flag, flag))
+        lib.seccomp_rule_add_array(ctx, _raw_seccomp.SCMP_ACT_ERRNO(errno.EPERM), nr, 1, arr)
+    arr = (_raw_seccomp._ArgCmp * 1)(_raw_seccomp._ArgCmp(0, _raw_seccomp.SCMP_CMP_EQ, 1, 0))
+    lib.seccomp_rule_add_array(ctx, _raw_seccomp.SCMP_ACT_ERRNO(errno.EPERM), 41, 1, arr)
+    fd = os.memfd_create("test-filter", 0)
+    assert lib.seccomp_export_bpf(ctx, fd) == 0
+    lib.seccomp_release(ctx)
+    os.lseek(fd, 0, os.SEEK_SET)
+    marker = scratch / "marker"
+    try:
+        argv = [BWRAP, "--unshare-user", "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev",
+                "--bind", str(scratch), str(scratch), "--seccomp", str(fd), "--",
+                *_launcher_argv([scratch], ["--require-landlock"]), "--", "touch", str(marker)]
+        r = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True, timeout=30)
+    finally:
+        os.close(fd)
+    assert r.returncode == 125, r.stderr
+    assert "Landlock is required" in r.stderr
+    assert not marker.exists()
+
+
+@needs_bwrap
+def test_mount_layer_alone(scratch):
+    ws = scratch / "ws"
+    secret = scratch / "secret"
+    ws.mkdir()
+    secret.mkdir()
+    (secret / "key").write_text("s3cret")
+    fd = _raw_seccomp.compile_filter(families=())  # Allows everything.
+    status_r, status_w = os.pipe()
+    try:
+        argv = _raw_bwrap.bwrap_argv(
+            bwrap=BWRAP,
+            mounts=[("ro-root",), ("dev",), ("proc",), ("tmpfs", "/tmp"), ("bind", str(ws)), ("hide-dir", str(secret))],
+            isolate_network=True, chdir=str(ws), seccomp_fd=fd, status_fd=status_w, launcher=["env"],
+            command=["sh", "-c", f"echo ok > {ws}/f; cat {secret}/key; echo x > {scratch}/outside; echo done"],
+        )
+        r = subprocess.run(argv, pass_fds=(fd, status_w), capture_output=True, text=True, timeout=30)
+    finally:
+        for f in (fd, status_r, status_w):
+            os.close(f)
+    assert "done" in r.stdout, r.stderr
+    assert (ws / "f").read_text() == "ok\n"
+    assert "s3cret" not in r.stdout
+    assert not (scratch / "outside").exists()
+    assert "Read-only file system" in r.stderr
