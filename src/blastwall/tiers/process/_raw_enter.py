@@ -253,11 +253,15 @@ def main(argv: list) -> None:
     if spec["ctty"]:
         import fcntl
 
+        # bubblewrap's new session belongs to its pid 1; start our own so the
+        # private pty can become our controlling terminal.
         try:
+            if os.getsid(0) != os.getpid():
+                os.setsid()
             fcntl.ioctl(0, TIOCSCTTY, 0)
             os.tcsetpgrp(0, os.getpgrp())
-        except OSError:
-            pass
+        except OSError as exc:
+            _fail(f"Can't attach the sandbox's terminal: {exc.strerror}")
     command = spec["command"]
     try:
         os.execvp(command[0], command)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what blastwall needs on Debian/Ubuntu and the package itself into .venv.
+# Usage: scripts/setup.sh [test]   ("test" also installs the test tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(bubblewrap libseccomp2 git curl ca-certificates python3 python3-venv util-linux iproute2)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "setup: please install these packages first, then run this again:" >&2
+        echo "  sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+# Python >= 3.11 (Ubuntu 22.04 ships 3.10; its python3.11 package works).
+PYTHON=""
+for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        PYTHON="$(command -v "$candidate")"
+        break
+    fi
+done
+if [ -z "$PYTHON" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -qq python3.11 python3.11-venv >/dev/null
+        PYTHON="$(command -v python3.11)"
+    else
+        echo "setup: blastwall needs Python >= 3.11: sudo apt-get install python3.11 python3.11-venv" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+extra=""
+[ "${1:-}" = "test" ] && extra="[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"

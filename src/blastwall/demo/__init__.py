@@ -1,0 +1,1 @@
+"""The demo: an agent trying the classic moves, with and without blastwall."""
