@@ -1,8 +1,9 @@
 """Shared fixtures: a fake home with planted secrets, a workspace, and a runner.
 
-Every fixture directory lives under ``<repo>/.test-tmp``, never under /tmp:
-the sandbox has a private /tmp, so a secret planted there would be invisible
-for the wrong reason and a test reading it could not fail.
+Every fixture directory lives under ``~/.cache/blastwall-tests`` (or
+``$BLASTWALL_TEST_TMP``), never under /tmp: the sandbox has a private /tmp, so
+a secret planted there would be invisible for the wrong reason and a test
+reading it could not fail.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-BASE = REPO / ".test-tmp"
+BASE = Path(os.environ.get("BLASTWALL_TEST_TMP") or Path.home() / ".cache" / "blastwall-tests").resolve()
+if any(BASE == Path(p) or Path(p) in BASE.parents for p in ("/tmp", "/var/tmp", "/dev/shm", "/run")):
+    raise SystemExit(f"tests: {BASE} is on a path the sandbox replaces with a private tmpfs; "
+                     "set BLASTWALL_TEST_TMP to a directory elsewhere")
 
 SECRET = "AKIA-BLASTWALL-TEST-SECRET-0123456789"
 
@@ -36,7 +39,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to set up 
 
 @pytest.fixture
 def scratch():
-    BASE.mkdir(exist_ok=True)
+    BASE.mkdir(parents=True, exist_ok=True)
     path = BASE / uuid.uuid4().hex[:12]
     path.mkdir()
     os.chmod(path, 0o755)
