@@ -29,16 +29,16 @@ def protected_paths(environ=os.environ) -> tuple[str, ...]:
     its next policy or forge the audit trail) and its installation (code that
     runs on the host after the sandbox ends).
     """
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = [
-        config_dir(environ),
-        state_dir(environ),
-        cache_dir(environ),
-        os.path.join(package, "blastwall"),
-        sys.prefix,
-        sys.base_prefix,
-        os.path.dirname(os.path.realpath(sys.executable)),
-    ]
+    return _unique([config_dir(environ), state_dir(environ), cache_dir(environ), *runtime_paths()])
+
+
+def runtime_paths() -> tuple[str, ...]:
+    """What the sandbox needs to start: this Python and the blastwall package."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    return _unique([package, sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))])
+
+
+def _unique(paths) -> tuple[str, ...]:
     out: list[str] = []
     for path in paths:
         if path and path not in out:
@@ -65,6 +65,7 @@ def plan_for(
         cwd=cwd,
         environ=dict(environ),
         protected=protected_paths(environ),
+        runtime=runtime_paths(),
     )
     return P.compile_plan(policy, host)
 

@@ -243,7 +243,7 @@ class FileProbe:
 class Host:
     """The invoking user and machine: everything the compiler reads besides the policy."""
 
-    __slots__ = ("home", "uid", "workspace", "cwd", "environ", "protected", "probe")
+    __slots__ = ("home", "uid", "workspace", "cwd", "environ", "protected", "runtime", "probe")
 
     def __init__(
         self,
@@ -254,6 +254,7 @@ class Host:
         cwd: str | None = None,
         environ: dict[str, str],
         protected: tuple[str, ...],
+        runtime: tuple[str, ...] = (),
         probe: FileProbe | None = None,
     ) -> None:
         object.__setattr__(self, "home", home)
@@ -262,6 +263,7 @@ class Host:
         object.__setattr__(self, "cwd", cwd or workspace)
         object.__setattr__(self, "environ", environ)
         object.__setattr__(self, "protected", protected)
+        object.__setattr__(self, "runtime", runtime)
         object.__setattr__(self, "probe", probe or FileProbe())
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -405,6 +407,13 @@ def compile_plan(policy, host: Host) -> Plan:
                       and probe.realpath(p) == p) if fs.private_tmp else ()
     mounts: list = [PrivateTmp(p) for p in tmp_paths]
     mounts += socket_mounts
+    # The interpreter and package that start the sandbox must stay visible
+    # (read-only) even when installed under a path replaced by a private tmpfs.
+    for raw in host.runtime:
+        path = probe.realpath(raw)
+        if path not in readonly and probe.kind(path) == "dir" and writable_root(path) is None \
+                and any(is_within(path, t) for t in tmp_paths):
+            mounts.append(ReadOnly(path, Reason.RUNTIME))
     mounts += writable.values()
     mounts += readonly.values()
     mounts += placeholders.values()

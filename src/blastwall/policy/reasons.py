@@ -25,6 +25,7 @@ class Reason(str, enum.Enum):
     SYSCALL_DENIED = "syscall-denied"  # Refused by the seccomp filter.
     SECRET_ENV = "secret-env"  # Environment variable dropped.
     UNIX_SOCKET = "unix-socket"  # filesystem.allow_unix_sockets.
+    RUNTIME = "runtime"  # The interpreter and package that start the sandbox.
 
     def __str__(self) -> str:
         return self.value
