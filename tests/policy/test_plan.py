@@ -148,3 +148,12 @@ def test_operations_are_immutable_values():
     assert a == b and hash(a) == hash(b)
     with pytest.raises(AttributeError):
         a.path = "/"
+
+
+def test_runtime_under_private_tmp_stays_visible_read_only():
+    fs = FakeFS(dirs=[WS, "/tmp", "/var/tmp", "/tmp/venv", "/opt/python"])
+    plan = compile_(fs=fs, runtime=("/tmp/venv", "/opt/python"))
+    runtime = [op for op in plan.of(P.ReadOnly) if op.reason is Reason.RUNTIME]
+    assert [op.path for op in runtime] == ["/tmp/venv"]  # /opt is visible anyway
+    order = [op.path for op in plan.operations if isinstance(op, (P.PrivateTmp, P.ReadOnly))]
+    assert order.index("/tmp") < order.index("/tmp/venv")

@@ -19,10 +19,10 @@ import pytest
 
 from blastwall.policy.defaults import DENIED_SYSCALL_FAMILIES
 from blastwall.tiers.process import _raw_bwrap, _raw_seccomp
-from blastwall.tiers.process._raw_enter import landlock_abi
+from blastwall.tiers.process import landlock_abi, launcher_path
 from tests.conftest import BWRAP, needs_bwrap
 
-LAUNCHER = os.path.join(os.path.dirname(_raw_seccomp.__file__), "_raw_enter.py")
+LAUNCHER = launcher_path()
 
 PROBES = r"""
 import ctypes, json, os, sys
@@ -89,7 +89,7 @@ def test_every_family_in_the_defaults_is_known():
 
 
 def _launcher_argv(writable, extra=()):
-    return [sys.executable, "-I", "-S", "-B", LAUNCHER, *[a for w in writable for a in ("--write", str(w))], *extra]
+    return [LAUNCHER, *[a for w in writable for a in ("--write", str(w))], *extra]
 
 
 @needs_bwrap
@@ -185,3 +185,23 @@ def test_mount_layer_alone(scratch):
     assert "s3cret" not in r.stdout
     assert not (scratch / "outside").exists()
     assert "Read-only file system" in r.stderr
+
+
+def test_launcher_outside_a_sandbox_refuses(scratch):
+    # Run directly on the host (no seccomp, no no-new-privs): it must refuse.
+    marker = scratch / "marker"
+    r = subprocess.run([LAUNCHER, "--write", str(scratch), "--", "touch", str(marker)], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 125 and "Refusing to run" in r.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--"], ["--write"], ["--write", "relative", "--", "true"], ["--stderr-fd", "x", "--", "true"],
+    ["--stderr-fd", "99999999", "--", "true"], ["--bogus", "--", "true"], ["--ready-fd"],
+    ["--write", "/x"] * 300 + ["--", "true"],
+])
+def test_launcher_rejects_bad_arguments(args, scratch):
+    r = subprocess.run([LAUNCHER, *args], capture_output=True, text=True, timeout=10, cwd=scratch)
+    assert r.returncode == 125
+    assert r.stderr.startswith("blastwall: ")

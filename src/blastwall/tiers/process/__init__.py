@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
@@ -43,7 +42,21 @@ _FD_READY = 4
 _FD_SECCOMP = 5
 _FD_STATUS = 6
 
-_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_raw_enter.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def launcher_path() -> str:
+    """The compiled in-sandbox launcher (_raw_enter.c), built at install time."""
+    import importlib.machinery
+
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(_HERE, "_raw_enter_bin" + suffix)
+        if os.access(path, os.X_OK):
+            return path
+    raise EnforcementError(
+        f"Can't find the sandbox launcher in {_HERE}: blastwall was installed without building it",
+        fix="install a C compiler (sudo apt-get install gcc libc6-dev) and reinstall blastwall",
+    )
 
 
 def find_bwrap(environ=os.environ) -> str:
@@ -62,9 +75,9 @@ def find_bwrap(environ=os.environ) -> str:
 
 
 def landlock_abi() -> int:
-    from blastwall.tiers.process import _raw_enter
+    from blastwall.tiers.process._raw_landlock import landlock_abi as abi
 
-    return _raw_enter.landlock_abi()
+    return abi()
 
 
 def translate_bwrap_error(text: str) -> EnforcementError:
@@ -90,6 +103,7 @@ class ProcessSandbox:
         self.plan = plan
         self._environ = environ
         self._bwrap: str | None = None
+        self._launcher: str | None = None
         self._seccomp_fd: int | None = None
         self._placeholders: list = []
         self._locked = False
@@ -120,6 +134,7 @@ class ProcessSandbox:
             if kind not in HANDLED:
                 raise Unsupported(f"Refusing the plan: the process tier cannot enforce {kind.__name__}")
         self._bwrap = find_bwrap(self._environ)
+        self._launcher = launcher_path()
         self.landlock = landlock_abi()
         if not self.landlock and self.plan.of(P.RequireLandlock):
             raise EnforcementError(
@@ -151,8 +166,7 @@ class ProcessSandbox:
         (landlock,) = self.plan.of(P.LandlockWrites)
         (env_op,) = self.plan.of(P.Environment)
         (chdir,) = self.plan.of(P.Chdir)
-        launcher = [sys.executable, "-I", "-S", "-B", _LAUNCHER,
-                    "--stderr-fd", str(_FD_REAL_STDERR), "--ready-fd", str(_FD_READY)]
+        launcher = [self._launcher, "--stderr-fd", str(_FD_REAL_STDERR), "--ready-fd", str(_FD_READY)]
         for path in landlock.paths:
             launcher += ["--write", path]
         if self.plan.of(P.RequireLandlock):

@@ -1,0 +1,132 @@
+"""Start-up cost of `blastwall run -- true`, side by side with bare bubblewrap and srt.
+
+    .venv/bin/python bench/startup.py [--runs 40]
+
+Runs the three commands interleaved (one of each per round, so machine noise
+hits all alike) and prints medians, the 90th percentile and ratios.
+* bare bwrap: the same namespaces and a minimal mount set (ro root, /dev,
+  /proc, private /tmp, the workspace) with no seccomp, no Landlock, no policy;
+* blastwall: the installed `blastwall` command with the default policy;
+* srt: Anthropic's sandbox-runtime from npm, installed into bench/.srt on first
+  use (skipped, with the reason, when npm or its dependencies are missing).
+Goals (issue 2): blastwall's median <= 1/5 of srt's, and within 25 ms of bare bwrap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SRT_DIR = HERE / ".srt"
+
+
+def find_blastwall() -> list[str]:
+    script = Path(sys.executable).with_name("blastwall")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "blastwall"]
+
+
+def ensure_srt() -> tuple[list[str] | None, str]:
+    binary = SRT_DIR / "node_modules" / ".bin" / "srt"
+    if not binary.exists():
+        if not shutil.which("npm"):
+            return None, "npm is not installed"
+        SRT_DIR.mkdir(exist_ok=True)
+        r = subprocess.run(["npm", "install", "--silent", "--prefix", str(SRT_DIR), "@anthropic-ai/sandbox-runtime"],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0 or not binary.exists():
+            return None, f"npm install @anthropic-ai/sandbox-runtime failed: {r.stderr.strip()[:200]}"
+    missing = [tool for tool in ("rg", "socat") if not shutil.which(tool)]
+    if missing:
+        return None, f"srt needs {', '.join(missing)} (apt-get install ripgrep socat)"
+    probe = subprocess.run([str(binary), "true"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return None, f"srt does not run here: {probe.stderr.strip()[:200]}"
+    return [str(binary), "true"], ""
+
+
+def bare_bwrap(workspace: str) -> list[str]:
+    from blastwall.tiers.process import find_bwrap
+    from blastwall.tiers.process._raw_bwrap import FIXED_FLAGS
+
+    return [find_bwrap(), *FIXED_FLAGS, "--unshare-net", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", "--bind", workspace, workspace, "--chdir", workspace, "--", "true"]
+
+
+def measure(commands: dict[str, list[str]], runs: int, warmup: int, cwd: str, env: dict) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for round_ in range(warmup + runs):
+        for name, argv in commands.items():
+            start = time.perf_counter()
+            r = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            elapsed = (time.perf_counter() - start) * 1000
+            if r.returncode != 0:
+                raise SystemExit(f"bench: {name} failed (exit {r.returncode}): {r.stderr.decode()[:300]}")
+            if round_ >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-srt", action="store_true")
+    args = parser.parse_args()
+
+    # A normal installation has compiled bytecode; make sure this one does too.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    import blastwall
+
+    compileall.compile_dir(os.path.dirname(blastwall.__file__), quiet=1)
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    base.mkdir(parents=True, exist_ok=True)
+    workspace = tempfile.mkdtemp(prefix="blastwall-bench-", dir=base)
+    try:
+        commands = {"bare bwrap": bare_bwrap(workspace), "blastwall run": [*find_blastwall(), "run", "--", "true"]}
+        srt_note = "skipped (--no-srt)"
+        if not args.no_srt:
+            srt, why = ensure_srt()
+            if srt:
+                commands["srt"] = srt
+                srt_note = ""
+            else:
+                srt_note = f"skipped: {why}"
+        times = measure(commands, args.runs, args.warmup, workspace, env)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+    med = {name: statistics.median(values) for name, values in times.items()}
+    p90 = {name: sorted(values)[int(len(values) * 0.9) - 1] for name, values in times.items()}
+    print(f"`<command> true`, {args.runs} interleaved runs each (after {args.warmup} warm-up rounds), "
+          f"wall time in ms, on {os.cpu_count()} cores\n")
+    print(f"| {'command':<14} | {'median':>7} | {'p90':>7} | {'vs bare bwrap':>13} | {'vs srt':>7} |")
+    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 9}|{'-' * 15}|{'-' * 9}|")
+    for name in times:
+        vs_bare = f"{med[name] / med['bare bwrap']:.1f}x"
+        vs_srt = f"{med[name] / med['srt']:.2f}x" if "srt" in med else "-"
+        print(f"| {name:<14} | {med[name]:7.1f} | {p90[name]:7.1f} | {vs_bare:>13} | {vs_srt:>7} |")
+    if srt_note:
+        print(f"\nsrt: {srt_note}")
+    over = med["blastwall run"] - med["bare bwrap"]
+    print(f"\nblastwall overhead over bare bwrap: {over:.1f} ms (goal: <= 25 ms) -> {'met' if over <= 25 else 'NOT met'}")
+    if "srt" in med:
+        ratio = med["srt"] / med["blastwall run"]
+        print(f"srt / blastwall: {ratio:.1f}x (goal: >= 5x) -> {'met' if ratio >= 5 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
