@@ -179,3 +179,19 @@ def test_blastwall_config_is_not_writable_even_when_workspace_is_home(home):
                   home=home, cwd=home)
     assert r.returncode != 0
     assert not (home / ".config" / "blastwall" / "policy.toml").exists()
+
+
+@pytest.mark.parametrize("link", [".config", ".vscode", ".git"])
+def test_symlinked_protected_path_is_refused(home, workspace, scratch, link):
+    # A repository ships a protected directory as a symlink.  Mounts would land
+    # on the target and the sandbox could swap the link for a real directory,
+    # so blastwall refuses, and creates nothing anywhere.
+    outside = scratch / "outside"
+    outside.mkdir()
+    (workspace / link).symlink_to(outside)
+    before = snapshot(workspace)
+    r = blastwall(["run", "--", "touch", "ran"], home=home, cwd=workspace)
+    assert r.returncode == 125, r.stderr
+    assert "symbolic link" in r.stderr
+    assert list(outside.iterdir()) == []
+    assert snapshot(workspace) == before

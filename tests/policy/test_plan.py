@@ -29,6 +29,9 @@ class FakeFS(P.FileProbe):
                 return dst + path[len(src):]
         return os.path.normpath(path)
 
+    def islink(self, path):
+        return path in self.links
+
     def kind(self, path):
         path = self.realpath(path)
         if path in self.dirs:

@@ -239,6 +239,9 @@ class FileProbe:
             return "file"
         return "other"
 
+    def islink(self, path: str) -> bool:
+        return os.path.islink(path)
+
 
 class Host:
     """The invoking user and machine: everything the compiler reads besides the policy."""
@@ -377,12 +380,31 @@ def compile_plan(policy, host: Host) -> Plan:
             return
         placeholders[first] = Placeholder(first, target, reason)
 
+    def refuse_links(root: str, lexical: str) -> None:
+        # A protected path reached through a symlink inside a writable root
+        # cannot be protected: mounts land on the link's target, and the
+        # sandbox could delete the link and put a real file in its place.
+        current = root
+        for part in lexical[len(root):].strip("/").split("/"):
+            current = os.path.join(current, part)
+            if probe.islink(current):
+                raise EnforcementError(
+                    f"Refusing to run: {current} is a symbolic link inside the writable {root}, "
+                    f"so the sandbox could replace {lexical} with a file the host trusts",
+                    fix=f"replace the link with the real directory or file, or use a workspace without it",
+                )
+
     for root in roots:
         for entry in _defaults.MANDATORY_WRITE_DENY:
-            target = probe.realpath(os.path.join(root, entry))
-            deny_write(target, Reason.MANDATORY_DENY)
+            lexical = os.path.join(root, entry)
+            refuse_links(root, lexical)
+            deny_write(probe.realpath(lexical), Reason.MANDATORY_DENY)
     for raw in fs.deny_write:
-        deny_write(resolve(raw, workspace), Reason.DENY_WRITE)
+        lexical = expand(raw, home=host.home, base=workspace, uid=host.uid)
+        root = writable_root(lexical)
+        if root is not None:
+            refuse_links(root, lexical)
+        deny_write(probe.realpath(lexical), Reason.DENY_WRITE)
     for raw in host.protected:
         deny_write(probe.realpath(raw), Reason.SELF_PROTECTION)
 

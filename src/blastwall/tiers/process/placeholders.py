@@ -96,8 +96,14 @@ def create(ops, roots, *, environ=os.environ) -> list[Record]:
     os.makedirs(os.path.dirname(journal), mode=0o700, exist_ok=True)
     with open(journal, "w", encoding="utf-8") as out:
         for op in sorted(ops, key=lambda o: o.path):
+            root = _root_of(op.path, roots)
             try:
-                os.mkdir(op.path, 0o755)
+                parent, name = _open_parent(op.path, root)
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                finally:
+                    os.close(parent)
             except FileExistsError:
                 # Created since the plan was compiled (another run, or the user):
                 # it exists now, so the read-only bind still covers it; not ours to remove.
@@ -109,12 +115,33 @@ def create(ops, roots, *, environ=os.environ) -> list[Record]:
                 raise EnforcementError(
                     f"Can't create the placeholder {op.path} that protects {op.target}: {exc.strerror}"
                 ) from None
-            st = os.lstat(op.path)
-            root = _root_of(op.path, roots)
             records.append((op.path, "dir", st.st_dev, st.st_ino, root))
             out.write(f"{root}\tdir\t{st.st_dev}\t{st.st_ino}\t{op.path}\n")
             out.flush()
     return records
+
+
+def _open_parent(path: str, root: str) -> tuple[int, str]:
+    """An fd of ``path``'s parent, reached from ``root`` without following symlinks.
+
+    The workspace is writable by sandboxes: a component swapped for a symlink
+    after the plan was compiled must not make us create or remove anything
+    outside it.
+    """
+    rel = os.path.relpath(path, root)
+    parts = rel.split("/")
+    if rel.startswith("..") or not parts or "" in parts:
+        raise OSError(22, f"{path} is not beneath {root}")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
 
 
 def _root_of(path: str, roots) -> str:
@@ -137,8 +164,8 @@ def remove(records: list[Record], *, environ=os.environ) -> None:
             leftover = True  # Another run still uses them; it or recover() cleans up.
             continue
         try:
-            for path, kind, dev, ino, _root in sorted(items, reverse=True):
-                _remove_one(path, kind, dev, ino)
+            for path, kind, dev, ino, item_root in sorted(items, reverse=True):
+                _remove_one(path, kind, dev, ino, item_root)
         finally:
             os.close(fd)
     release()
@@ -149,21 +176,21 @@ def remove(records: list[Record], *, environ=os.environ) -> None:
             pass
 
 
-def _remove_one(path: str, kind: str, dev: int, ino: int) -> None:
+def _remove_one(path: str, kind: str, dev: int, ino: int, root: str) -> None:
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if (st.st_dev, st.st_ino) != (dev, ino):
-        return
+        parent, name = _open_parent(path, root)
+    except OSError:
+        return  # Gone, or a component is no longer a real directory: leave it.
     try:
-        if kind == "dir":
-            os.rmdir(path)  # Fails, harmlessly, unless still empty.
-        elif st.st_size == 0:
-            os.unlink(path)
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != (dev, ino) or kind != "dir":
+            return
+        os.rmdir(name, dir_fd=parent)  # Fails, harmlessly, unless still empty.
     except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY, errno.ENOTDIR):
             raise
+    finally:
+        os.close(parent)
 
 
 def recover(*, environ=os.environ) -> None:
@@ -191,7 +218,7 @@ def recover(*, environ=os.environ) -> None:
             parts = line.split("\t", 4)
             if len(parts) != 5 or not parts[2].isdigit() or not parts[3].isdigit():
                 continue
-            by_root.setdefault(parts[0], []).append((parts[4], parts[1], int(parts[2]), int(parts[3])))
+            by_root.setdefault(parts[0], []).append((parts[4], parts[1], int(parts[2]), int(parts[3]), parts[0]))
         for root, items in by_root.items():
             fd = _try_exclusive(root)
             if fd is None:
