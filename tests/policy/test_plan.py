@@ -32,6 +32,9 @@ class FakeFS(P.FileProbe):
     def islink(self, path):
         return path in self.links
 
+    def lexists(self, path):
+        return path in self.links or self.kind(path) != "missing"
+
     def kind(self, path):
         path = self.realpath(path)
         if path in self.dirs:

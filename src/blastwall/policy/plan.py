@@ -242,6 +242,9 @@ class FileProbe:
     def islink(self, path: str) -> bool:
         return os.path.islink(path)
 
+    def lexists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
 
 class Host:
     """The invoking user and machine: everything the compiler reads besides the policy."""
@@ -322,7 +325,10 @@ def compile_plan(policy, host: Host) -> Plan:
     secret_sources = [(p, Reason.SECRET_PATH) for p in _defaults.BUILTIN_SECRETS if p not in revealed]
     secret_sources += [(p, Reason.DENY_READ) for p in fs.deny_read]
     for raw, reason in secret_sources:
-        target = resolve(raw, workspace)
+        expanded = expand(raw, home=host.home, base=workspace, uid=host.uid)
+        if not probe.lexists(expanded):
+            continue  # Most of the list is absent on any one machine: skip realpath.
+        target = probe.realpath(expanded)
         kind = probe.kind(target)
         if kind == "missing":
             continue
@@ -398,7 +404,9 @@ def compile_plan(policy, host: Host) -> Plan:
         for entry in _defaults.MANDATORY_WRITE_DENY:
             lexical = os.path.join(root, entry)
             refuse_links(root, lexical)
-            deny_write(probe.realpath(lexical), Reason.MANDATORY_DENY)
+            # No component is a link (checked above) and the root is resolved,
+            # so the lexical path is the real one.
+            deny_write(lexical, Reason.MANDATORY_DENY)
     for raw in fs.deny_write:
         lexical = expand(raw, home=host.home, base=workspace, uid=host.uid)
         root = writable_root(lexical)
