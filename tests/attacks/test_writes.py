@@ -7,11 +7,12 @@ created, and the workspace holds nothing the run did not mean to leave.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import pytest
 
-from tests.conftest import assert_no_traceback, blastwall, in_sandbox, needs_bwrap
+from tests.conftest import assert_no_traceback, blastwall, in_sandbox, needs_bwrap, needs_root
 
 pytestmark = needs_bwrap
 
@@ -195,3 +196,29 @@ def test_symlinked_protected_path_is_refused(home, workspace, scratch, link):
     assert "symbolic link" in r.stderr
     assert list(outside.iterdir()) == []
     assert snapshot(workspace) == before
+
+
+@needs_root
+def test_setuid_binary_does_not_change_identity(home, workspace, scratch):
+    # A setuid copy of `id` owned by uid 4242: outside the sandbox it runs as
+    # 4242 (the control); inside, no-new-privs, the unmapped owner and nosuid
+    # mounts each keep the caller's identity.
+    binary = scratch / "suid-id"
+    shutil.copy("/usr/bin/id", binary)
+    os.chown(binary, 4242, 4242)
+    os.chmod(binary, 0o4755)
+    outside = subprocess.run([str(binary), "-u"], capture_output=True, text=True)
+    if outside.stdout.strip() != "4242":
+        pytest.skip(f"{scratch} does not honour setuid bits (mounted nosuid?)")
+    r = blastwall(["run", "--", str(binary), "-u"], home=home, cwd=workspace)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(os.getuid())
+
+
+def test_require_landlock_runs_where_landlock_exists(home, workspace):
+    from blastwall.tiers.process import landlock_abi
+
+    if not landlock_abi():
+        pytest.skip("this kernel has no Landlock")
+    r = blastwall(["run", "--require", "landlock", "--", "true"], home=home, cwd=workspace)
+    assert r.returncode == 0, r.stderr
