@@ -58,6 +58,17 @@ def main(argv: list[str]) -> int:
         return 125
 
 
+# Command-line options that map one-to-one onto a policy key.
+_FLAG_KEYS = {
+    "--allow-domain": ("network", "allow"),
+    "--allow-write": ("filesystem", "allow_write"),
+    "--deny-read": ("filesystem", "deny_read"),
+    "--deny-write": ("filesystem", "deny_write"),
+    "--require": ("sandbox", "require"),
+    "--tier": ("sandbox", "tier"),
+}
+
+
 def flags_layer(parsed):
     """The command line as a policy layer that adds to the file's lists."""
     from blastwall.errors import PolicyError
@@ -68,18 +79,9 @@ def flags_layer(parsed):
     def put(section: str, key: str, value: object) -> None:
         doc.setdefault(section, {})[key] = value
 
-    if parsed.get("--allow-domain"):
-        put("network", "allow", parsed.get("--allow-domain"))
-    if parsed.get("--allow-write"):
-        put("filesystem", "allow_write", parsed.get("--allow-write"))
-    if parsed.get("--deny-read"):
-        put("filesystem", "deny_read", parsed.get("--deny-read"))
-    if parsed.get("--deny-write"):
-        put("filesystem", "deny_write", parsed.get("--deny-write"))
-    if parsed.get("--require"):
-        put("sandbox", "require", parsed.get("--require"))
-    if parsed.get("--tier"):
-        put("sandbox", "tier", parsed.get("--tier"))
+    for option, (section, key) in _FLAG_KEYS.items():
+        if parsed.get(option):
+            put(section, key, parsed.get(option))
     passed, setting = [], {}
     for item in parsed.get("--env") or []:
         name, eq, value = item.partition("=")
