@@ -101,6 +101,44 @@ def _deny_hosts(value: object, key: str, source: str) -> tuple[str, ...]:
     return _hosts(value, key, source, allow_star=True)
 
 
+def _resolve_map(value: object, key: str, source: str) -> tuple[tuple[str, str], ...]:
+    import ipaddress  # Only when the policy pins names.
+
+    if not isinstance(value, dict):
+        raise PolicyError(f"expected a table of name = address, got {_type_name(value)}", key=key, source=source)
+    out = []
+    for name, addr in value.items():
+        try:
+            canonical = normalize_host_pattern(name)
+        except HostPatternError as exc:
+            raise PolicyError(str(exc), key=f"{key}.{name}", source=source) from None
+        if canonical.startswith("*") or ":" in canonical.rpartition("]")[2]:
+            raise PolicyError("give a plain host name, without wildcard or port", key=f"{key}.{name}", source=source)
+        if not isinstance(addr, str):
+            raise PolicyError(f"expected an IP address, got {_type_name(addr)}", key=f"{key}.{name}", source=source)
+        try:
+            parsed = ipaddress.ip_address(addr)
+        except ValueError:
+            raise PolicyError(f"{addr!r} is not an IP address", key=f"{key}.{name}", source=source) from None
+        if str(parsed) != addr:
+            raise PolicyError(f"{addr!r}: write the address canonically ({parsed})", key=f"{key}.{name}", source=source)
+        out.append((canonical, addr))
+    return tuple(sorted(out))
+
+
+def _networks(value: object, key: str, source: str) -> tuple[str, ...]:
+    import ipaddress  # Only when the policy trusts address ranges.
+
+    out = []
+    for index, item in enumerate(_string_list(value, key, source)):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=True)))
+        except ValueError as exc:
+            raise PolicyError(f"{item!r} is not an address range like '10.1.0.0/16' ({exc})",
+                              key=f"{key}[{index}]", source=source) from None
+    return _dedupe(out)
+
+
 def is_env_name(name: str) -> bool:
     """True for a POSIX environment variable name."""
     if not name or len(name) > 256 or not name.isascii():
@@ -177,6 +215,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "network": {
         "allow": (_allow_hosts, "set", ()),
         "deny": (_deny_hosts, "add", ()),
+        "resolve": (_resolve_map, "set", ()),
+        "trusted_addresses": (_networks, "set", ()),
     },
     "environment": {
         "pass": (_env_names, "set", ()),
@@ -304,7 +344,7 @@ class Policy:
             out[section] = {}
             for key in keys:
                 value = getattr(body, "pass_" if key == "pass" else key)
-                if section == "environment" and key == "set":
+                if (section, key) in (("environment", "set"), ("network", "resolve")):
                     value = dict(value)  # type: ignore[arg-type]
                 elif isinstance(value, tuple):
                     value = list(value)

@@ -139,9 +139,17 @@ class IsolateNetwork(Operation):
 
 
 class Egress(Operation):
-    """Route network traffic to the egress gateway, which enforces allow/deny."""
+    """Route network traffic through the egress gateway, which enforces these rules.
 
-    __slots__ = ("allow", "deny")
+    ``resolve`` pins names to addresses; ``trusted`` lists address ranges that
+    may be reached although private, loopback or otherwise special.
+    """
+
+    __slots__ = ("allow", "deny", "resolve", "trusted")
+
+    def rules(self) -> dict:
+        return {"allow": list(self.allow), "deny": list(self.deny), "resolve": dict(self.resolve),
+                "trusted_addresses": list(self.trusted)}
 
 
 class DenySyscalls(Operation):
@@ -459,7 +467,7 @@ def compile_plan(policy, host: Host) -> Plan:
     ops.append(IsolateNetwork())
     net = policy.network
     if net.allow:
-        ops.append(Egress(net.allow, net.deny))
+        ops.append(Egress(net.allow, net.deny, net.resolve, net.trusted_addresses))
     families = list(_defaults.DENIED_SYSCALL_FAMILIES)
     if sockets:
         families.remove("unix-sockets")
