@@ -129,12 +129,13 @@ def test_environment_drops_secrets_and_passes_named():
     assert dict(env.variables)["GITHUB_TOKEN"] == "x"
 
 
-def test_network_allow_compiles_to_egress_and_the_process_tier_refuses_it():
-    plan = compile_({"network": {"allow": ["example.com"]}})
-    assert plan.of(P.Egress)
-    sandbox = process.ProcessSandbox(plan)
-    with pytest.raises(Exception, match="network"):
-        sandbox.prepare()
+def test_network_allow_compiles_to_egress_with_its_rules():
+    plan = compile_({"network": {"allow": ["example.com"], "deny": ["bad.example.com"],
+                                 "resolve": {"example.com": "192.0.2.1"}, "trusted_addresses": ["192.0.2.0/24"]}})
+    (egress,) = plan.of(P.Egress)
+    assert egress.rules() == {"allow": ["example.com"], "deny": ["bad.example.com"],
+                              "resolve": {"example.com": "192.0.2.1"}, "trusted_addresses": ["192.0.2.0/24"]}
+    assert not compile_().of(P.Egress)  # No allow list: no gateway, no route out at all.
 
 
 def test_protected_paths_inside_writable_root():

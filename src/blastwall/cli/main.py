@@ -150,6 +150,26 @@ def cmd_run(parsed, command: list[str] | None = None) -> int:
         return sandbox.wait()
     finally:
         sandbox.close()
+        _report_egress(sandbox)
+
+
+def _report_egress(sandbox) -> None:
+    """One line on stderr: what the gateway refused during the run."""
+    if getattr(sandbox, "gateway_lost", False):
+        _say("blastwall: the egress gateway stopped during the run; the sandbox lost network access "
+             "(nothing was allowed to go direct)")
+        return
+    summary = getattr(sandbox, "egress_summary", None)
+    if not summary or not summary.get("blocked_count"):
+        return
+    counts: dict[str, int] = {}
+    for item in summary["blocked"]:
+        key = f"{item['host']}:{item['port']} ({item['reason']})"
+        counts[key] = counts.get(key, 0) + 1
+    shown = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in list(counts.items())[:5])
+    more = summary["blocked_count"] - sum(list(counts.values())[:5])
+    _say(f"blastwall: blocked {summary['blocked_count']} network request(s): {shown}"
+         + (f" and {more} more" if more > 0 else "") + " (see `blastwall audit tail`)")
 
 
 def _interactive() -> bool:

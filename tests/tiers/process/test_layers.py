@@ -173,7 +173,7 @@ def test_mount_layer_alone(scratch):
         argv = _raw_bwrap.bwrap_argv(
             bwrap=BWRAP,
             mounts=[("ro-root",), ("dev",), ("proc",), ("tmpfs", "/tmp"), ("bind", str(ws)), ("hide-dir", str(secret))],
-            isolate_network=True, chdir=str(ws), seccomp_fd=fd, status_fd=status_w, launcher=["env"],
+            isolate_network=True, chdir=str(ws), seccomp_fd=fd, status_fd=status_w, block_fd=None, launcher=["env"],
             command=["sh", "-c", f"echo ok > {ws}/f; cat {secret}/key; echo x > {scratch}/outside; echo done"],
         )
         r = subprocess.run(argv, pass_fds=(fd, status_w), capture_output=True, text=True, timeout=30)

@@ -29,18 +29,21 @@ INSTALL_BWRAP = "install bubblewrap: sudo apt-get install bubblewrap (Debian/Ubu
 HANDLED = frozenset({
     P.ReadOnlyRoot, P.PrivateDev, P.PrivateProc, P.PrivateTmp, P.Writable, P.ReadOnly,
     P.Hide, P.Placeholder, P.Chdir, P.IsolateNetwork, P.DenySyscalls, P.AllowUnixSockets,
-    P.Environment, P.LandlockWrites, P.RequireLandlock,
+    P.Environment, P.LandlockWrites, P.RequireLandlock, P.Egress,
 })
-REFUSED = {
-    P.Egress: "the process tier's egress gateway is not available yet; "
-              "network access cannot be granted, so the policy's network.allow cannot be honoured",
-}
+REFUSED: dict = {}
+
+# Inside the sandbox's own network namespace the gateway appears on these ports.
+PROXY_PORT = 3128
+SOCKS_PORT = 1080
+NO_PROXY = "localhost,127.0.0.1,::1"
 
 # Descriptor numbers inside bubblewrap (see start()).
 _FD_REAL_STDERR = 3
 _FD_READY = 4
 _FD_SECCOMP = 5
 _FD_STATUS = 6
+_FD_BLOCK = 7
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -104,6 +107,11 @@ class ProcessSandbox:
         self._environ = environ
         self._bwrap: str | None = None
         self._launcher: str | None = None
+        self._socat: str | None = None
+        self._gateway = None
+        self._relay_helper: int | None = None
+        self.egress_summary: dict | None = None
+        self.gateway_lost = False
         self._seccomp_fd: int | None = None
         self._placeholders: list = []
         self._locked = False
@@ -135,6 +143,13 @@ class ProcessSandbox:
                 raise Unsupported(f"Refusing the plan: the process tier cannot enforce {kind.__name__}")
         self._bwrap = find_bwrap(self._environ)
         self._launcher = launcher_path()
+        if self.plan.of(P.Egress):
+            from blastwall.tiers.process._raw_netns import find_socat
+
+            self._socat = find_socat()
+            if self._socat is None:
+                raise EnforcementError("Can't give the sandbox network access: socat is not installed",
+                                       fix="sudo apt-get install socat")
         self.landlock = landlock_abi()
         if not self.landlock and self.plan.of(P.RequireLandlock):
             raise EnforcementError(
@@ -175,20 +190,32 @@ class ProcessSandbox:
             launcher.append("--allow-unix")
         if ctty:
             launcher.append("--ctty")
+        env = dict(env_op.variables)
+        egress = self.plan.of(P.Egress)
+        if egress:
+            from blastwall.egress import client
+
+            self._gateway = client.register(egress[0].rules(), " ".join(command)[:2048], self._environ)
+            env.update(_proxy_environment(self._gateway.token))
         err_r, err_w = os.pipe()
         json_r, json_w = os.pipe()
         ready_r, ready_w = os.pipe()
+        block_r = block_w = None
+        if egress:
+            block_r, block_w = os.pipe()
         from blastwall.tiers.process._raw_bwrap import bwrap_argv
 
         argv = bwrap_argv(
             bwrap=self._bwrap, mounts=mounts, isolate_network=True, chdir=chdir.path,
-            seccomp_fd=_FD_SECCOMP, status_fd=_FD_STATUS, launcher=launcher, command=list(command),
+            seccomp_fd=_FD_SECCOMP, status_fd=_FD_STATUS, block_fd=_FD_BLOCK if egress else None,
+            launcher=launcher, command=list(command),
         )
-        env = dict(env_op.variables)
         # Descriptor layout of bubblewrap: 0-2 as given (2 is a pipe for
         # bubblewrap's own messages), then the fixed numbers the argv names.
         layout = {0: stdin, 1: stdout, 2: err_w, _FD_REAL_STDERR: stderr, _FD_READY: ready_w,
                   _FD_SECCOMP: self._seccomp_fd, _FD_STATUS: json_w}
+        if block_r is not None:
+            layout[_FD_BLOCK] = block_r
         pdeathsig = _prctl_pdeathsig()
         parent = os.getpid()
         pid = os.fork()
@@ -220,7 +247,31 @@ class ProcessSandbox:
         os.close(ready_w)
         self._err_r, self._json_r, self._ready_r = err_r, json_r, ready_r
         self._pid = pid
+        if block_r is not None:
+            os.close(block_r)
+            try:
+                self._start_relays(json_r)
+            finally:
+                # Unblock bubblewrap either way: without relays the command
+                # starts with no route out (fail closed) or is killed below.
+                os.write(block_w, b"1")
+                os.close(block_w)
         return pid
+
+    def _start_relays(self, json_r: int) -> None:
+        from blastwall.tiers.process._raw_netns import start_relays
+
+        child_pid = _read_child_pid(json_r, timeout=10.0)
+        if child_pid is None:
+            return  # bubblewrap failed; wait() reports why.
+        try:
+            self._relay_helper = start_relays(
+                sandbox_pid=child_pid, socat=self._socat, timeout=10.0,
+                relays={PROXY_PORT: self._gateway.http_path, SOCKS_PORT: self._gateway.socks_path},
+            )
+        except OSError as exc:
+            self.kill()
+            raise EnforcementError(f"Can't connect the sandbox to the egress gateway: {exc.strerror or exc}") from None
 
     # -- wait -------------------------------------------------------------------
     def wait(self) -> int:
@@ -240,6 +291,7 @@ class ProcessSandbox:
         status = os.waitstatus_to_exitcode(raw)
         if status < 0:
             status = 128 - status
+        self._finish_egress()
         self.bwrap_messages = _drain(self._err_r)
         _drain(self._json_r)
         ready = _drain(self._ready_r)
@@ -256,6 +308,18 @@ class ProcessSandbox:
             os.write(2, self.bwrap_messages.encode("utf-8", "replace"))
         self._status = status
         return status
+
+    def _finish_egress(self) -> None:
+        if self._relay_helper is not None:
+            from blastwall.tiers.process._raw_netns import stop_relays
+
+            stop_relays(self._relay_helper)
+            self._relay_helper = None
+        if self._gateway is not None:
+            self.egress_summary = self._gateway.summary()
+            self.gateway_lost = self.egress_summary is None
+            self._gateway.close()
+            self._gateway = None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self._pid is not None:
@@ -281,6 +345,7 @@ class ProcessSandbox:
                 except OSError:
                     pass
         self._seccomp_fd = self._err_r = self._json_r = self._ready_r = None
+        self._finish_egress()
         self._remove_placeholders()
 
     def __enter__(self) -> "ProcessSandbox":
@@ -334,6 +399,47 @@ class _LauncherRefused(EnforcementError):
     def __init__(self) -> None:
         super().__init__("the sandbox launcher refused to run (see the message above)")
         self.already_reported = True
+
+
+def _proxy_environment(token: str) -> dict[str, str]:
+    """Variables that point every common client at the gateway inside the sandbox."""
+    http = f"http://blastwall:{token}@127.0.0.1:{PROXY_PORT}"
+    socks = f"socks5h://blastwall:{token}@127.0.0.1:{SOCKS_PORT}"
+    env = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        env[name] = env[name.lower()] = http
+    env["ALL_PROXY"] = env["all_proxy"] = socks
+    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
+    env["npm_config_proxy"] = env["npm_config_https_proxy"] = http
+    env["NODE_USE_ENV_PROXY"] = "1"
+    env["BLASTWALL_PROXY"] = http
+    return env
+
+
+def _read_child_pid(fd: int, *, timeout: float) -> int | None:
+    """The sandbox's pid from bubblewrap's first status line (without consuming more)."""
+    import select
+    import time
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            return None
+        chunk = os.read(fd, 1)
+        if not chunk:
+            return None
+        data += chunk
+    text = data.decode("ascii", "replace")
+    marker = '"child-pid":'
+    if marker not in text:
+        return None
+    digits = text.split(marker, 1)[1].strip().split(",")[0].split("}")[0].strip()
+    return int(digits) if digits.isdigit() else None
 
 
 def _drain(fd: int | None) -> str:

@@ -47,6 +47,7 @@ def bwrap_argv(
     chdir: str,
     seccomp_fd: int,
     status_fd: int,
+    block_fd: int | None,
     launcher: list[str],
     command: list[str],
 ) -> list[str]:
@@ -55,6 +56,8 @@ def bwrap_argv(
     ``mounts`` is a list of tuples, each one of ``("ro-root",)``, ``("dev",)``,
     ``("proc",)``, ``("tmpfs", path)``, ``("bind", path)``, ``("ro-bind", path)``,
     ``("hide-dir", path)``, ``("hide-file", path)``; they are emitted in order.
+    ``block_fd``: bubblewrap waits for a byte on it before starting the command
+    (None: no wait).
     """
     if not isolate_network:
         raise ValueError("the process tier always isolates the network")
@@ -83,6 +86,7 @@ def bwrap_argv(
         "--chdir", chdir,
         "--seccomp", str(seccomp_fd),
         "--json-status-fd", str(status_fd),
+        *(("--block-fd", str(block_fd)) if block_fd is not None else ()),
         "--",
         *launcher,
         "--",

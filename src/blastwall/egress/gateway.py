@@ -1,0 +1,325 @@
+"""The long-lived gateway process: mitmproxy, the session registry, the control socket.
+
+One gateway per user serves every sandbox of that user.  ``blastwall run``
+starts it on demand (``python -m blastwall.egress.gateway``) and talks to it
+over a control socket in the user's state directory (mode 0700):
+
+* ``{"op": "register", "rules": {...}, "command": "..."}`` creates a session:
+  a random id and token, the session's rules, and two unix sockets (HTTP proxy
+  and SOCKS5) in a private directory.  The session lives exactly as long as
+  the control connection that created it.
+* ``{"op": "summary"}`` returns what the gateway refused for that session.
+
+Each session socket relays to mitmproxy's listener on the host's loopback;
+the port our relay connects from identifies the session to the addon, so a
+connection that did not come through a session socket has no session and is
+refused.  The gateway exits after ``--idle`` seconds without sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+
+from blastwall.egress.decide import Rules
+
+MAX_BLOCKED = 1000
+MAX_CONTROL_LINE = 1 << 20
+
+
+class Session:
+    def __init__(self, rules: Rules, command: str, directory: str) -> None:
+        self.id = secrets.token_hex(8)
+        self.token = secrets.token_urlsafe(24)
+        self.rules = rules
+        self.command = command
+        self.directory = directory
+        self.servers: list[asyncio.AbstractServer] = []
+        self._blocked: list[dict] = []
+        self.blocked_count = 0
+
+    def blocked(self, host, port, reason: str, detail: str = "") -> None:
+        self.blocked_count += 1
+        if len(self._blocked) < MAX_BLOCKED:
+            self._blocked.append({"host": str(host), "port": port, "reason": reason, "detail": detail})
+
+    def summary(self) -> dict:
+        return {"blocked": self._blocked, "blocked_count": self.blocked_count}
+
+
+class Registry:
+    """Sessions, and which relay connection belongs to which session."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        self._by_port: dict[tuple[str, int], Session] = {}
+        self._targets: dict[str, tuple[str, int]] = {}
+        self._sni: dict[str, str | None] = {}
+        self.last_active = time.monotonic()
+
+    # Keyed by listener kind and source port: a source port is unique only per
+    # destination, and the HTTP and SOCKS listeners are different destinations.
+    def session_for_port(self, kind: str, port: int) -> Session | None:
+        return self._by_port.get((kind, port))
+
+    def bind_port(self, kind: str, port: int, session: Session) -> None:
+        self._by_port[(kind, port)] = session
+
+    def unbind_port(self, kind: str, port: int) -> None:
+        self._by_port.pop((kind, port), None)
+
+    def set_target(self, client_id: str, host: str, port: int) -> None:
+        self._targets[client_id] = (host, port)
+
+    def target(self, client_id: str) -> tuple[str, int] | None:
+        return self._targets.get(client_id)
+
+    def set_sni(self, client_id: str, sni: str | None) -> None:
+        self._sni[client_id] = sni
+
+    def sni(self, client_id: str) -> str | None:
+        return self._sni.get(client_id)
+
+    def forget_client(self, client_id: str) -> None:
+        self._targets.pop(client_id, None)
+        self._sni.pop(client_id, None)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (OSError, RuntimeError):
+            pass
+
+
+class Gateway:
+    def __init__(self, state: str, *, idle: float) -> None:
+        self.state = state
+        self.idle = idle
+        self.registry = Registry()
+        self.ports: dict[str, int] = {}
+        self.master = None
+        self.addon = None
+
+    # -- mitmproxy ------------------------------------------------------------------
+    async def start_proxy(self) -> None:
+        from mitmproxy import master, options
+        from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver
+
+        from blastwall.audit.log import AuditLog, default_path
+        from blastwall.egress.addon import Gatekeeper
+
+        opts = options.Options()
+        self.master = master.Master(opts, event_loop=asyncio.get_running_loop())
+        audit = AuditLog(os.environ.get("BLASTWALL_AUDIT_DB") or default_path())
+        self.addon = Gatekeeper(self.registry, audit)
+        self.master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),
+                               disable_h2c.DisableH2C(), _SocksAuthOption(), self.addon)
+        http_port, socks_port = _free_ports(2)
+        opts.update(
+            mode=[f"regular@127.0.0.1:{http_port}", f"socks5@127.0.0.1:{socks_port}"],
+            # Connect upstream only when the client's first bytes arrived, so
+            # that the TLS SNI is known and checked before any connection.
+            connection_strategy="lazy",
+            # Makes mitmproxy ask SOCKS5 clients for credentials; our addon
+            # checks them against the session token.
+            proxyauth="blastwall-session-token",
+            ssl_insecure=False,
+            upstream_cert=False,
+            http3=False,
+            rawtcp=True,
+        )
+        self._task = asyncio.create_task(self.master.run())
+        ps = self.master.addons.get("proxyserver")
+        for _ in range(200):
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("mitmproxy stopped while starting")
+            servers = list(ps.servers)
+            if servers and all(s.is_running for s in servers):
+                break
+            await asyncio.sleep(0.01)
+        for instance in ps.servers:
+            kind = "socks" if instance.mode.type_name == "socks5" else "http"
+            self.ports[kind] = instance.listen_addrs[0][1]
+
+    # -- sessions -----------------------------------------------------------------------
+    async def register(self, request: dict) -> Session:
+        rules = Rules.from_dict(request.get("rules") or {})
+        directory = os.path.join(self.state, "sessions", secrets.token_hex(8))
+        os.makedirs(directory, mode=0o700)
+        session = Session(rules, str(request.get("command", ""))[:2048], directory)
+        for kind in ("http", "socks"):
+            path = os.path.join(directory, f"{kind}.sock")
+            server = await asyncio.start_unix_server(
+                lambda r, w, k=kind, s=session: self._relay(r, w, k, s), path=path)
+            session.servers.append(server)
+        self.registry.sessions[session.id] = session
+        return session
+
+    async def unregister(self, session: Session) -> None:
+        self.registry.sessions.pop(session.id, None)
+        for server in session.servers:
+            server.close()
+        shutil.rmtree(session.directory, ignore_errors=True)
+        self.registry.last_active = time.monotonic()
+
+    async def _relay(self, reader, writer, kind: str, session: Session) -> None:
+        if session.id not in self.registry.sessions:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.ports[kind])
+        except OSError:
+            writer.close()
+            return
+        port = up_writer.get_extra_info("sockname")[1]
+        self.registry.bind_port(kind, port, session)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self.registry.unbind_port(kind, port)
+            for w in (writer, up_writer):
+                w.close()
+
+    # -- control ------------------------------------------------------------------------
+    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = None
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                if len(line) > MAX_CONTROL_LINE:
+                    break
+                try:
+                    request = json.loads(line)
+                    op = request.get("op")
+                except (ValueError, AttributeError):
+                    reply = {"error": "bad request"}
+                else:
+                    if op == "register" and session is None:
+                        try:
+                            session = await self.register(request)
+                        except (ValueError, TypeError, KeyError) as exc:
+                            reply = {"error": f"bad rules: {exc}"}
+                        else:
+                            reply = {"session": session.id, "token": session.token,
+                                     "http": os.path.join(session.directory, "http.sock"),
+                                     "socks": os.path.join(session.directory, "socks.sock")}
+                    elif op == "summary" and session is not None:
+                        reply = session.summary()
+                    elif op == "ping":
+                        reply = {"pong": True, "pid": os.getpid(), "sessions": len(self.registry.sessions)}
+                    elif op == "fault" and os.environ.get("BLASTWALL_GATEWAY_TEST_FAULTS") == "1":
+                        # Test hook: make the decision code raise, to prove it fails closed.
+                        self.addon.fault = RuntimeError("injected fault")
+                        reply = {"fault": True}
+                    else:
+                        reply = {"error": f"unknown op {op!r}"}
+                writer.write((json.dumps(reply) + "\n").encode())
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if session is not None:
+                await self.unregister(session)
+            writer.close()
+
+    async def serve(self) -> None:
+        await self.start_proxy()
+        control_path = os.path.join(self.state, "control.sock")
+        tmp_path = control_path + f".{os.getpid()}"
+        server = await asyncio.start_unix_server(self.control, path=tmp_path)
+        os.chmod(tmp_path, 0o600)
+        os.replace(tmp_path, control_path)  # Atomic: clients never see a half-ready gateway.
+        our_inode = os.stat(control_path).st_ino
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            while not stop.is_set():
+                if self._task.done():
+                    break
+                if not self.registry.sessions and time.monotonic() - self.registry.last_active > self.idle:
+                    break
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            server.close()
+            try:
+                if os.stat(control_path).st_ino == our_inode:  # Not a newer gateway's socket.
+                    os.unlink(control_path)
+            except OSError:
+                pass
+            for session in list(self.registry.sessions.values()):
+                await self.unregister(session)
+            self.master.shutdown()
+            try:
+                await asyncio.wait_for(self._task, timeout=5)
+            except (asyncio.TimeoutError, Exception):
+                pass
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    socks, ports = [], []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class _SocksAuthOption:
+    """Declares mitmproxy's ``proxyauth`` option without its ProxyAuth addon.
+
+    The SOCKS5 layer asks clients for a username and password only when the
+    option is set; our Gatekeeper validates the answer.
+    """
+
+    def load(self, loader) -> None:
+        from typing import Optional
+
+        loader.add_option("proxyauth", Optional[str], None, "Require SOCKS5 credentials (blastwall).")
+
+
+def main(argv: list[str]) -> int:
+    import logging
+
+    state = argv[0]
+    idle = float(argv[1]) if len(argv) > 1 else 300.0
+    logging.basicConfig(level=os.environ.get("BLASTWALL_GATEWAY_LOG", "WARNING"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.makedirs(os.path.join(state, "sessions"), mode=0o700, exist_ok=True)
+    os.chmod(state, 0o700)
+    asyncio.run(Gateway(state, idle=idle).serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
