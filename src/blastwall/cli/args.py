@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "policy import-srt": ({"--output": (True, False), "--force": (False, False)}, "one",
                           "convert an srt settings file to a blastwall policy"),
     "doctor": ({"--json": (False, False)}, "none", "check what this machine supports"),
+    "audit tail": ({"-n": (True, False), "--json": (False, False)}, "none", "show the latest audit rows"),
+    "audit verify": ({}, "none", "check the audit log's hash chain"),
+    "audit export": ({"--json": (False, False)}, "none", "print every audit row as JSON"),
     "version": ({}, "none", "print the version"),
 }
 
@@ -40,6 +43,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall policy show [OPTIONS] [--json] [--plan]
        blastwall policy import-srt FILE [--output FILE] [--force]
        blastwall doctor [--json]
+       blastwall audit tail [-n N] [--json] | verify | export --json
        blastwall version
 
 Sandbox options:
@@ -90,10 +94,11 @@ def parse(argv: list[str]) -> Parsed:
         return Parsed("version", {}, [])
     name = argv[0]
     rest = argv[1:]
-    if name == "policy":
+    if name in ("policy", "audit"):
         if not rest or rest[0] in ("-h", "--help"):
-            raise UsageError("policy needs a subcommand: show or import-srt")
-        name = f"policy {rest[0]}"
+            subs = "show or import-srt" if name == "policy" else "tail, verify or export"
+            raise UsageError(f"{name} needs a subcommand: {subs}")
+        name = f"{name} {rest[0]}"
         rest = rest[1:]
     if name not in COMMANDS:
         raise UsageError(f"unknown command {name!r}")
@@ -108,7 +113,7 @@ def parse(argv: list[str]) -> Parsed:
             break
         if arg in ("-h", "--help"):
             return Parsed("help", {}, [])
-        if arg.startswith("--") and len(arg) > 2:
+        if (arg.startswith("--") and len(arg) > 2) or arg in spec:
             key, eq, inline = arg.partition("=")
             if key not in spec:
                 raise UsageError(f"{name}: unknown option {key}")

@@ -164,7 +164,8 @@ def _report_egress(sandbox) -> None:
         return
     counts: dict[str, int] = {}
     for item in summary["blocked"]:
-        key = f"{item['host']}:{item['port']} ({item['reason']})"
+        why = f"{item['reason']}: {item['detail']}" if item.get("detail") else item["reason"]
+        key = f"{item['host']}:{item['port']} ({why})"
         counts[key] = counts.get(key, 0) + 1
     shown = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in list(counts.items())[:5])
     more = summary["blocked_count"] - sum(list(counts.values())[:5])
@@ -251,6 +252,59 @@ def cmd_doctor(parsed) -> int:
     return run_doctor(json_output=bool(parsed.get("--json")))
 
 
+def _audit_log():
+    from blastwall.audit.log import AuditLog, default_path
+
+    path = os.environ.get("BLASTWALL_AUDIT_DB") or default_path()
+    if not os.path.exists(path):
+        return None
+    return AuditLog(path)
+
+
+def cmd_audit_tail(parsed) -> int:
+    import json
+    import time
+
+    log = _audit_log()
+    rows = log.rows() if log else []
+    count = parsed.get("-n") or "20"
+    if not str(count).isdigit():
+        _say("blastwall: audit tail: -n takes a number")
+        return 2
+    rows = rows[-int(count):] if int(count) else []
+    for row in rows:
+        if parsed.get("--json"):
+            sys.stdout.write(json.dumps(row) + "\n")
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"]))
+        target = f"{row['host']}:{row['port']}" if row["host"] else ""
+        sys.stdout.write(f"{row['seq']:>6} {when} {row['decision']:<5} {row['kind']:<8} {target:<30} "
+                         f"{row['reason']}  [{row['session']}] {row['command'][:40]}\n")
+    return 0
+
+
+def cmd_audit_verify(parsed) -> int:
+    log = _audit_log()
+    if log is None:
+        sys.stdout.write("audit log: empty (no decisions recorded yet)\n")
+        return 0
+    ok, message = log.verify()
+    sys.stdout.write(f"audit log {log.path}: {'OK' if ok else 'BROKEN'}: {message}\n")
+    return 0 if ok else 1
+
+
+def cmd_audit_export(parsed) -> int:
+    import json
+
+    if not parsed.get("--json"):
+        _say("blastwall: audit export: only --json is supported")
+        return 2
+    log = _audit_log()
+    json.dump(log.rows() if log else [], sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
 def cmd_version(parsed) -> int:
     sys.stdout.write(f"blastwall {VERSION}\n")
     return 0
@@ -267,6 +321,9 @@ _HANDLERS = {
     "policy show": cmd_policy_show,
     "policy import-srt": cmd_import_srt,
     "doctor": cmd_doctor,
+    "audit tail": cmd_audit_tail,
+    "audit verify": cmd_audit_verify,
+    "audit export": cmd_audit_export,
     "version": cmd_version,
     "help": cmd_help,
 }
