@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from blastwall.egress.client import call
 from tests.conftest import BASE, SECRET, blastwall, bw_env, needs_bwrap
 from tests.egress.upstreams import Echo, Upstream
 
@@ -41,8 +42,7 @@ def gateway_pid(state) -> int | None:
     try:
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(path))
-            s.sendall(b'{"op": "ping"}\n')
-            return json.loads(s.makefile().readline())["pid"]
+            return int(call(s, "ping", [])["pid"][0])
     except OSError:
         return None
 
@@ -333,8 +333,7 @@ def test_fault_in_decision_code_refuses(home, workspace, scratch, upstream):
         assert "hello from upstream" in r.stdout  # The control: before the fault, allowed.
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(state / "blastwall" / "gateway" / "control.sock"))
-            s.sendall(b'{"op": "fault"}\n')
-            assert json.loads(s.makefile().readline()) == {"fault": True}
+            assert call(s, "fault", []) == {"fault": ["1"]}
         shutil.copy(upstream.ca, workspace / "ca.pem")
         r = blastwall(["run", "--policy", str(pol), "--", "sh", "-c",
                        f"curl -sS http://api.test:{upstream.http_port}/hello; "

@@ -4,11 +4,12 @@ One gateway per user serves every sandbox of that user.  ``blastwall run``
 starts it on demand (``python -m blastwall.egress.gateway``) and talks to it
 over a control socket in the user's state directory (mode 0700):
 
-* ``{"op": "register", "rules": {...}, "command": "..."}`` creates a session:
+* ``register`` (with the rules and the command; see ``protocol``) creates a session:
   a random id and token, the session's rules, and two unix sockets (HTTP proxy
   and SOCKS5) in a private directory.  The session lives exactly as long as
   the control connection that created it.
-* ``{"op": "summary"}`` returns what the gateway refused for that session.
+* ``summary`` returns what the gateway refused for that session; ``ping``
+  says the gateway is alive.
 
 Each session socket relays to mitmproxy's listener on the host's loopback;
 the port our relay connects from identifies the session to the addon, so a
@@ -19,7 +20,6 @@ refused.  The gateway exits after ``--idle`` seconds without sessions.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import shutil
@@ -30,7 +30,6 @@ import time
 from blastwall.egress.decide import Rules
 
 MAX_BLOCKED = 1000
-MAX_CONTROL_LINE = 1 << 20
 
 
 class Session:
@@ -49,8 +48,13 @@ class Session:
         if len(self._blocked) < MAX_BLOCKED:
             self._blocked.append({"host": str(host), "port": port, "reason": reason, "detail": detail})
 
-    def summary(self) -> dict:
-        return {"blocked": self._blocked, "blocked_count": self.blocked_count}
+    def summary_fields(self) -> list[tuple[str, str]]:
+        from blastwall.egress.protocol import pack
+
+        fields = [("count", str(self.blocked_count))]
+        for item in self._blocked:
+            fields.append(("blocked", pack([item["host"], str(item["port"]), item["reason"], item["detail"]])))
+        return fields
 
 
 class Registry:
@@ -161,11 +165,18 @@ class Gateway:
             self.ports[kind] = instance.listen_addrs[0][1]
 
     # -- sessions -----------------------------------------------------------------------
-    async def register(self, request: dict) -> Session:
-        rules = Rules.from_dict(request.get("rules") or {})
+    async def register(self, fields: dict[str, list[str]]) -> Session:
+        from blastwall.egress.protocol import unpack
+
+        resolve = {}
+        for item in fields.get("resolve", []):
+            name, addr = unpack(item)
+            resolve[name] = addr
+        rules = Rules(allow=fields.get("allow", []), deny=fields.get("deny", []), resolve=resolve,
+                      trusted=fields.get("trusted", []))
         directory = os.path.join(self.state, "sessions", secrets.token_hex(8))
         os.makedirs(directory, mode=0o700)
-        session = Session(rules, str(request.get("command", ""))[:2048], directory)
+        session = Session(rules, (fields.get("command") or [""])[0][:2048], directory)
         for kind in ("http", "socks"):
             path = os.path.join(directory, f"{kind}.sock")
             server = await asyncio.start_unix_server(
@@ -201,40 +212,43 @@ class Gateway:
 
     # -- control ------------------------------------------------------------------------
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from blastwall.egress.protocol import ProtocolError, decode, encode
+
         session = None
         try:
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except ValueError:  # Longer than the stream's limit.
+                    break
                 if not line:
                     break
-                if len(line) > MAX_CONTROL_LINE:
-                    break
                 try:
-                    request = json.loads(line)
-                    op = request.get("op")
-                except (ValueError, AttributeError):
-                    reply = {"error": "bad request"}
-                else:
-                    if op == "register" and session is None:
-                        try:
-                            session = await self.register(request)
-                        except (ValueError, TypeError, KeyError) as exc:
-                            reply = {"error": f"bad rules: {exc}"}
-                        else:
-                            reply = {"session": session.id, "token": session.token,
-                                     "http": os.path.join(session.directory, "http.sock"),
-                                     "socks": os.path.join(session.directory, "socks.sock")}
-                    elif op == "summary" and session is not None:
-                        reply = session.summary()
-                    elif op == "ping":
-                        reply = {"pong": True, "pid": os.getpid(), "sessions": len(self.registry.sessions)}
-                    elif op == "fault" and os.environ.get("BLASTWALL_GATEWAY_TEST_FAULTS") == "1":
-                        # Test hook: make the decision code raise, to prove it fails closed.
-                        self.addon.fault = RuntimeError("injected fault")
-                        reply = {"fault": True}
+                    verb, fields = decode(line)
+                except ProtocolError as exc:
+                    writer.write(encode("error", [("message", f"bad request: {exc}")]))
+                    await writer.drain()
+                    continue
+                if verb == "register" and session is None:
+                    try:
+                        session = await self.register(fields)
+                    except (ValueError, TypeError, KeyError, OSError) as exc:
+                        reply = encode("error", [("message", f"bad rules: {exc}")])
                     else:
-                        reply = {"error": f"unknown op {op!r}"}
-                writer.write((json.dumps(reply) + "\n").encode())
+                        reply = encode("ok", [("session", session.id), ("token", session.token),
+                                              ("http", os.path.join(session.directory, "http.sock")),
+                                              ("socks", os.path.join(session.directory, "socks.sock"))])
+                elif verb == "summary" and session is not None:
+                    reply = encode("ok", session.summary_fields())
+                elif verb == "ping":
+                    reply = encode("ok", [("pid", str(os.getpid())), ("sessions", str(len(self.registry.sessions)))])
+                elif verb == "fault" and os.environ.get("BLASTWALL_GATEWAY_TEST_FAULTS") == "1":
+                    # Test hook: make the decision code raise, to prove it fails closed.
+                    self.addon.fault = RuntimeError("injected fault")
+                    reply = encode("ok", [("fault", "1")])
+                else:
+                    reply = encode("error", [("message", f"unexpected {verb!r}")])
+                writer.write(reply)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
