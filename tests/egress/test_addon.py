@@ -14,7 +14,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from blastwall.egress.addon import Gatekeeper
 from blastwall.egress.decide import Rules
-from blastwall.egress.gateway import Registry, Session
+from blastwall.egress.gateway import SESSION_PEER, Registry, Session
 
 
 def setup(answers, allow=("rebind.test",)):
@@ -31,7 +31,7 @@ def setup(answers, allow=("rebind.test",)):
 
 
 def hook_data(host="rebind.test", port=80, peer_port=5555):
-    client = connection.Client(peername=("127.0.0.1", peer_port), sockname=("127.0.0.1", 1),
+    client = connection.Client(peername=(SESSION_PEER, peer_port), sockname=(SESSION_PEER, 0),
                                timestamp_start=0, proxy_mode=ProxyMode.parse("regular"))
     return ServerConnectionHookData(server=connection.Server(address=(host, port)), client=client)
 
@@ -53,6 +53,14 @@ def test_mixed_answer_is_refused_whole():
     data = hook_data()
     asyncio.run(gk.server_connect(data))
     assert data.server.error and "forbidden-address" in data.server.error
+
+
+def test_real_loopback_peer_is_never_a_session():
+    _, _, gk = setup([["93.184.216.34"]])
+    data = hook_data()
+    data.client.peername = ("127.0.0.1", 5555)  # Same number, but a real socket's address.
+    asyncio.run(gk.server_connect(data))
+    assert data.server.error == "blastwall: no session"
 
 
 def test_connection_without_session_is_refused():

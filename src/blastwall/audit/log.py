@@ -86,7 +86,8 @@ class AuditLog:
     def anchor_path(self) -> str:
         return self.path + ".anchor"
 
-    def append(self, **fields) -> int:
+    @staticmethod
+    def _values(fields: dict) -> dict:
         values = {"time": time.time(), "kind": "egress", "session": "", "command": "", "host": "", "port": 0,
                   "decision": "", "rule": "", "reason": ""}
         unknown = set(fields) - set(values)
@@ -97,22 +98,33 @@ class AuditLog:
         for name in FIELDS:
             if name not in ("time", "port"):
                 values[name] = str(values[name])[:2048]
+        return values
+
+    def append(self, **fields) -> int:
+        return self.append_many([fields])
+
+    def append_many(self, batch: list[dict]) -> int:
+        """Append rows in one transaction; return the last sequence number."""
+        rows = [self._values(fields) for fields in batch]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             last = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            digest = row_hash(prev, seq, values)
-            db.execute(
-                "INSERT INTO events (seq, time, kind, session, command, host, port, decision, rule, reason,"
-                " prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (seq, *[values[f] for f in FIELDS], prev, digest),
-            )
+            seq, prev = (last[0], last[1]) if last else (0, GENESIS)
+            for values in rows:
+                seq += 1
+                digest = row_hash(prev, seq, values)
+                db.execute(
+                    "INSERT INTO events (seq, time, kind, session, command, host, port, decision, rule, reason,"
+                    " prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (seq, *[values[f] for f in FIELDS], prev, digest),
+                )
+                prev = digest
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._write_anchor(seq, digest)
+        self._write_anchor(seq, prev)
         return seq
 
     def _write_anchor(self, seq: int, digest: str) -> None:
@@ -160,3 +172,51 @@ class AuditLog:
 
     def close(self) -> None:
         self._db.close()
+
+
+class BackgroundAppender:
+    """Appends from a worker thread, in batches, so decisions never wait on disk.
+
+    ``append`` only queues.  ``close`` flushes what is queued; a crash loses at
+    most the rows still queued (milliseconds' worth), never the chain.
+    """
+
+    def __init__(self, log: AuditLog) -> None:
+        import queue
+        import threading
+
+        self.log = log
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="blastwall-audit", daemon=True)
+        self._thread.start()
+
+    def append(self, **fields) -> None:
+        self._queue.put(fields)
+
+    def _run(self) -> None:
+        import logging
+        import queue
+
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < 500:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            try:
+                self.log.append_many(batch)
+            except Exception as exc:  # noqa: BLE001 - keep the gateway deciding; say so loudly
+                logging.getLogger("blastwall.audit").error("audit append failed: %r", exc)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self.log.close()

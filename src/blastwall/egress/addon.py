@@ -1,9 +1,8 @@
 """The mitmproxy addon that makes every network decision of the gateway.
 
-Each hook looks up the session the connection belongs to (by the port our
-relay connected from; no mapping, no session, no traffic).  The lookup happens
-when the client's first bytes arrive, never at accept time: the relay binds its
-port to the session after connecting and before forwarding a byte.  It asks the pure
+Each hook looks up the session the connection belongs to (by the synthetic
+peer address the gateway gave it when it arrived on a session socket; no
+session, no traffic), asks the pure
 functions in ``decide`` and enforces the answer.  Every upstream connection,
 whatever the protocol (HTTP absolute-form, CONNECT, SOCKS5), passes through
 ``server_connect``, where the name is resolved *here*, every address checked,
@@ -27,6 +26,7 @@ from mitmproxy import http
 from mitmproxy.proxy import mode_specs
 
 from blastwall.egress.decide import check_addresses, decide, names_agree, pinned_address
+from blastwall.egress.gateway import SESSION_PEER
 
 logger = logging.getLogger("blastwall.gateway")
 
@@ -96,7 +96,7 @@ class Gatekeeper:
         if self.fault is not None:
             raise self.fault
         peer = client.peername
-        if not peer or peer[0] != "127.0.0.1":
+        if not peer or peer[0] != SESSION_PEER:
             return None
         kind = "socks" if isinstance(client.proxy_mode, mode_specs.Socks5Mode) else "http"
         return self.registry.session_for_port(kind, peer[1])

@@ -95,22 +95,28 @@ class Registry:
         self._sni.pop(client_id, None)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        try:
-            if writer.can_write_eof():
-                writer.write_eof()
-        except (OSError, RuntimeError):
-            pass
+# The peer "address" a session connection shows to mitmproxy.  No real socket
+# has this host, so a connection that reached mitmproxy's TCP listener some
+# other way can never be mistaken for a session's.
+SESSION_PEER = "blastwall-session"
+
+
+class _SessionWriter:
+    """The unix socket's writer, presented to mitmproxy with a session identity."""
+
+    def __init__(self, writer: asyncio.StreamWriter, number: int) -> None:
+        self._writer = writer
+        self._peer = (SESSION_PEER, number)
+
+    def get_extra_info(self, name: str, default=None):
+        if name == "peername":
+            return self._peer
+        if name == "sockname":
+            return (SESSION_PEER, 0)
+        return self._writer.get_extra_info(name, default)
+
+    def __getattr__(self, name: str):
+        return getattr(self._writer, name)
 
 
 class Gateway:
@@ -127,13 +133,13 @@ class Gateway:
         from mitmproxy import master, options
         from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver
 
-        from blastwall.audit.log import AuditLog, default_path
+        from blastwall.audit.log import AuditLog, BackgroundAppender, default_path
         from blastwall.egress.addon import Gatekeeper
 
         opts = options.Options()
         self.master = master.Master(opts, event_loop=asyncio.get_running_loop())
-        audit = AuditLog(os.environ.get("BLASTWALL_AUDIT_DB") or default_path())
-        self.addon = Gatekeeper(self.registry, audit)
+        self.audit = BackgroundAppender(AuditLog(os.environ.get("BLASTWALL_AUDIT_DB") or default_path()))
+        self.addon = Gatekeeper(self.registry, self.audit)
         self.master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),
                                disable_h2c.DisableH2C(), _SocksAuthOption(), self.addon)
         http_port, socks_port = _free_ports(2)
@@ -149,6 +155,9 @@ class Gateway:
             upstream_cert=False,
             http3=False,
             rawtcp=True,
+            # Stream bodies instead of buffering them whole: large downloads and
+            # uploads pass through with bounded memory.
+            stream_large_bodies="64k",
         )
         self._task = asyncio.create_task(self.master.run())
         ps = self.master.addons.get("proxyserver")
@@ -160,9 +169,11 @@ class Gateway:
             if servers and all(s.is_running for s in servers):
                 break
             await asyncio.sleep(0.01)
+        self.instances = {}
         for instance in ps.servers:
             kind = "socks" if instance.mode.type_name == "socks5" else "http"
             self.ports[kind] = instance.listen_addrs[0][1]
+            self.instances[kind] = instance
 
     # -- sessions -----------------------------------------------------------------------
     async def register(self, fields: dict[str, list[str]]) -> Session:
@@ -193,22 +204,18 @@ class Gateway:
         self.registry.last_active = time.monotonic()
 
     async def _relay(self, reader, writer, kind: str, session: Session) -> None:
+        """Hand a session socket's connection straight to mitmproxy's mode server."""
         if session.id not in self.registry.sessions:
             writer.close()
             return
+        self._serial = (getattr(self, "_serial", 0) + 1) % (1 << 31)
+        number = self._serial
+        self.registry.bind_port(kind, number, session)
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.ports[kind])
-        except OSError:
-            writer.close()
-            return
-        port = up_writer.get_extra_info("sockname")[1]
-        self.registry.bind_port(kind, port, session)
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await self.instances[kind].handle_stream(reader, _SessionWriter(writer, number))
         finally:
-            self.registry.unbind_port(kind, port)
-            for w in (writer, up_writer):
-                w.close()
+            self.registry.unbind_port(kind, number)
+            writer.close()
 
     # -- control ------------------------------------------------------------------------
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -293,6 +300,7 @@ class Gateway:
                 await asyncio.wait_for(self._task, timeout=5)
             except (asyncio.TimeoutError, Exception):
                 pass
+            self.audit.close()
 
 
 def _free_ports(count: int) -> list[int]:
