@@ -362,8 +362,11 @@ def test_audit_records_decisions_and_verifies(home, workspace, scratch, upstream
 
 def test_no_allow_list_means_no_gateway_and_no_network(home, workspace, scratch, upstream):
     state = BASE / f"gateway-none-{os.getpid()}"
-    r = blastwall(["run", "--", "sh", "-c", f"echo ${{HTTP_PROXY:-none}}; curl -sS http://api.test:{upstream.http_port}/"],
-                  home=home, cwd=workspace, env={"XDG_STATE_HOME": str(state)})
-    assert r.stdout.startswith("none")
-    assert not (state / "blastwall" / "gateway").exists()
-    assert upstream.requests == []
+    try:
+        r = blastwall(["run", "--", "sh", "-c", f"echo ${{HTTP_PROXY:-none}}; curl -sS http://api.test:{upstream.http_port}/"],
+                      home=home, cwd=workspace, env={"XDG_STATE_HOME": str(state)})
+        assert r.stdout.startswith("none")
+        assert not (state / "blastwall" / "gateway").exists()
+        assert upstream.requests == []
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
