@@ -201,6 +201,7 @@ REFUSALS = [
     ("http://0x7f.1:{port}/", ["--noproxy", ""], ""),
     ("http://[::ffff:127.0.0.1]:{port}/", ["--noproxy", ""], "not-allowed"),
     ("http://api.test:{port}/", ["-H", "Host: evil.test"], "host-mismatch"),
+    ("http://api.test:{port}/", ["--proxytunnel", "-H", "Host: evil.test"], "host-mismatch"),  # inside CONNECT
 ]
 
 

@@ -30,7 +30,8 @@ def _version(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unusable ({exc})"
     text = (out.stdout or out.stderr).strip().splitlines()
-    return text[0] if text else f"exit status {out.returncode}"
+    versioned = [line for line in text if "version" in line.lower()]
+    return (versioned or text or [f"exit status {out.returncode}"])[0].strip()
 
 
 def _first(paths) -> str | None:
@@ -97,6 +98,23 @@ def check_landlock() -> Check:
                  "kernel >= 5.13 with CONFIG_SECURITY_LANDLOCK=y and 'landlock' in the lsm= boot parameter")
 
 
+def check_egress() -> list[Check]:
+    import importlib.util
+
+    from blastwall.tiers.process._raw_netns import find_socat
+
+    out = []
+    socat = find_socat()
+    out.append(Check("egress", "socat", socat is not None,
+                     f"{socat}: {_version([socat, '-V']) if socat else ''}".strip(": ") if socat else "not installed",
+                     "" if socat else "sudo apt-get install socat"))
+    spec = importlib.util.find_spec("mitmproxy")
+    out.append(Check("egress", "mitmproxy", spec is not None,
+                     f"importable from {spec.submodule_search_locations[0]}" if spec else "not installed",
+                     "" if spec else "pip install 'mitmproxy>=11,<12' into blastwall's environment"))
+    return out
+
+
 def check_runsc() -> Check:
     path = _first(["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"])
     if path is None:
@@ -138,6 +156,7 @@ def checks() -> list[Check]:
     out = check_bwrap()
     out.append(check_seccomp())
     out.append(check_landlock())
+    out.extend(check_egress())
     out.append(check_runsc())
     out.append(check_qemu())
     out.append(check_kvm())
@@ -159,8 +178,8 @@ def run_doctor(*, json_output: bool) -> int:
     for c in results:
         if c.tier != tier:
             tier = c.tier
-            sys.stdout.write(f"{tier} tier\n")
-        mark = "ok  " if c.ok else "MISSING" if "not installed" in c.detail or "Can't find" in c.detail else "NO  "
+            sys.stdout.write(("egress gateway" if tier == "egress" else f"{tier} tier") + "\n")
+        mark = "ok" if c.ok else "MISSING" if "not installed" in c.detail or "Can't find" in c.detail else "NO"
         sys.stdout.write(f"  {mark:<7} {c.name:<{width}}  {c.detail}\n")
         if not c.ok and c.fix:
             sys.stdout.write(f"  {'':<7} {'':<{width}}  fix: {c.fix}\n")
