@@ -134,7 +134,8 @@ def test_network_allow_compiles_to_egress_with_its_rules():
                                  "resolve": {"example.com": "192.0.2.1"}, "trusted_addresses": ["192.0.2.0/24"]}})
     (egress,) = plan.of(P.Egress)
     assert egress.rules() == {"allow": ["example.com"], "deny": ["bad.example.com"],
-                              "resolve": {"example.com": "192.0.2.1"}, "trusted_addresses": ["192.0.2.0/24"]}
+                              "resolve": {"example.com": "192.0.2.1"}, "trusted_addresses": ["192.0.2.0/24"],
+                              "rules": [], "credentials": [], "upstream_ca": ""}
     assert not compile_().of(P.Egress)  # No allow list: no gateway, no route out at all.
 
 
@@ -164,3 +165,19 @@ def test_runtime_under_private_tmp_stays_visible_read_only():
     assert [op.path for op in runtime] == ["/tmp/venv"]  # /opt is visible anyway
     order = [op.path for op in plan.operations if isinstance(op, (P.PrivateTmp, P.ReadOnly))]
     assert order.index("/tmp") < order.index("/tmp/venv")
+
+
+def test_rule_naming_an_undefined_credential_is_refused():
+    with pytest.raises(PolicyError, match="not defined"):
+        compile_({"network": {"rules": [{"host": "api.example.com", "credential": "NOPE"}]}})
+
+
+def test_credential_variables_never_enter_the_sandbox():
+    doc = {"network": {"rules": [{"host": "api.example.com", "credential": "API_TOKEN"}]},
+           "credentials": {"API_TOKEN": {"from": "env:REAL_SOURCE", "hosts": ["api.example.com"]}},
+           "environment": {"pass": ["API_TOKEN", "REAL_SOURCE"]}}
+    plan = compile_(doc, environ={"API_TOKEN": "s3cret", "REAL_SOURCE": "s3cret", "PATH": "/bin"})
+    env = dict(plan.of(P.Environment)[0].variables)
+    assert "API_TOKEN" not in env and "REAL_SOURCE" not in env
+    (egress,) = plan.of(P.Egress)  # Rules alone grant their host: an egress op exists.
+    assert egress.rules()["credentials"][0]["name"] == "API_TOKEN"

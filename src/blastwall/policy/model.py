@@ -139,6 +139,115 @@ def _networks(value: object, key: str, source: str) -> tuple[str, ...]:
     return _dedupe(out)
 
 
+_METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/*:@!$&'()+,;=")
+
+
+def check_url_path(item: object, key: str, source: str) -> str:
+    """A path pattern for [[network.rules]]: '/v1/messages', '/v1/models/*', '/files/**'."""
+    if not isinstance(item, str) or not item.startswith("/"):
+        raise PolicyError("a path must start with '/'", key=key, source=source)
+    if len(item) > 2048 or not set(item) <= _PATH_CHARS:
+        raise PolicyError(f"{item!r}: unsupported character (no query strings, percent-escapes or spaces)",
+                          key=key, source=source)
+    segments = item.split("/")[1:]
+    if any(seg in (".", "..") for seg in segments) or "//" in item:
+        raise PolicyError(f"{item!r}: no '.', '..' or empty segments", key=key, source=source)
+    for seg in segments:
+        if "*" in seg and seg not in ("*", "**"):
+            raise PolicyError(f"{item!r}: '*' must be a whole segment ('*' one segment, '**' any depth)",
+                              key=key, source=source)
+    return item
+
+
+def _rules(value: object, key: str, source: str) -> tuple:
+    if not isinstance(value, list):
+        raise PolicyError(f"expected a list of tables ([[network.rules]]), got {_type_name(value)}",
+                          key=key, source=source)
+    out = []
+    for index, rule in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(rule, dict):
+            raise PolicyError(f"expected a table, got {_type_name(rule)}", key=where, source=source)
+        unknown = set(rule) - {"host", "methods", "paths", "max_body_bytes", "credential"}
+        if unknown:
+            raise PolicyError(_unknown("key", sorted(unknown)[0], ["host", "methods", "paths", "max_body_bytes",
+                                                                 "credential"]), key=where, source=source)
+        if "host" not in rule:
+            raise PolicyError("a rule needs a host", key=where, source=source)
+        try:
+            host = normalize_host_pattern(rule["host"]) if isinstance(rule["host"], str) else None
+        except HostPatternError as exc:
+            raise PolicyError(str(exc), key=f"{where}.host", source=source) from None
+        if host is None:
+            raise PolicyError("expected a string", key=f"{where}.host", source=source)
+        methods = None
+        if "methods" in rule:
+            methods = []
+            for i, method in enumerate(_string_list(rule["methods"], f"{where}.methods", source)):
+                upper = method.upper()
+                if not upper or not set(upper) <= _METHOD_CHARS or len(upper) > 20:
+                    raise PolicyError(f"{method!r} is not an HTTP method", key=f"{where}.methods[{i}]", source=source)
+                methods.append(upper)
+            methods = tuple(_dedupe(methods))
+        paths = None
+        if "paths" in rule:
+            paths = tuple(check_url_path(p, f"{where}.paths[{i}]", source)
+                          for i, p in enumerate(_string_list(rule["paths"], f"{where}.paths", source)))
+        limit = rule.get("max_body_bytes")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise PolicyError("expected a number of bytes >= 0", key=f"{where}.max_body_bytes", source=source)
+        credential = rule.get("credential")
+        if credential is not None and (not isinstance(credential, str) or not is_env_name(credential)):
+            raise PolicyError("expected a credential name", key=f"{where}.credential", source=source)
+        out.append((("host", host), ("methods", methods), ("paths", paths), ("max_body_bytes", limit),
+                    ("credential", credential)))
+    return tuple(out)
+
+
+def _ca_path(value: object, key: str, source: str) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str):
+        raise PolicyError(f"expected a path to a PEM file, got {_type_name(value)}", key=key, source=source)
+    return check_path(value, key, source)
+
+
+def _credential(name: str, value: object, source: str) -> tuple:
+    where = f"credentials.{name}"
+    if not is_env_name(name):
+        raise PolicyError(f"{name!r} is not a valid credential name (letters, digits, _)", key=where, source=source)
+    if not isinstance(value, dict):
+        raise PolicyError(f"expected a table, got {_type_name(value)}", key=where, source=source)
+    unknown = set(value) - {"from", "hosts", "header"}
+    if unknown:
+        raise PolicyError(_unknown("key", sorted(unknown)[0], ["from", "hosts", "header"]), key=where, source=source)
+    origin = value.get("from")
+    if not isinstance(origin, str) or not origin.startswith(("env:", "file:", "keyring:")):
+        raise PolicyError("'from' must be env:NAME, file:PATH or keyring:SERVICE/NAME", key=f"{where}.from",
+                          source=source)
+    kind, _, ref = origin.partition(":")
+    if kind == "env" and not is_env_name(ref):
+        raise PolicyError(f"{ref!r} is not an environment variable name", key=f"{where}.from", source=source)
+    if kind == "file":
+        check_path(ref, f"{where}.from", source)
+    if kind == "keyring" and (ref.count("/") != 1 or not all(ref.split("/"))):
+        raise PolicyError("keyring:SERVICE/NAME", key=f"{where}.from", source=source)
+    hosts = _allow_hosts(value.get("hosts", []), f"{where}.hosts", source)
+    if not hosts:
+        raise PolicyError("a credential must be bound to at least one host", key=f"{where}.hosts", source=source)
+    header = value.get("header", "authorization: Bearer {}")
+    if not isinstance(header, str) or not header:
+        raise PolicyError("expected a header name or 'name: template {}'", key=f"{where}.header", source=source)
+    hname, colon, template = header.partition(":")
+    hname = hname.strip().lower()
+    template = template.strip() if colon else "{}"
+    if not hname or not all(c.isalnum() or c == "-" for c in hname) or template.count("{}") != 1:
+        raise PolicyError(f"{header!r}: expected 'x-api-key' or 'authorization: Bearer {{}}'", key=f"{where}.header",
+                          source=source)
+    return (("name", name), ("from", origin), ("hosts", hosts), ("header", hname), ("template", template))
+
+
 def is_env_name(name: str) -> bool:
     """True for a POSIX environment variable name."""
     if not name or len(name) > 256 or not name.isascii():
@@ -217,7 +326,10 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "deny": (_deny_hosts, "add", ()),
         "resolve": (_resolve_map, "set", ()),
         "trusted_addresses": (_networks, "set", ()),
+        "rules": (_rules, "set", ()),
+        "upstream_ca": (_ca_path, "set", ""),
     },
+    "credentials": {},  # Keys are credential names; see _credential.
     "environment": {
         "pass": (_env_names, "set", ()),
         "deny": (_env_names, "add", ()),
@@ -259,6 +371,10 @@ def parse_layer(document: object, source: str, *, extend_lists: bool = False) ->
             raise PolicyError(
                 f"expected a table ([{section}]), got {_type_name(body)}", key=section, source=source
             )
+        if section == "credentials":
+            entries = tuple(_credential(str(name), raw, source) for name, raw in body.items())
+            values[("credentials", "entries")] = ("set", entries)
+            continue
         keys = SCHEMA[section]
         for key, raw in body.items():
             if key not in keys:
@@ -342,10 +458,20 @@ class Policy:
         for section, keys in SCHEMA.items():
             body = self._sections[section]
             out[section] = {}
+            if section == "credentials":
+                for entry in body.entries:
+                    data = dict(entry)
+                    header = data["header"] if data["template"] == "{}" else f"{data['header']}: {data['template']}"
+                    out[section][data["name"]] = {"from": data["from"], "hosts": list(data["hosts"]),
+                                                  "header": header}
+                continue
             for key in keys:
                 value = getattr(body, "pass_" if key == "pass" else key)
                 if (section, key) in (("environment", "set"), ("network", "resolve")):
                     value = dict(value)  # type: ignore[arg-type]
+                elif (section, key) == ("network", "rules"):
+                    value = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in rule if v is not None}
+                             for rule in value]  # type: ignore[union-attr]
                 elif isinstance(value, tuple):
                     value = list(value)
                 out[section][key] = value
@@ -361,6 +487,7 @@ def defaults() -> Layer:
     for section, keys in SCHEMA.items():
         for key, (_validator, _rule, default) in keys.items():
             values[(section, key)] = ("set", default)
+    values[("credentials", "entries")] = ("set", ())
     return Layer("built-in defaults", values)
 
 

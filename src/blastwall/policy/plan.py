@@ -145,11 +145,14 @@ class Egress(Operation):
     may be reached although private, loopback or otherwise special.
     """
 
-    __slots__ = ("allow", "deny", "resolve", "trusted")
+    __slots__ = ("allow", "deny", "resolve", "trusted", "http_rules", "credentials", "upstream_ca")
 
     def rules(self) -> dict:
         return {"allow": list(self.allow), "deny": list(self.deny), "resolve": dict(self.resolve),
-                "trusted_addresses": list(self.trusted)}
+                "trusted_addresses": list(self.trusted),
+                "rules": [dict(rule) for rule in self.http_rules],
+                "credentials": [dict(cred) for cred in self.credentials],
+                "upstream_ca": self.upstream_ca}
 
 
 class DenySyscalls(Operation):
@@ -466,8 +469,17 @@ def compile_plan(policy, host: Host) -> Plan:
 
     ops.append(IsolateNetwork())
     net = policy.network
-    if net.allow:
-        ops.append(Egress(net.allow, net.deny, net.resolve, net.trusted_addresses))
+    credentials = policy.credentials.entries
+    known = {dict(c)["name"] for c in credentials}
+    for index, rule in enumerate(net.rules):
+        name = dict(rule)["credential"]
+        if name is not None and name not in known:
+            raise PolicyError(f"credential {name!r} is not defined in [credentials]",
+                              key=f"network.rules[{index}].credential")
+    if net.allow or net.rules:
+        upstream_ca = resolve(net.upstream_ca, workspace) if net.upstream_ca else ""
+        ops.append(Egress(net.allow, net.deny, net.resolve, net.trusted_addresses, net.rules, credentials,
+                          upstream_ca))
     families = list(_defaults.DENIED_SYSCALL_FAMILIES)
     if sockets:
         families.remove("unix-sockets")
@@ -523,6 +535,14 @@ def _environment(policy, host: Host) -> Environment:
     env_policy = policy.environment
     passed = set(env_policy.pass_)
     denied = set(env_policy.deny)
+    # A credential's variable and its source never enter the sandbox, passed or
+    # not; the tier sets the credential's variable to a placeholder instead.
+    for entry in policy.credentials.entries:
+        cred = dict(entry)
+        denied.add(cred["name"])
+        if cred["from"].startswith("env:"):
+            denied.add(cred["from"][4:])
+    passed -= denied
     variables: dict[str, str] = {}
     dropped: list[str] = []
     for name, value in host.environ.items():
