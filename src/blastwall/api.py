@@ -66,6 +66,7 @@ def plan_for(
         environ=dict(environ),
         protected=protected_paths(environ),
         runtime=runtime_paths(),
+        hidden=(state_dir(environ),),
     )
     return P.compile_plan(policy, host)
 

@@ -25,11 +25,13 @@ def make_ca_and_cert(directory, names):
     """A CA and a server certificate for ``names``; returns (ca_pem_path, cert_path, key_path)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blastwall test CA")])
+    # A unique name per CA: verifiers look issuers up by name first.
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"blastwall test CA {os.urandom(4).hex()}")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
           .not_valid_after(now + datetime.timedelta(days=2))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                        content_commitment=False, key_encipherment=False, data_encipherment=False,
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
@@ -40,6 +42,7 @@ def make_ca_and_cert(directory, names):
             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = [os.path.join(directory, n) for n in ("ca.pem", "cert.pem", "key.pem")]
     with open(paths[0], "wb") as f:
@@ -152,3 +155,87 @@ class Echo:
 
     def close(self):
         self.sock.close()
+
+
+class AsgiUpstream:
+    """An HTTPS upstream on hypercorn: HTTP/1.1, HTTP/2 and WebSocket, recording what arrives.
+
+    ``/echo-key`` answers with the x-api-key it received (in a header and the
+    body), like an API that reflects credentials back.
+    """
+
+    def __init__(self, directory, names=("api.test", "other.test")) -> None:
+        import asyncio
+
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        self.requests: list = []
+        self.ca, cert, key = make_ca_and_cert(directory, list(names))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        config = Config()
+        config.bind = [f"127.0.0.1:{self.port}"]
+        config.certfile, config.keyfile = cert, key
+        config.accesslog = config.errorlog = None
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        ready = threading.Event()
+
+        async def main():
+            self._stop = asyncio.Event()
+            ready.set()
+            await serve(self.app, config, shutdown_trigger=self._stop.wait)
+
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                threading.Event().wait(0.02)
+
+    async def app(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        if scope["type"] == "websocket":
+            self.requests.append(("WEBSOCKET", scope["path"], headers, scope.get("http_version")))
+            await receive()
+            await send({"type": "websocket.accept"})
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    return
+                await send({"type": "websocket.send", "text": "echo: " + (message.get("text") or "")})
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.requests.append((scope["method"], scope["path"], headers, scope["http_version"], len(body)))
+        key = headers.get("x-api-key", "")
+        if scope["path"] == "/echo-key":
+            payload = f"you sent {key}".encode()
+            extra = [(b"x-echo", key.encode())]
+        else:
+            payload = f"http/{scope['http_version']} {scope['method']} {scope['path']}".encode()
+            extra = []
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(payload)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": payload})
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)

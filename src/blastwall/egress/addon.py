@@ -25,7 +25,8 @@ import socket
 from mitmproxy import http
 from mitmproxy.proxy import mode_specs
 
-from blastwall.egress.decide import check_addresses, decide, names_agree, pinned_address
+from blastwall.egress.decide import (check_addresses, check_request, decide, foreign_credentials, names_agree,
+                                     needs_interception, pinned_address)
 from blastwall.egress.gateway import SESSION_PEER
 
 logger = logging.getLogger("blastwall.gateway")
@@ -157,7 +158,8 @@ class Gatekeeper:
         if session is None:
             return self._deny_response(flow, 403, "blastwall: no session\n")
         target = self.registry.target(flow.client_conn.id)
-        host_header = flow.request.headers.get("Host")
+        # The Host header in HTTP/1, the :authority pseudo-header in HTTP/2.
+        host_header = flow.request.host_header
         if target is None and isinstance(flow.client_conn.proxy_mode, mode_specs.Socks5Mode):
             # Plain HTTP through SOCKS5: the SOCKS request named the destination.
             host, port = flow.server_conn.address
@@ -187,14 +189,82 @@ class Gatekeeper:
                 self._record(session, host, port, verdict, "http")
                 return self._deny_response(flow, 403, refusal_body(f"{flow.request.method} {host}:{port}",
                                                                    verdict.reason, verdict.detail))
-            return None
-        # Plain HTTP inside a CONNECT or SOCKS tunnel: it must address the tunnel's host.
+            return self._capabilities(session, flow, host, port)
+        # HTTP inside a CONNECT or SOCKS tunnel (plain, or decrypted): it must
+        # address the tunnel's host, and so must the TLS SNI.
         host, port = target
-        if not names_agree(host, host_header):
-            session.blocked(host, port, "host-mismatch", f"Host: {host_header}")
-            return self._deny_response(flow, 421, refusal_body(f"{host}:{port}", "host-mismatch",
-                                                               f"Host header says {host_header}"))
+        sni = self.registry.sni(flow.client_conn.id)
+        for what, name in (("host-mismatch", host_header), ("sni-mismatch", sni)):
+            if not names_agree(host, name):
+                session.blocked(host, port, what, f"{name}")
+                return self._deny_response(flow, 421, refusal_body(f"{host}:{port}", what,
+                                                                   f"the request names {name}"))
+        return self._capabilities(session, flow, host, port)
+
+    def _capabilities(self, session, flow: http.HTTPFlow, host: str, port: int) -> None:
+        """HTTP rules and credentials for a request the gateway can see."""
+        request = flow.request
+        length = request.headers.get("content-length")
+        length = int(length) if length and length.isdigit() else None
+        verdict, rule = check_request(session.http_rules, host, port, request.method, request.path, length)
+        if not verdict.allowed:
+            self._record(session, host, port, verdict, "http")
+            return self._deny_response(flow, 413 if verdict.reason == "body-too-large" else 403,
+                                       refusal_body(f"{request.method} {host}{request.path[:100]}", verdict.reason,
+                                                    verdict.detail))
+        headers = list(request.headers.items(multi=True))
+        visible = request.path + "\n" + "\n".join(f"{k}: {v}" for k, v in headers)
+        for cred in session.credentials.values():
+            if cred.placeholder in visible and not cred.bound_to(host, port):
+                refusal = type(verdict)(False, "placeholder-to-unbound-host", detail=f"credential {cred.name}")
+                self._record(session, host, port, refusal, "credential")
+                return self._deny_response(flow, 403, refusal_body(f"{request.method} {host}", refusal.reason,
+                                                                   refusal.detail))
+        if rule is not None and rule.credential:
+            cred = session.credentials[rule.credential]
+            query_keys = [k for k, _ in request.query.items(multi=True)]
+            foreign = foreign_credentials(headers, query_keys, cred)
+            if foreign:
+                refusal = type(verdict)(False, "foreign-credential", detail=", ".join(foreign))
+                self._record(session, host, port, refusal, "credential")
+                return self._deny_response(flow, 403, refusal_body(f"{request.method} {host}", refusal.reason,
+                                                                   f"only {cred.name} may be used on this host"))
+        used = []
+        for cred in session.credentials.values():
+            if not cred.bound_to(host, port):
+                continue
+            for name, value in headers:
+                if cred.placeholder in value:
+                    request.headers[name] = value.replace(cred.placeholder, cred.value)
+                    used.append(cred.name)
+        limit = rule.max_body_bytes if rule is not None else None
+        if limit is not None:
+            request.stream = _body_limit(limit)
+        if used:
+            session.bound.add(flow.id)
+            self._record(session, host, port, type(verdict)(True, "credential-used",
+                                                           rule=f"credentials.{','.join(sorted(set(used)))}"),
+                         "credential")
         return None
+
+    @_fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        session = self._session(flow.client_conn)
+        if session is None or flow.id not in session.bound:
+            return
+        secrets = [(c.value, c.placeholder) for c in session.credentials.values()]
+        for name, value in list(flow.response.headers.items(multi=True)):
+            for secret, placeholder in secrets:
+                if secret in value:
+                    flow.response.headers[name] = value.replace(secret, placeholder)
+        # Whatever the upstream echoes, the sandbox sees the placeholder.
+        flow.response.stream = _Scrubber(secrets)
+
+    @_fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        session = self._session(flow.client_conn)
+        if session is not None:
+            session.bound.discard(flow.id)
 
     @_fail_closed
     def tls_clienthello(self, data) -> None:
@@ -202,10 +272,14 @@ class Gatekeeper:
         if session is None:
             data.context.client.error = "blastwall: no session"
             return
-        self.registry.set_sni(data.context.client.id, data.client_hello.sni)
-        # Nothing is decrypted: the tunnel is passed through, its SNI checked in
-        # server_connect against the host the client asked for.
-        data.ignore_connection = True
+        client = data.context.client
+        self.registry.set_sni(client.id, data.client_hello.sni)
+        target = self.registry.target(client.id) or data.context.server.address
+        # Decrypt only hosts with HTTP rules or bound credentials.  Every other
+        # tunnel passes through untouched; its SNI is checked in server_connect.
+        intercept = bool(target) and needs_interception(session.http_rules, list(session.credentials.values()),
+                                                        target[0], target[1])
+        data.ignore_connection = not intercept
 
     @_fail_closed
     async def server_connect(self, data) -> None:
@@ -243,6 +317,39 @@ class Gatekeeper:
     @_fail_closed
     def client_disconnected(self, client) -> None:
         self.registry.forget_client(client.id)
+
+
+def _body_limit(limit: int):
+    """A stream filter that fails the request once its body exceeds ``limit`` bytes."""
+    seen = [0]
+
+    def count(chunk: bytes) -> bytes:
+        seen[0] += len(chunk)
+        if seen[0] > limit:
+            raise ValueError(f"request body larger than {limit} bytes")
+        return chunk
+
+    return count
+
+
+class _Scrubber:
+    """Replaces secrets by placeholders in a streamed body, across chunk boundaries."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = [(s.encode(), p.encode()) for s, p in pairs]
+        self.keep = max((len(s) for s, _ in self.pairs), default=1) - 1
+        self.buffer = b""
+
+    def __call__(self, chunk: bytes) -> bytes:
+        data = self.buffer + chunk
+        for secret, placeholder in self.pairs:
+            data = data.replace(secret, placeholder)
+        if not chunk:  # End of the body: flush everything.
+            self.buffer = b""
+            return data
+        cut = max(0, len(data) - self.keep)
+        self.buffer = data[cut:]
+        return data[:cut]
 
 
 async def _resolve(host: str, port: int) -> list[str]:

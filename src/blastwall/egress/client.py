@@ -55,6 +55,8 @@ class GatewaySession:
         self.token = reply["token"][0]
         self.http_path = reply["http"][0]
         self.socks_path = reply["socks"][0]
+        self.ca_bundle = (reply.get("ca") or [None])[0]
+        self.placeholders = dict(unpack(item) for item in reply.get("placeholder", []))
 
     def summary(self) -> dict | None:
         """What the gateway refused, or None if the gateway is gone."""
@@ -127,12 +129,54 @@ def _control(environ):
     )
 
 
+def read_secret(name: str, origin: str, environ) -> str:
+    """A credential's value, read on the host; it goes to the gateway, never the sandbox."""
+    kind, _, ref = origin.partition(":")
+    value = None
+    if kind == "env":
+        value = environ.get(ref)
+    elif kind == "file":
+        path = os.path.expanduser(ref)
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read(65536).strip()
+        except OSError as exc:
+            raise EnforcementError(f"Can't read credential {name} from {path}: {exc.strerror}") from None
+    elif kind == "keyring":
+        import subprocess
+
+        service, _, account = ref.partition("/")
+        try:
+            out = subprocess.run(["secret-tool", "lookup", "service", service, "username", account],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise EnforcementError(f"Can't read credential {name} from the keyring: {exc}",
+                                   fix="install libsecret-tools (secret-tool) or use env: or file:") from None
+        value = out.stdout.strip() if out.returncode == 0 else None
+    if not value:
+        raise EnforcementError(f"Can't use credential {name}: {origin} is empty or not set",
+                               fix=f"set it, or remove [credentials.{name}] from the policy")
+    if "\n" in value or "\r" in value:
+        raise EnforcementError(f"Can't use credential {name}: its value spans several lines")
+    return value
+
+
 def register(rules: dict, command: str, environ=os.environ) -> GatewaySession:
     """A new gateway session for ``rules``; starts the gateway if it is not running."""
     fields = [("allow", a) for a in rules.get("allow", ())]
     fields += [("deny", d) for d in rules.get("deny", ())]
     fields += [("resolve", pack([name, addr])) for name, addr in (rules.get("resolve") or {}).items()]
     fields += [("trusted", t) for t in rules.get("trusted_addresses", ())]
+    for rule in rules.get("rules", ()):
+        fields.append(("rule", pack([rule["host"], ",".join(rule["methods"] or ()) or "*",
+                                     ",".join(rule["paths"] or ()) or "*",
+                                     "" if rule["max_body_bytes"] is None else str(rule["max_body_bytes"]),
+                                     rule["credential"] or ""])))
+    for cred in rules.get("credentials", ()):
+        fields.append(("credential", pack([cred["name"], read_secret(cred["name"], cred["from"], environ),
+                                           cred["header"], cred["template"], ",".join(cred["hosts"])])))
+    if rules.get("upstream_ca"):
+        fields.append(("upstream_ca", rules["upstream_ca"]))
     fields.append(("command", command))
     sock = _control(environ)
     try:

@@ -32,13 +32,28 @@ from blastwall.egress.decide import Rules
 MAX_BLOCKED = 1000
 
 
+def make_placeholder(value: str) -> str:
+    """A random stand-in exactly as long as ``value``.
+
+    The same length keeps Content-Length right when an upstream echoes the
+    secret and the gateway swaps it back for the placeholder.
+    """
+    stem = "BLASTWALL_PLACEHOLDER_"
+    random = secrets.token_hex(max(16, len(value)))
+    text = (stem + random) if len(value) >= len(stem) + 16 else random
+    return text[: len(value)] if len(value) >= 16 else text[:16]
+
+
 class Session:
-    def __init__(self, rules: Rules, command: str, directory: str) -> None:
+    def __init__(self, rules: Rules, command: str, directory: str, http_rules=(), credentials=None) -> None:
         self.id = secrets.token_hex(8)
         self.token = secrets.token_urlsafe(24)
         self.rules = rules
         self.command = command
         self.directory = directory
+        self.http_rules = list(http_rules)
+        self.credentials = dict(credentials or {})
+        self.bound: set[str] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self._blocked: list[dict] = []
         self.blocked_count = 0
@@ -131,7 +146,7 @@ class Gateway:
     # -- mitmproxy ------------------------------------------------------------------
     async def start_proxy(self) -> None:
         from mitmproxy import master, options
-        from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver
+        from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 
         from blastwall.audit.log import AuditLog, BackgroundAppender, default_path
         from blastwall.egress.addon import Gatekeeper
@@ -140,8 +155,10 @@ class Gateway:
         self.master = master.Master(opts, event_loop=asyncio.get_running_loop())
         self.audit = BackgroundAppender(AuditLog(os.environ.get("BLASTWALL_AUDIT_DB") or default_path()))
         self.addon = Gatekeeper(self.registry, self.audit)
+        self.tls = tlsconfig.TlsConfig()
         self.master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),
-                               disable_h2c.DisableH2C(), _SocksAuthOption(), self.addon)
+                               disable_h2c.DisableH2C(), self.tls, _SocksAuthOption(), self.addon)
+        confdir = self._ephemeral_ca_dir()
         http_port, socks_port = _free_ports(2)
         opts.update(
             mode=[f"regular@127.0.0.1:{http_port}", f"socks5@127.0.0.1:{socks_port}"],
@@ -158,6 +175,8 @@ class Gateway:
             # Stream bodies instead of buffering them whole: large downloads and
             # uploads pass through with bounded memory.
             stream_large_bodies="64k",
+            confdir=confdir,
+            ssl_verify_upstream_trusted_ca=self._write_upstream_trust(),
         )
         self._task = asyncio.create_task(self.master.run())
         ps = self.master.addons.get("proxyserver")
@@ -174,20 +193,97 @@ class Gateway:
             kind = "socks" if instance.mode.type_name == "socks5" else "http"
             self.ports[kind] = instance.listen_addrs[0][1]
             self.instances[kind] = instance
+        # Only now is the certificate store final (mitmproxy configures its
+        # addons again as it starts running).
+        self._client_bundle()
+
+    # -- TLS ---------------------------------------------------------------------------
+    def _ephemeral_ca_dir(self) -> str:
+        """A fresh private directory where mitmproxy generates this gateway's CA.
+
+        Every gateway start makes a new CA, removed when the gateway exits.
+        The directory is inside the state directory (0700), which every sandbox
+        has hidden; sandboxes only ever get the CA's certificate.
+        """
+        path = os.path.join(self.state, "ca")
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, mode=0o700)
+        self._ca_dir = path
+        return path
+
+    def _client_bundle(self) -> None:
+        """The system's CAs plus this gateway's, for clients inside sandboxes."""
+        ca_pem = self.tls.certstore.default_ca.to_pem().decode()
+        with open(_system_ca_file()) as f:
+            system = f.read()
+        self.client_bundle = system.rstrip("\n") + "\n" + ca_pem
+
+    def _write_upstream_trust(self) -> str:
+        """The CA file upstream servers are verified against, under a new name per content.
+
+        mitmproxy caches TLS contexts by the file's *path*, so a changed file
+        needs a new path to take effect.
+        """
+        import hashlib
+
+        with open(_system_ca_file()) as f:
+            parts = [f.read()]
+        parts += sorted(getattr(self, "_upstream_cas", {}).values())
+        text = "\n".join(p.rstrip("\n") for p in parts) + "\n"
+        path = os.path.join(self.state, f"upstream-trust-{hashlib.sha256(text.encode()).hexdigest()[:16]}.pem")
+        if not os.path.exists(path):
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+        return path
+
+    def _trust_upstream(self, ca_path: str) -> None:
+        """Add a session's ``network.upstream_ca`` to the CAs upstream servers are verified with.
+
+        It applies gateway-wide, that is to every session of this user.
+        """
+        with open(ca_path) as f:
+            pem = f.read(1 << 20)
+        if "BEGIN CERTIFICATE" not in pem:
+            raise ValueError(f"{ca_path} holds no PEM certificate")
+        cas = getattr(self, "_upstream_cas", {})
+        if cas.get(ca_path) != pem:
+            cas[ca_path] = pem
+            self._upstream_cas = cas
+            self.master.options.update(ssl_verify_upstream_trusted_ca=self._write_upstream_trust())
 
     # -- sessions -----------------------------------------------------------------------
     async def register(self, fields: dict[str, list[str]]) -> Session:
         from blastwall.egress.protocol import unpack
 
+        from blastwall.egress.decide import Credential, HttpRule
+
         resolve = {}
         for item in fields.get("resolve", []):
             name, addr = unpack(item)
             resolve[name] = addr
-        rules = Rules(allow=fields.get("allow", []), deny=fields.get("deny", []), resolve=resolve,
-                      trusted=fields.get("trusted", []))
+        http_rules = []
+        for item in fields.get("rule", []):
+            host, methods, paths, limit, credential = unpack(item)
+            http_rules.append(HttpRule(host=host, methods=None if methods == "*" else methods.split(","),
+                                       paths=None if paths == "*" else paths.split(","),
+                                       max_body_bytes=int(limit) if limit else None, credential=credential))
+        credentials = {}
+        for item in fields.get("credential", []):
+            name, value, header, template, hosts = unpack(item)
+            credentials[name] = Credential(name=name, value=value, placeholder=make_placeholder(value),
+                                           hosts=hosts.split(","), header=header, template=template)
+        # A rule grants its host: it is an allow entry with restrictions.
+        allow = list(fields.get("allow", [])) + [rule.host[2] for rule in http_rules]
+        rules = Rules(allow=allow, deny=fields.get("deny", []), resolve=resolve, trusted=fields.get("trusted", []))
+        for ca in fields.get("upstream_ca", []):
+            self._trust_upstream(ca)
         directory = os.path.join(self.state, "sessions", secrets.token_hex(8))
         os.makedirs(directory, mode=0o700)
-        session = Session(rules, (fields.get("command") or [""])[0][:2048], directory)
+        session = Session(rules, (fields.get("command") or [""])[0][:2048], directory, http_rules, credentials)
+        if http_rules or credentials:
+            with open(os.path.join(directory, "ca-bundle.pem"), "w") as f:
+                f.write(self.client_bundle)
         for kind in ("http", "socks"):
             path = os.path.join(directory, f"{kind}.sock")
             server = await asyncio.start_unix_server(
@@ -242,9 +338,16 @@ class Gateway:
                     except (ValueError, TypeError, KeyError, OSError) as exc:
                         reply = encode("error", [("message", f"bad rules: {exc}")])
                     else:
-                        reply = encode("ok", [("session", session.id), ("token", session.token),
-                                              ("http", os.path.join(session.directory, "http.sock")),
-                                              ("socks", os.path.join(session.directory, "socks.sock"))])
+                        from blastwall.egress.protocol import pack
+
+                        answer = [("session", session.id), ("token", session.token),
+                                  ("http", os.path.join(session.directory, "http.sock")),
+                                  ("socks", os.path.join(session.directory, "socks.sock"))]
+                        if session.http_rules or session.credentials:
+                            answer.append(("ca", os.path.join(session.directory, "ca-bundle.pem")))
+                        answer += [("placeholder", pack([c.name, c.placeholder]))
+                                   for c in session.credentials.values()]
+                        reply = encode("ok", answer)
                 elif verb == "summary" and session is not None:
                     reply = encode("ok", session.summary_fields())
                 elif verb == "ping":
@@ -301,6 +404,18 @@ class Gateway:
             except (asyncio.TimeoutError, Exception):
                 pass
             self.audit.close()
+            shutil.rmtree(getattr(self, "_ca_dir", ""), ignore_errors=True)
+
+
+def _system_ca_file() -> str:
+    import ssl
+
+    for path in (ssl.get_default_verify_paths().cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if path and os.path.exists(path):
+            return path
+    import certifi
+
+    return certifi.where()
 
 
 def _free_ports(count: int) -> list[int]:

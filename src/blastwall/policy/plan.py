@@ -260,7 +260,7 @@ class FileProbe:
 class Host:
     """The invoking user and machine: everything the compiler reads besides the policy."""
 
-    __slots__ = ("home", "uid", "workspace", "cwd", "environ", "protected", "runtime", "probe")
+    __slots__ = ("home", "uid", "workspace", "cwd", "environ", "protected", "runtime", "hidden", "probe")
 
     def __init__(
         self,
@@ -272,6 +272,7 @@ class Host:
         environ: dict[str, str],
         protected: tuple[str, ...],
         runtime: tuple[str, ...] = (),
+        hidden: tuple[str, ...] = (),
         probe: FileProbe | None = None,
     ) -> None:
         object.__setattr__(self, "home", home)
@@ -281,6 +282,7 @@ class Host:
         object.__setattr__(self, "environ", environ)
         object.__setattr__(self, "protected", protected)
         object.__setattr__(self, "runtime", runtime)
+        object.__setattr__(self, "hidden", hidden)
         object.__setattr__(self, "probe", probe or FileProbe())
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -335,6 +337,8 @@ def compile_plan(policy, host: Host) -> Plan:
     hidden: dict[str, Hide] = {}
     secret_sources = [(p, Reason.SECRET_PATH) for p in _defaults.BUILTIN_SECRETS if p not in revealed]
     secret_sources += [(p, Reason.DENY_READ) for p in fs.deny_read]
+    # blastwall's state (audit log, gateway sessions, trust store) is nobody's business inside.
+    secret_sources += [(p, Reason.SELF_PROTECTION) for p in host.hidden]
     for raw, reason in secret_sources:
         expanded = expand(raw, home=host.home, base=workspace, uid=host.uid)
         if not probe.lexists(expanded):

@@ -37,6 +37,9 @@ REFUSED: dict = {}
 PROXY_PORT = 3128
 SOCKS_PORT = 1080
 NO_PROXY = "localhost,127.0.0.1,::1"
+CA_BUNDLE = "/dev/.blastwall/ca-bundle.pem"
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO",
+                "PIP_CERT")
 
 # Descriptor numbers inside bubblewrap (see start()).
 _FD_REAL_STDERR = 3
@@ -178,8 +181,21 @@ class ProcessSandbox:
             raise EnforcementError("Can't run an empty command")
         self._create_placeholders()
         mounts = self._mounts()
+        env = dict(self.plan.of(P.Environment)[0].variables)
+        egress = self.plan.of(P.Egress)
+        if egress:
+            from blastwall.egress import client
+
+            self._gateway = client.register(egress[0].rules(), " ".join(command)[:2048], self._environ)
+            env.update(_proxy_environment(self._gateway.token))
+            # Credentials: the sandbox sees a placeholder; the gateway swaps in the value.
+            env.update(self._gateway.placeholders)
+            if self._gateway.ca_bundle:
+                # The gateway's CA (certificate only) plus the system's, for the
+                # hosts it decrypts to apply HTTP rules and credentials.
+                mounts.append(("ro-bind-at", self._gateway.ca_bundle, CA_BUNDLE))
+                env.update({name: CA_BUNDLE for name in CA_VARIABLES})
         (landlock,) = self.plan.of(P.LandlockWrites)
-        (env_op,) = self.plan.of(P.Environment)
         (chdir,) = self.plan.of(P.Chdir)
         launcher = [self._launcher, "--stderr-fd", str(_FD_REAL_STDERR), "--ready-fd", str(_FD_READY)]
         for path in landlock.paths:
@@ -190,13 +206,6 @@ class ProcessSandbox:
             launcher.append("--allow-unix")
         if ctty:
             launcher.append("--ctty")
-        env = dict(env_op.variables)
-        egress = self.plan.of(P.Egress)
-        if egress:
-            from blastwall.egress import client
-
-            self._gateway = client.register(egress[0].rules(), " ".join(command)[:2048], self._environ)
-            env.update(_proxy_environment(self._gateway.token))
         err_r, err_w = os.pipe()
         json_r, json_w = os.pipe()
         ready_r, ready_w = os.pipe()

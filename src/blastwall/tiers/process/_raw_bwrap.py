@@ -55,7 +55,8 @@ def bwrap_argv(
 
     ``mounts`` is a list of tuples, each one of ``("ro-root",)``, ``("dev",)``,
     ``("proc",)``, ``("tmpfs", path)``, ``("bind", path)``, ``("ro-bind", path)``,
-    ``("hide-dir", path)``, ``("hide-file", path)``; they are emitted in order.
+    ``("hide-dir", path)``, ``("hide-file", path)``, ``("ro-bind-at", source, destination)``;
+    they are emitted in order.
     ``block_fd``: bubblewrap waits for a byte on it before starting the command
     (None: no wait).
     """
@@ -80,6 +81,8 @@ def bwrap_argv(
             argv += ["--tmpfs", mount[1], "--remount-ro", mount[1]]
         elif kind == "hide-file":
             argv += ["--ro-bind", "/dev/null", mount[1]]
+        elif kind == "ro-bind-at":
+            argv += ["--ro-bind", mount[1], mount[2]]
         else:
             raise ValueError(f"unknown mount kind {kind!r}")
     argv += [
