@@ -54,3 +54,23 @@ def test_bad_json(tmp_path, text):
         return
     # '{"network": 5}' is valid JSON with an unusable section: warned, not fatal.
     assert text == '{"network": 5}'
+
+
+def test_credentials_and_tls_keys():
+    settings = {
+        "network": {"allowedDomains": ["api.example.com"], "deniedDomains": [],
+                    "tlsTerminate": {"excludeDomains": ["pinned.example.com"]}},
+        "filesystem": {"denyRead": [], "allowWrite": ["."], "denyWrite": [], "allowGitConfig": True},
+        "credentials": {"envVars": [{"name": "API_KEY", "mode": "mask", "injectHosts": ["api.example.com"]},
+                                    {"name": "OTHER_TOKEN", "mode": "deny"},
+                                    {"name": "JWT", "mode": "mask", "decode": "jwt"}],
+                        "files": [{"path": "~/.config/tool/token", "mode": "mask"}]},
+    }
+    document, warnings = convert_srt(settings, "srt.json")
+    policy = merge([parse_layer(document, "imported")])
+    (cred,) = policy.credentials.entries
+    assert dict(cred)["name"] == "API_KEY" and dict(cred)["hosts"] == ("api.example.com",)
+    assert policy.environment.deny == ("OTHER_TOKEN",)
+    assert policy.filesystem.deny_read == ("~/.config/tool/token",)
+    text = " ".join(warnings)
+    assert "JWT" in text and "tlsTerminate" in text and "allowGitConfig" in text and "hidden instead" in text

@@ -32,6 +32,11 @@ _REFUSED = {
     ("network", "httpProxyPort"): "blastwall runs its own egress gateway",
     ("network", "socksProxyPort"): "blastwall runs its own egress gateway",
     ("network", "mitmProxy"): "use [[network.rules]] and [credentials] instead (egress gateway)",
+    ("network", "tlsTerminate"): "blastwall's gateway makes its own CA and decrypts only hosts with "
+                                 "[[network.rules]] or [credentials]; nothing to import",
+    ("network", "strictAllowlist"): "blastwall's allowlist is always strict",
+    ("network", "deniedDomainReasons"): "not supported yet",
+    ("filesystem", "allowGitConfig"): "blastwall always keeps .git/config read-only",
     ("network", "parentProxy"): "upstream proxies are not supported yet",
     ("filesystem", "allowRead"): "blastwall allows reads everywhere except denied paths",
     (None, "enableWeakerNestedSandbox"): "blastwall has no weaker mode",
@@ -49,6 +54,9 @@ def convert_srt(settings: object, source: str) -> tuple[dict, list[str]]:
     for top, body in settings.items():
         if (None, top) in _REFUSED:
             warnings.append(f"{top} not imported: {_REFUSED[(None, top)]}")
+            continue
+        if top == "credentials" and isinstance(body, dict):
+            _convert_credentials(body, settings, document, warnings)
             continue
         if top not in ("network", "filesystem") or not isinstance(body, dict):
             warnings.append(f"{top} not imported: no blastwall equivalent")
@@ -71,6 +79,38 @@ def convert_srt(settings: object, source: str) -> tuple[dict, list[str]]:
                 warnings.append(f"{top}.{key} not imported: no blastwall equivalent")
     parse_layer(document, source)  # Validates whole; raises PolicyError naming the key.
     return document, warnings
+
+
+def _convert_credentials(body: dict, settings: dict, document: dict, warnings: list[str]) -> None:
+    """srt's ``credentials.envVars`` / ``credentials.files`` where blastwall has an equivalent."""
+    allowed = (settings.get("network") or {}).get("allowedDomains") or []
+    for entry in body.get("envVars") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            warnings.append("credentials.envVars: an entry without a name was not imported")
+            continue
+        name, mode = entry["name"], entry.get("mode")
+        if mode == "deny":
+            document.setdefault("environment", {}).setdefault("deny", []).append(name)
+        elif mode == "mask" and not any(k in entry for k in ("extract", "decode", "maskClaims")):
+            hosts = entry.get("injectHosts") or allowed
+            document.setdefault("credentials", {})[name] = {"from": f"env:{name}", "hosts": list(hosts)}
+            warnings.append(f"credentials.envVars {name}: imported as [credentials.{name}]; blastwall swaps the "
+                            "placeholder in request headers (default header: authorization: Bearer {}) — check "
+                            "'header' and add [[network.rules]] to bind it to paths")
+        else:
+            warnings.append(f"credentials.envVars {name}: mode {mode!r} with extract/decode is not supported; "
+                            "not imported")
+    for entry in body.get("files") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            warnings.append("credentials.files: an entry without a path was not imported")
+            continue
+        document.setdefault("filesystem", {}).setdefault("deny_read", []).append(entry["path"])
+        if entry.get("mode") == "mask":
+            warnings.append(f"credentials.files {entry['path']}: masking files is not supported; "
+                            "the file is hidden instead (filesystem.deny_read)")
+    for key in ("awsPairs", "sigv4", "allowPlaintextInject"):
+        if key in body:
+            warnings.append(f"credentials.{key} not imported: no blastwall equivalent yet")
 
 
 def import_srt_file(path: str) -> tuple[str, list[str]]:
