@@ -18,8 +18,62 @@ from blastwall.policy.model import Layer, Policy
 __all__ = ["load", "plan_for", "protected_paths", "run", "sandbox"]
 
 
-def load(policy_file: str | None = None, *, flags: Layer | None = None, environ=os.environ) -> Policy:
-    return load_policy(policy_file, flags=flags, environ=environ)
+def load(policy_file: str | None = None, *, flags: Layer | None = None, workspace: str | None = None,
+         environ=os.environ, notes: list[str] | None = None) -> Policy:
+    """The effective policy: defaults < user file < trusted project policy < ``flags``.
+
+    The workspace's ``.blastwall/policy.toml`` is not opened unless the user
+    trusted this workspace (``blastwall trust``) and the file still has the
+    trusted content; even then only its narrowing part applies, unless the
+    user explicitly accepted its widening part.  ``notes`` collects what the
+    user should be told.
+    """
+    from blastwall.policy.load import user_layers
+    from blastwall.policy.model import merge
+
+    layers = user_layers(policy_file, environ=environ)
+    if workspace is not None:
+        project = project_layer(workspace, merge(layers), environ=environ, notes=notes)
+        if project is not None:
+            layers.append(project)
+    if flags is not None:
+        layers.append(flags)
+    return merge(layers)
+
+
+def project_layer(workspace: str, base: Policy, *, environ=os.environ, notes: list[str] | None = None):
+    """The trusted project policy's layer for ``workspace``, or None."""
+    from blastwall.trust.store import project_policy_path
+
+    path = project_policy_path(workspace)
+    notes = notes if notes is not None else []
+    if not os.path.lexists(path):  # An lstat: the file is not opened.
+        return None
+    from blastwall.trust.store import TrustStore, digest, read_project_bytes
+
+    record = TrustStore(environ).lookup(workspace)
+    if record is None:
+        notes.append(f"{path} is not trusted and was not read (review it with `blastwall trust`)")
+        return None
+    try:
+        data = read_project_bytes(path)
+    except OSError as exc:
+        notes.append(f"{path} could not be read ({exc.strerror or exc}); it was ignored")
+        return None
+    if digest(data) != record["sha256"]:
+        notes.append(f"{path} changed since you trusted it and was not applied (review it with `blastwall trust`)")
+        return None
+    from blastwall.policy.load import parse_toml, _home
+    from blastwall.policy.model import parse_layer
+    from blastwall.trust.project import split
+
+    layer = parse_layer(parse_toml(data.decode("utf-8", "replace"), path), path)
+    narrowing, widening = split(base, layer, workspace=os.path.realpath(workspace), home=_home(environ))
+    if widening and record.get("widening_accepted"):
+        return layer
+    if widening:
+        notes.append(f"{path}: only its narrowing part applies; {len(widening)} widening part(s) were not accepted")
+    return narrowing
 
 
 def protected_paths(environ=os.environ) -> tuple[str, ...]:

@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "policy import-srt": ({"--output": (True, False), "--force": (False, False)}, "one",
                           "convert an srt settings file to a blastwall policy"),
     "doctor": ({"--json": (False, False)}, "none", "check what this machine supports"),
+    "trust": ({"--workspace": (True, False), "--yes": (False, False), "--allow-widening": (False, False),
+               "--revoke": (False, False), "--list": (False, False)}, "none",
+              "review and trust the workspace's .blastwall/policy.toml"),
     "audit tail": ({"-n": (True, False), "--json": (False, False)}, "none", "show the latest audit rows"),
     "audit verify": ({}, "none", "check the audit log's hash chain"),
     "audit export": ({"--json": (False, False)}, "none", "print every audit row as JSON"),
@@ -43,6 +46,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall policy show [OPTIONS] [--json] [--plan]
        blastwall policy import-srt FILE [--output FILE] [--force]
        blastwall doctor [--json]
+       blastwall trust [--workspace DIR] [--yes] [--allow-widening] | --revoke | --list
        blastwall audit tail [-n N] [--json] | verify | export --json
        blastwall version
 

@@ -105,7 +105,12 @@ def flags_layer(parsed):
 def _load(parsed):
     from blastwall import api
 
-    return api.load(parsed.get("--policy"), flags=flags_layer(parsed))
+    notes: list[str] = []
+    policy = api.load(parsed.get("--policy"), flags=flags_layer(parsed),
+                      workspace=parsed.get("--workspace") or os.getcwd(), notes=notes)
+    for note in notes:
+        _say(f"blastwall: note: {note}")
+    return policy
 
 
 def _warn_once_landlock(abi: int) -> None:
@@ -130,8 +135,10 @@ def _warn_once_landlock(abi: int) -> None:
 def cmd_run(parsed, command: list[str] | None = None) -> int:
     from blastwall import api
 
-    sandbox = api.sandbox(_load(parsed), workspace=parsed.get("--workspace"))
+    policy = _load(parsed)
+    sandbox = api.sandbox(policy, workspace=parsed.get("--workspace"))
     command = command or parsed.args
+    status = None
     import signal
 
     def terminate(signum, _frame):
@@ -145,12 +152,24 @@ def cmd_run(parsed, command: list[str] | None = None) -> int:
         if _interactive():
             from blastwall.cli.terminal import run_with_pty
 
-            return run_with_pty(sandbox, command)
-        sandbox.start(command)
-        return sandbox.wait()
+            status = run_with_pty(sandbox, command)
+        else:
+            sandbox.start(command)
+            status = sandbox.wait()
+        return status
     finally:
         sandbox.close()
         _report_egress(sandbox)
+        _audit_run(policy, command, status)
+
+
+def _audit_run(policy, command: list[str], status) -> None:
+    import hashlib
+    import json
+
+    policy_hash = hashlib.sha256(json.dumps(policy.as_dict(), sort_keys=True).encode()).hexdigest()
+    audit_event(kind="run", command=" ".join(command)[:2048], decision="ran" if status is not None else "failed",
+                rule=f"policy sha256:{policy_hash}", reason=f"tier {policy.sandbox.tier}; exit status {status}")
 
 
 def _report_egress(sandbox) -> None:
@@ -252,6 +271,101 @@ def cmd_doctor(parsed) -> int:
     return run_doctor(json_output=bool(parsed.get("--json")))
 
 
+def _ask(question: str) -> bool:
+    """A yes/no question on the controlling terminal; False when there is none."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, f"{question} [y/N] ".encode())
+        answer = b""
+        while not answer.endswith(b"\n") and len(answer) < 64:
+            chunk = os.read(fd, 1)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        os.close(fd)
+    return answer.decode(errors="replace").strip().lower() in ("y", "yes")
+
+
+def audit_event(**fields) -> None:
+    """Append one row to the audit log; never let auditing break the command."""
+    try:
+        from blastwall.audit.log import AuditLog, default_path
+
+        log = AuditLog(os.environ.get("BLASTWALL_AUDIT_DB") or default_path())
+        log.append(**fields)
+        log.close()
+    except Exception as exc:  # noqa: BLE001
+        _say(f"blastwall: warning: could not write the audit log: {exc}")
+
+
+def cmd_trust(parsed) -> int:
+    import difflib
+    import time
+
+    from blastwall.policy.load import _home, parse_toml, user_layers
+    from blastwall.policy.model import merge, parse_layer
+    from blastwall.trust.project import split
+    from blastwall.trust.store import TrustStore, digest, project_policy_path, read_project_bytes
+
+    store = TrustStore()
+    if parsed.get("--list"):
+        for workspace, record in sorted(store.records().items()):
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.get("trusted_at", 0)))
+            widening = "widening accepted" if record.get("widening_accepted") else "narrowing only"
+            sys.stdout.write(f"{workspace}  sha256:{record.get('sha256', '')[:12]}  {when}  {widening}\n")
+        return 0
+    workspace = os.path.realpath(parsed.get("--workspace") or os.getcwd())
+    if parsed.get("--revoke"):
+        found = store.revoke(workspace)
+        audit_event(kind="trust", command="revoke", host=workspace, decision="revoke")
+        sys.stdout.write(f"{'revoked trust in' if found else 'no trust recorded for'} {workspace}\n")
+        return 0
+    path = project_policy_path(workspace)
+    if not os.path.lexists(path):
+        sys.stdout.write(f"{workspace} has no project policy ({path})\n")
+        return 0
+    try:
+        data = read_project_bytes(path)
+    except OSError as exc:
+        _say(f"blastwall: Can't read {path}: {exc.strerror or exc}")
+        return 2
+    text = data.decode("utf-8", "replace")
+    layer = parse_layer(parse_toml(text, path), path)  # PolicyError: exit 2, nothing trusted.
+    base = merge(user_layers())
+    _narrowing, widening = split(base, layer, workspace=workspace, home=_home(os.environ))
+    previous = store.lookup(workspace)
+    out = sys.stdout
+    if previous and previous.get("sha256") == digest(data):
+        out.write(f"{path} is already trusted with this content.\n")
+    elif previous:
+        out.write(f"{path} changed since you trusted it:\n")
+        out.writelines(difflib.unified_diff(previous.get("content", "").splitlines(True), text.splitlines(True),
+                                            "trusted", "now"))
+        out.write("\n")
+    else:
+        out.write(f"{path}:\n" + "".join(f"  | {line}\n" for line in text.splitlines()) + "\n")
+    if widening:
+        out.write("It asks for MORE than your own policy allows:\n" + "".join(f"  - {w}\n" for w in widening))
+    else:
+        out.write("It only narrows your policy.\n")
+    out.flush()
+    if not (parsed.get("--yes") or _ask("Trust this project policy?")):
+        out.write("Not trusted; the file stays unread by blastwall.\n")
+        return 1
+    accepted = False
+    if widening:
+        accepted = bool(parsed.get("--allow-widening")) or _ask("Also apply the parts that widen your policy?")
+    store.trust(workspace, data, widening_accepted=accepted)
+    audit_event(kind="trust", command="trust", host=workspace, decision="trust",
+                rule=f"sha256:{digest(data)}", reason="widening accepted" if accepted else "narrowing only")
+    out.write(f"Trusted{' with its widening parts' if accepted else ' (narrowing part only)' if widening else ''}.\n")
+    return 0
+
+
 def _audit_log():
     from blastwall.audit.log import AuditLog, default_path
 
@@ -321,6 +435,7 @@ _HANDLERS = {
     "policy show": cmd_policy_show,
     "policy import-srt": cmd_import_srt,
     "doctor": cmd_doctor,
+    "trust": cmd_trust,
     "audit tail": cmd_audit_tail,
     "audit verify": cmd_audit_verify,
     "audit export": cmd_audit_export,

@@ -99,24 +99,27 @@ def read_policy_file(path: str) -> Layer:
     return parse_layer(parse_toml(read_text(path), path), path)
 
 
+def user_layers(policy_file: str | None = None, *, environ=os.environ) -> list[Layer]:
+    """The user's own layer: ``policy_file``, or the default user file if it exists.
+
+    A named file that does not exist is an error, a missing default user file is not.
+    """
+    if policy_file is not None:
+        return [read_policy_file(policy_file)]
+    default = user_policy_path(environ)
+    if os.path.lexists(default):
+        return [read_policy_file(default)]
+    return []
+
+
 def load_policy(
     policy_file: str | None = None,
     *,
     flags: Layer | None = None,
     environ=os.environ,
 ) -> Policy:
-    """The effective policy: built-in defaults < user file < ``flags``.
-
-    ``policy_file`` replaces the default user file; a named file that does not
-    exist is an error, a missing default user file is not.
-    """
-    layers: list[Layer] = []
-    if policy_file is not None:
-        layers.append(read_policy_file(policy_file))
-    else:
-        default = user_policy_path(environ)
-        if os.path.lexists(default):
-            layers.append(read_policy_file(default))
+    """The effective policy without any project layer: built-in defaults < user file < ``flags``."""
+    layers = user_layers(policy_file, environ=environ)
     if flags is not None:
         layers.append(flags)
     return merge(layers)

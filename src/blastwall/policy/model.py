@@ -296,6 +296,12 @@ def _tier(value: object, key: str, source: str) -> str:
     return value  # type: ignore[return-value]
 
 
+def _unlisted(value: object, key: str, source: str) -> str:
+    if value not in ("deny", "ask"):
+        raise PolicyError(f"expected 'deny' or 'ask', got {value!r}", key=key, source=source)
+    return value  # type: ignore[return-value]
+
+
 def _requirements(value: object, key: str, source: str) -> tuple[str, ...]:
     items = _string_list(value, key, source)
     for index, item in enumerate(items):
@@ -328,6 +334,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "trusted_addresses": (_networks, "set", ()),
         "rules": (_rules, "set", ()),
         "upstream_ca": (_ca_path, "set", ""),
+        "unlisted": (_unlisted, "set", "deny"),
     },
     "credentials": {},  # Keys are credential names; see _credential.
     "environment": {
