@@ -135,14 +135,24 @@ def run(
     stdin: int = 0,
     stdout: int = 1,
     stderr: int = 2,
+    approve=None,
 ) -> int:
     """Run ``command`` in a sandbox; return its exit status.
+
+    ``approve(host, port) -> (allowed, scope)`` answers for hosts the policy
+    does not list when ``network.unlisted = "ask"`` (scope: once, session or
+    workspace); without it such hosts are denied.
 
     Raises PolicyError, EnforcementError or Unsupported before anything runs
     when the sandbox cannot be set up exactly as the policy says.
     """
     policy = policy if policy is not None else load(environ=environ)
-    box = sandbox(policy, workspace=workspace, cwd=cwd, environ=environ)
+    broker = None
+    if approve is not None:
+        from blastwall.approvals.broker import CallbackBroker
+
+        broker = CallbackBroker(approve)
+    box = sandbox(policy, workspace=workspace, cwd=cwd, environ=environ, broker=broker)
     try:
         box.prepare()
         box.start(command, stdin=stdin, stdout=stdout, stderr=stderr)
@@ -151,7 +161,8 @@ def run(
         box.close()
 
 
-def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = None, environ=os.environ):
+def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = None, environ=os.environ,
+            broker=None):
     """An unprepared sandbox of the policy's tier for ``workspace``.
 
     Call ``prepare()``, ``start(command)``, ``wait()`` and ``close()`` on it,
@@ -169,4 +180,4 @@ def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = N
     # they are cleaned before the plan looks at the disk.
     ProcessSandbox.recover(environ=environ)
     plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
-    return ProcessSandbox(plan, environ=environ)
+    return ProcessSandbox(plan, environ=environ, broker=broker)

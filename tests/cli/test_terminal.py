@@ -16,19 +16,21 @@ pytestmark = needs_bwrap
 class Terminal:
     """Runs blastwall on a fresh pty, like a person at a terminal."""
 
-    def __init__(self, args, *, home, cwd):
+    def __init__(self, args, *, home, cwd, extra_env=None):
+        env = bw_env(home, {"TERM": "dumb", **(extra_env or {})})
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
             os.chdir(cwd)
-            os.execve(sys.executable, [sys.executable, "-m", "blastwall", *args], bw_env(home, {"TERM": "dumb"}))
+            os.execve(sys.executable, [sys.executable, "-m", "blastwall", *args], env)
         self.output = b""
 
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
 
-    def expect(self, needle: str, timeout: float = 20) -> str:
+    def expect(self, needle: str, timeout: float = 20, count: int = 1) -> str:
+        """Wait until ``needle`` has appeared ``count`` times in the output so far."""
         deadline = time.monotonic() + timeout
-        while needle.encode() not in self.output:
+        while self.output.count(needle.encode()) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"did not see {needle!r} in {self.output[-2000:]!r}")

@@ -135,7 +135,7 @@ def test_network_allow_compiles_to_egress_with_its_rules():
     (egress,) = plan.of(P.Egress)
     assert egress.rules() == {"allow": ["example.com"], "deny": ["bad.example.com"],
                               "resolve": {"example.com": "192.0.2.1"}, "trusted_addresses": ["192.0.2.0/24"],
-                              "rules": [], "credentials": [], "upstream_ca": ""}
+                              "rules": [], "credentials": [], "upstream_ca": "", "unlisted": "deny"}
     assert not compile_().of(P.Egress)  # No allow list: no gateway, no route out at all.
 
 

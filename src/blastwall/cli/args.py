@@ -20,6 +20,7 @@ _SANDBOX_OPTIONS = {
     "--tier": (True, False),
     "--require": (True, True),
     "--read-only": (False, False),
+    "--approval-webhook": (True, False),
 }
 
 COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
@@ -34,6 +35,8 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "trust": ({"--workspace": (True, False), "--yes": (False, False), "--allow-widening": (False, False),
                "--revoke": (False, False), "--list": (False, False)}, "none",
               "review and trust the workspace's .blastwall/policy.toml"),
+    "approvals list": ({"--workspace": (True, False)}, "none", "list remembered answers"),
+    "approvals revoke": ({}, "one", "forget a remembered answer"),
     "audit tail": ({"-n": (True, False), "--json": (False, False)}, "none", "show the latest audit rows"),
     "audit verify": ({}, "none", "check the audit log's hash chain"),
     "audit export": ({"--json": (False, False)}, "none", "print every audit row as JSON"),
@@ -46,6 +49,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall policy show [OPTIONS] [--json] [--plan]
        blastwall policy import-srt FILE [--output FILE] [--force]
        blastwall doctor [--json]
+       blastwall approvals list [--workspace DIR] | revoke ID
        blastwall trust [--workspace DIR] [--yes] [--allow-widening] | --revoke | --list
        blastwall audit tail [-n N] [--json] | verify | export --json
        blastwall version
@@ -61,6 +65,7 @@ Sandbox options:
   --read-only          make the workspace read-only too
   --tier TIER          process (default), container or vm
   --require FEATURE    refuse to run without FEATURE (landlock)
+  --approval-webhook URL  with network.unlisted = "ask": ask this URL instead of the terminal
 
 Exit status: the command's; 125 if the sandbox could not be set up; 2 for usage
 or policy errors.
@@ -98,9 +103,10 @@ def parse(argv: list[str]) -> Parsed:
         return Parsed("version", {}, [])
     name = argv[0]
     rest = argv[1:]
-    if name in ("policy", "audit"):
+    if name in ("policy", "audit", "approvals"):
         if not rest or rest[0] in ("-h", "--help"):
-            subs = "show or import-srt" if name == "policy" else "tail, verify or export"
+            subs = {"policy": "show or import-srt", "audit": "tail, verify or export",
+                    "approvals": "list or revoke"}[name]
             raise UsageError(f"{name} needs a subcommand: {subs}")
         name = f"{name} {rest[0]}"
         rest = rest[1:]
@@ -156,5 +162,5 @@ def parse(argv: list[str]) -> Parsed:
     if positional == "none" and args:
         raise UsageError(f"{name}: unexpected argument {args[0]!r}")
     if positional == "one" and len(args) != 1:
-        raise UsageError(f"{name}: expected exactly one file")
+        raise UsageError(f"{name}: expected exactly one argument")
     return Parsed(name, options, args)

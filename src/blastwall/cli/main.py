@@ -20,6 +20,11 @@ VERSION = "0.1.0"
 
 
 def entry() -> None:
+    if os.environ.get("BLASTWALL_DEBUG"):
+        import faulthandler
+        import signal
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: where is it stuck?
     sys.exit(main(sys.argv[1:]))
 
 
@@ -136,8 +141,18 @@ def cmd_run(parsed, command: list[str] | None = None) -> int:
     from blastwall import api
 
     policy = _load(parsed)
-    sandbox = api.sandbox(policy, workspace=parsed.get("--workspace"))
     command = command or parsed.args
+    broker = None
+    if policy.network.unlisted == "ask":
+        from blastwall.approvals import broker as brokers
+
+        label = " ".join(command)
+        if parsed.get("--approval-webhook"):
+            broker = brokers.WebhookBroker(parsed.get("--approval-webhook"), command=label,
+                                           workspace=os.path.realpath(parsed.get("--workspace") or os.getcwd()))
+        else:
+            broker = brokers.TerminalBroker(command=label)
+    sandbox = api.sandbox(policy, workspace=parsed.get("--workspace"), broker=broker)
     status = None
     import signal
 
@@ -366,6 +381,30 @@ def cmd_trust(parsed) -> int:
     return 0
 
 
+def cmd_approvals_list(parsed) -> int:
+    import time
+
+    from blastwall.approvals.store import ApprovalStore
+
+    workspace = parsed.get("--workspace")
+    for entry in ApprovalStore().entries(workspace):
+        until = time.strftime("%Y-%m-%d", time.localtime(entry["expires"]))
+        sys.stdout.write(f"{entry['id']}  {entry['decision']:<5} {entry['host']}:{entry['port']}  "
+                         f"in {entry['workspace']}  until {until}\n")
+    return 0
+
+
+def cmd_approvals_revoke(parsed) -> int:
+    from blastwall.approvals.store import ApprovalStore
+
+    if not ApprovalStore().revoke(parsed.args[0]):
+        _say(f"blastwall: no remembered answer with id {parsed.args[0]!r}")
+        return 1
+    audit_event(kind="approval", command="revoke", decision="revoke", rule=parsed.args[0])
+    sys.stdout.write(f"revoked {parsed.args[0]}\n")
+    return 0
+
+
 def _audit_log():
     from blastwall.audit.log import AuditLog, default_path
 
@@ -436,6 +475,8 @@ _HANDLERS = {
     "policy import-srt": cmd_import_srt,
     "doctor": cmd_doctor,
     "trust": cmd_trust,
+    "approvals list": cmd_approvals_list,
+    "approvals revoke": cmd_approvals_revoke,
     "audit tail": cmd_audit_tail,
     "audit verify": cmd_audit_verify,
     "audit export": cmd_audit_export,

@@ -39,12 +39,19 @@ def run_with_pty(sandbox, command: list[str]) -> int:
     def on_winch(_signum, _frame):
         _copy_winsize(real_out, master, fcntl, termios)
 
+    from blastwall.approvals.broker import GATE
+
     previous = signal.signal(signal.SIGWINCH, on_winch)
     if attrs is not None:
         tty.setraw(real_in, termios.TCSANOW)
+        GATE.cooked_attrs, GATE.raw_attrs = attrs, termios.tcgetattr(real_in)
+    GATE.relay_active = True
     try:
-        _relay(real_in, real_out, master)
+        _relay(real_in, real_out, master, GATE)
     finally:
+        GATE.relay_active = False
+        GATE.raw_attrs = GATE.cooked_attrs = None
+        GATE.idle.set()
         if attrs is not None:
             termios.tcsetattr(real_in, termios.TCSAFLUSH, attrs)
         signal.signal(signal.SIGWINCH, previous)
@@ -60,13 +67,20 @@ def _copy_winsize(src: int, dst: int, fcntl, termios) -> None:
         pass
 
 
-def _relay(real_in: int, real_out: int, master: int) -> None:
-    """Copy until the sandbox side of the pty is closed by every process in it."""
+def _relay(real_in: int, real_out: int, master: int, gate) -> None:
+    """Copy until the sandbox side of the pty is closed by every process in it.
+
+    While an approval prompt holds the terminal (``gate.paused``), the user's
+    keystrokes are not read here: they answer blastwall, never the sandbox.
+    """
     stdin_open = True
     while True:
-        readers = [master, real_in] if stdin_open else [master]
+        paused = gate.paused.is_set()
+        if paused:
+            gate.idle.set()
+        readers = [master, real_in] if stdin_open and not paused else [master]
         try:
-            ready, _, _ = select.select(readers, [], [])
+            ready, _, _ = select.select(readers, [], [], 0.1)
         except InterruptedError:
             continue
         if master in ready:
@@ -79,7 +93,7 @@ def _relay(real_in: int, real_out: int, master: int) -> None:
             if not data:
                 return
             _write_all(real_out, data)
-        if stdin_open and real_in in ready:
+        if stdin_open and real_in in ready and not gate.paused.is_set():
             data = os.read(real_in, 65536)
             if not data:
                 stdin_open = False

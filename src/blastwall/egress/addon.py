@@ -122,6 +122,23 @@ class Gatekeeper:
         return (scheme.lower() == "basic" and user == USERNAME
                 and hmac.compare_digest(password.encode(), session.token.encode()))
 
+    async def _decide(self, session, client_id, host, port):
+        """decide(), plus asking the person when the policy says so.  Cached per connection."""
+        cached = self.registry.decided(client_id, host, port)
+        if cached is not None:
+            return cached
+        verdict = decide(session.rules, host, port)
+        if not verdict.allowed and verdict.reason == "not-allowed" and session.unlisted == "ask":
+            allowed, how = await session.ask(_canonical(host), port, session.ask_timeout)
+            verdict = type(verdict)(allowed, "approved" if allowed else "refused-by-person",
+                                    rule=f"asked ({how})", detail="" if allowed else how)
+            if self.audit is not None:
+                self.audit.append(kind="approval", session=session.id, command=session.command, host=str(host),
+                                  port=port, decision="allow" if allowed else "deny", rule=verdict.rule,
+                                  reason=how)
+        self.registry.remember(client_id, host, port, verdict)
+        return verdict
+
     @staticmethod
     def _deny_response(flow, status: int, text: str) -> None:
         flow.response = http.Response.make(status, text.encode(), {"content-type": "text/plain",
@@ -135,7 +152,7 @@ class Gatekeeper:
                           and hmac.compare_digest(data.password.encode(), session.token.encode()))
 
     @_fail_closed
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         session = self._session(flow.client_conn)
         if session is None:
             return self._deny_response(flow, 403, "blastwall: no session\n")
@@ -145,7 +162,7 @@ class Gatekeeper:
             return None
         del flow.request.headers["Proxy-Authorization"]
         host, port = flow.request.host, flow.request.port
-        verdict = decide(session.rules, host, port)
+        verdict = await self._decide(session, flow.client_conn.id, host, port)
         if not verdict.allowed:
             self._record(session, host, port, verdict, "connect")
             return self._deny_response(flow, 403, refusal_body(f"CONNECT {host}:{port}", verdict.reason, verdict.detail))
@@ -153,7 +170,7 @@ class Gatekeeper:
         return None
 
     @_fail_closed
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         session = self._session(flow.client_conn)
         if session is None:
             return self._deny_response(flow, 403, "blastwall: no session\n")
@@ -163,7 +180,7 @@ class Gatekeeper:
         if target is None and isinstance(flow.client_conn.proxy_mode, mode_specs.Socks5Mode):
             # Plain HTTP through SOCKS5: the SOCKS request named the destination.
             host, port = flow.server_conn.address
-            verdict = decide(session.rules, host, port)
+            verdict = await self._decide(session, flow.client_conn.id, host, port)
             if not verdict.allowed:
                 self._record(session, host, port, verdict, "socks")
                 return self._deny_response(flow, 403, refusal_body(f"{host}:{port}", verdict.reason, verdict.detail))
@@ -184,7 +201,7 @@ class Gatekeeper:
                 session.blocked(host, port, verdict_reason, f"Host: {host_header}")
                 return self._deny_response(flow, 421, refusal_body(f"{host}:{port}", verdict_reason,
                                                                    f"Host header says {host_header}"))
-            verdict = decide(session.rules, host, port)
+            verdict = await self._decide(session, flow.client_conn.id, host, port)
             if not verdict.allowed:
                 self._record(session, host, port, verdict, "http")
                 return self._deny_response(flow, 403, refusal_body(f"{flow.request.method} {host}:{port}",
@@ -292,7 +309,7 @@ class Gatekeeper:
         target = self.registry.target(client.id)
         if target is None and isinstance(client.proxy_mode, mode_specs.Socks5Mode):
             self.registry.set_target(client.id, host, port)
-        verdict = decide(session.rules, host, port)
+        verdict = await self._decide(session, client.id, host, port)
         if verdict.allowed:
             sni = self.registry.sni(client.id)
             if not names_agree(host, sni):
@@ -317,6 +334,15 @@ class Gatekeeper:
     @_fail_closed
     def client_disconnected(self, client) -> None:
         self.registry.forget_client(client.id)
+
+
+def _canonical(host: str) -> str:
+    from blastwall.egress.decide import normalize_target_host
+
+    try:
+        return normalize_target_host(host)
+    except ValueError:
+        return host
 
 
 def _body_limit(limit: int):

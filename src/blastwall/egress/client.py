@@ -49,19 +49,99 @@ def call(sock, verb: str, fields: list[tuple[str, str]]) -> dict[str, list[str]]
 
 
 class GatewaySession:
-    def __init__(self, sock, reply: dict[str, list[str]]) -> None:
+    def __init__(self, sock, reply: dict[str, list[str]], *, broker=None, workspace: str = "",
+                 environ=os.environ) -> None:
         self._sock = sock
+        self._broker = broker
+        self._workspace = workspace
+        self._environ = environ
+        self._reader = None
+        self._send_lock = None
         self.id = reply["session"][0]
         self.token = reply["token"][0]
         self.http_path = reply["http"][0]
         self.socks_path = reply["socks"][0]
         self.ca_bundle = (reply.get("ca") or [None])[0]
         self.placeholders = dict(unpack(item) for item in reply.get("placeholder", []))
+        if broker is not None:
+            self._start_answering()
+
+    # Questions from the gateway arrive on the control connection at any time;
+    # with a broker, a reader thread owns the socket and hands replies over.
+    def _start_answering(self) -> None:
+        import queue
+        import threading
+
+        self._replies: queue.Queue = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read_loop, name="blastwall-approvals", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        import threading
+
+        buffer = b""
+        while True:
+            try:
+                chunk = self._sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._replies.put(None)
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                try:
+                    verb, fields = decode(line + b"\n")
+                except ProtocolError:
+                    continue
+                if verb == "ask":
+                    threading.Thread(target=self._answer, args=(fields,), daemon=True).start()
+                else:
+                    self._replies.put((verb, fields))
+
+    def _answer(self, fields: dict[str, list[str]]) -> None:
+        qid = (fields.get("id") or [""])[0]
+        host = (fields.get("host") or [""])[0]
+        port = int((fields.get("port") or ["0"])[0] or 0)
+        try:
+            allowed, scope = self._broker.decide(host, port)
+        except Exception:  # noqa: BLE001 - a broken broker denies
+            allowed, scope = False, "once"
+        if scope == "workspace" and self._workspace:
+            from blastwall.approvals.store import ApprovalStore
+
+            ApprovalStore(self._environ).remember(self._workspace, host, port, allowed)
+        message = encode("answer", [("id", qid), ("decision", "allow" if allowed else "deny"), ("scope", scope)])
+        with self._send_lock:
+            try:
+                self._sock.sendall(message)
+            except OSError:
+                pass
+
+    def _call(self, verb: str, fields) -> dict[str, list[str]]:
+        if self._reader is None:
+            return call(self._sock, verb, fields)
+        import queue
+
+        with self._send_lock:
+            self._sock.sendall(encode(verb, fields))
+        try:
+            item = self._replies.get(timeout=10)
+        except queue.Empty:
+            raise ConnectionError("the gateway did not answer") from None
+        if item is None:
+            raise ConnectionError("the gateway closed the connection")
+        status, reply = item
+        if status != "ok":
+            raise ProtocolError((reply.get("message") or ["error"])[0])
+        return reply
 
     def summary(self) -> dict | None:
         """What the gateway refused, or None if the gateway is gone."""
         try:
-            reply = call(self._sock, "summary", [])
+            reply = self._call("summary", [])
         except (OSError, ValueError):
             return None
         blocked = []
@@ -71,6 +151,10 @@ class GatewaySession:
         return {"blocked": blocked, "blocked_count": int((reply.get("count") or ["0"])[0])}
 
     def close(self) -> None:
+        try:
+            self._sock.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._sock.close()
 
 
@@ -161,8 +245,12 @@ def read_secret(name: str, origin: str, environ) -> str:
     return value
 
 
-def register(rules: dict, command: str, environ=os.environ) -> GatewaySession:
-    """A new gateway session for ``rules``; starts the gateway if it is not running."""
+def register(rules: dict, command: str, environ=os.environ, *, broker=None, workspace: str = "") -> GatewaySession:
+    """A new gateway session for ``rules``; starts the gateway if it is not running.
+
+    With ``broker``, the gateway may ask about hosts the rules do not list
+    (``network.unlisted = "ask"``); answers remembered for ``workspace`` are sent along.
+    """
     fields = [("allow", a) for a in rules.get("allow", ())]
     fields += [("deny", d) for d in rules.get("deny", ())]
     fields += [("resolve", pack([name, addr])) for name, addr in (rules.get("resolve") or {}).items()]
@@ -177,13 +265,23 @@ def register(rules: dict, command: str, environ=os.environ) -> GatewaySession:
                                            cred["header"], cred["template"], ",".join(cred["hosts"])])))
     if rules.get("upstream_ca"):
         fields.append(("upstream_ca", rules["upstream_ca"]))
+    fields.append(("unlisted", rules.get("unlisted", "deny")))
+    fields.append(("ask", "yes" if broker is not None else "none"))
+    timeout = environ.get("BLASTWALL_ASK_TIMEOUT", "60")
+    fields.append(("ask_timeout", timeout if timeout.replace(".", "", 1).isdigit() else "60"))
+    if rules.get("unlisted") == "ask" and workspace:
+        from blastwall.approvals.store import ApprovalStore
+
+        for entry in ApprovalStore(environ).entries(workspace):
+            key = "approved" if entry["decision"] == "allow" else "refused"
+            fields.append((key, pack([entry["host"], str(entry["port"])])))
     fields.append(("command", command))
     sock = _control(environ)
     try:
         sock.settimeout(START_TIMEOUT)
         reply = call(sock, "register", fields)
         sock.settimeout(None)
-        return GatewaySession(sock, reply)
+        return GatewaySession(sock, reply, broker=broker, workspace=workspace, environ=environ)
     except (OSError, ValueError, KeyError) as exc:
         sock.close()
         raise EnforcementError(f"Can't register with the egress gateway: {exc}") from None

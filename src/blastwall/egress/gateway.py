@@ -54,9 +54,64 @@ class Session:
         self.http_rules = list(http_rules)
         self.credentials = dict(credentials or {})
         self.bound: set[str] = set()
+        # Asking: "ask" sessions send questions over their control connection.
+        self.unlisted = "deny"
+        self.can_ask = False
+        self.ask_timeout = 60.0
+        self.answers: dict[tuple[str, int], bool] = {}  # Session- and workspace-scope answers.
+        self.pending: dict[tuple[str, int], asyncio.Future] = {}
+        self.questions: dict[str, asyncio.Future] = {}
+        self.control: asyncio.StreamWriter | None = None
+        self._question_serial = 0
         self.servers: list[asyncio.AbstractServer] = []
         self._blocked: list[dict] = []
         self.blocked_count = 0
+
+    async def ask(self, host: str, port: int, timeout: float) -> tuple[bool, str]:
+        """Ask the run process about ``host:port``; one question for parallel identical requests.
+
+        Returns (allowed, how).  No answer within ``timeout`` means deny.
+        """
+        from blastwall.egress.protocol import encode
+
+        key = (host, port)
+        if key in self.answers:
+            return self.answers[key], "remembered"
+        if not self.can_ask or self.control is None:
+            return False, "no-one-to-ask"
+        future = self.pending.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            self.pending[key] = future
+            self._question_serial += 1
+            qid = str(self._question_serial)
+            self.questions[qid] = future
+            try:
+                self.control.write(encode("ask", [("id", qid), ("host", host), ("port", str(port))]))
+                await self.control.drain()
+            except (ConnectionError, OSError):
+                self.pending.pop(key, None)
+                return False, "no-one-to-ask"
+            future.add_done_callback(lambda _f, k=key, q=qid: (self.pending.pop(k, None),
+                                                              self.questions.pop(q, None)))
+        try:
+            allowed, scope = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            if not future.done():
+                future.set_result((False, "timeout"))
+            return False, "timeout"
+        return allowed, scope
+
+    def answer(self, qid: str, allowed: bool, scope: str) -> None:
+        future = self.questions.get(qid)
+        if future is None or future.done():
+            return
+        if scope in ("session", "workspace"):
+            for key, pending in self.pending.items():
+                if pending is future:
+                    self.answers[key] = allowed
+        future.set_result((allowed, scope))
 
     def blocked(self, host, port, reason: str, detail: str = "") -> None:
         self.blocked_count += 1
@@ -80,6 +135,7 @@ class Registry:
         self._by_port: dict[tuple[str, int], Session] = {}
         self._targets: dict[str, tuple[str, int]] = {}
         self._sni: dict[str, str | None] = {}
+        self._decided: dict[tuple[str, str, int], object] = {}
         self.last_active = time.monotonic()
 
     # Keyed by listener kind and source port: a source port is unique only per
@@ -105,9 +161,17 @@ class Registry:
     def sni(self, client_id: str) -> str | None:
         return self._sni.get(client_id)
 
+    def decided(self, client_id: str, host: str, port: int):
+        return self._decided.get((client_id, host, port))
+
+    def remember(self, client_id: str, host: str, port: int, verdict) -> None:
+        self._decided[(client_id, host, port)] = verdict
+
     def forget_client(self, client_id: str) -> None:
         self._targets.pop(client_id, None)
         self._sni.pop(client_id, None)
+        for key in [k for k in self._decided if k[0] == client_id]:
+            del self._decided[key]
 
 
 # The peer "address" a session connection shows to mitmproxy.  No real socket
@@ -281,6 +345,12 @@ class Gateway:
         directory = os.path.join(self.state, "sessions", secrets.token_hex(8))
         os.makedirs(directory, mode=0o700)
         session = Session(rules, (fields.get("command") or [""])[0][:2048], directory, http_rules, credentials)
+        session.unlisted = (fields.get("unlisted") or ["deny"])[0]
+        session.can_ask = (fields.get("ask") or ["none"])[0] != "none"
+        session.ask_timeout = min(max(float((fields.get("ask_timeout") or ["60"])[0]), 0.0), 3600.0)
+        for item in fields.get("approved", []) + fields.get("refused", []):
+            host, port = unpack(item)
+            session.answers[(host, int(port))] = item in fields.get("approved", [])
         if http_rules or credentials:
             with open(os.path.join(directory, "ca-bundle.pem"), "w") as f:
                 f.write(self.client_bundle)
@@ -348,6 +418,11 @@ class Gateway:
                         answer += [("placeholder", pack([c.name, c.placeholder]))
                                    for c in session.credentials.values()]
                         reply = encode("ok", answer)
+                        session.control = writer
+                elif verb == "answer" and session is not None:
+                    session.answer((fields.get("id") or [""])[0], (fields.get("decision") or [""])[0] == "allow",
+                                   (fields.get("scope") or ["once"])[0])
+                    continue  # No reply: answers are one-way.
                 elif verb == "summary" and session is not None:
                     reply = encode("ok", session.summary_fields())
                 elif verb == "ping":

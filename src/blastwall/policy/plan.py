@@ -145,14 +145,15 @@ class Egress(Operation):
     may be reached although private, loopback or otherwise special.
     """
 
-    __slots__ = ("allow", "deny", "resolve", "trusted", "http_rules", "credentials", "upstream_ca")
+    __slots__ = ("allow", "deny", "resolve", "trusted", "http_rules", "credentials", "upstream_ca", "unlisted")
 
     def rules(self) -> dict:
         return {"allow": list(self.allow), "deny": list(self.deny), "resolve": dict(self.resolve),
                 "trusted_addresses": list(self.trusted),
                 "rules": [dict(rule) for rule in self.http_rules],
                 "credentials": [dict(cred) for cred in self.credentials],
-                "upstream_ca": self.upstream_ca}
+                "upstream_ca": self.upstream_ca,
+                "unlisted": self.unlisted}
 
 
 class DenySyscalls(Operation):
@@ -480,10 +481,10 @@ def compile_plan(policy, host: Host) -> Plan:
         if name is not None and name not in known:
             raise PolicyError(f"credential {name!r} is not defined in [credentials]",
                               key=f"network.rules[{index}].credential")
-    if net.allow or net.rules:
+    if net.allow or net.rules or net.unlisted == "ask":
         upstream_ca = resolve(net.upstream_ca, workspace) if net.upstream_ca else ""
         ops.append(Egress(net.allow, net.deny, net.resolve, net.trusted_addresses, net.rules, credentials,
-                          upstream_ca))
+                          upstream_ca, net.unlisted))
     families = list(_defaults.DENIED_SYSCALL_FAMILIES)
     if sockets:
         families.remove("unix-sockets")

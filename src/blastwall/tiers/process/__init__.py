@@ -105,9 +105,10 @@ def translate_bwrap_error(text: str) -> EnforcementError:
 class ProcessSandbox:
     """One sandboxed command under bubblewrap.  Use as a context manager."""
 
-    def __init__(self, plan: P.Plan, *, environ=os.environ) -> None:
+    def __init__(self, plan: P.Plan, *, environ=os.environ, broker=None) -> None:
         self.plan = plan
         self._environ = environ
+        self._broker = broker
         self._bwrap: str | None = None
         self._launcher: str | None = None
         self._socat: str | None = None
@@ -186,7 +187,8 @@ class ProcessSandbox:
         if egress:
             from blastwall.egress import client
 
-            self._gateway = client.register(egress[0].rules(), " ".join(command)[:2048], self._environ)
+            self._gateway = client.register(egress[0].rules(), " ".join(command)[:2048], self._environ,
+                                            broker=self._broker, workspace=self.plan.workspace)
             env.update(_proxy_environment(self._gateway.token))
             # Credentials: the sandbox sees a placeholder; the gateway swaps in the value.
             env.update(self._gateway.placeholders)

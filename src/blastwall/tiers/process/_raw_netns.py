@@ -63,7 +63,14 @@ def start_relays(*, sandbox_pid: int, relays: dict[int, str], socat: str, timeou
     if helper == 0:
         code = 1
         try:
-            os.close(ready_r)
+            # Keep nothing of the parent's but what the helper needs: an
+            # inherited pty slave or control socket would outlive the sandbox.
+            keep = sorted({userns, netns, ready_w})
+            low = 3
+            for fd in keep:
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, 65536)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:
                 os._exit(1)
