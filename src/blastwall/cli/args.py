@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "approvals revoke": ({}, "one", "forget a remembered answer"),
     "audit tail": ({"-n": (True, False), "--json": (False, False)}, "none", "show the latest audit rows"),
     "audit verify": ({}, "none", "check the audit log's hash chain"),
+    "audit show": ({}, "one", "show one audit row with its hashes"),
     "audit export": ({"--json": (False, False)}, "none", "print every audit row as JSON"),
     "version": ({}, "none", "print the version"),
 }
@@ -51,7 +52,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall doctor [--json]
        blastwall approvals list [--workspace DIR] | revoke ID
        blastwall trust [--workspace DIR] [--yes] [--allow-widening] | --revoke | --list
-       blastwall audit tail [-n N] [--json] | verify | export --json
+       blastwall audit tail [-n N] [--json] | show SEQ | verify | export --json
        blastwall version
 
 Sandbox options:

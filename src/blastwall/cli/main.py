@@ -436,6 +436,18 @@ def cmd_audit_tail(parsed) -> int:
     return 0
 
 
+def cmd_audit_show(parsed) -> int:
+    log = _audit_log()
+    wanted = parsed.args[0]
+    for row in (log.rows() if log else []):
+        if str(row["seq"]) == wanted:
+            for key, value in row.items():
+                sys.stdout.write(f"{key:>9}: {value}\n")
+            return 0
+    _say(f"blastwall: no audit row {wanted!r}")
+    return 1
+
+
 def cmd_audit_verify(parsed) -> int:
     log = _audit_log()
     if log is None:
@@ -479,6 +491,7 @@ _HANDLERS = {
     "approvals revoke": cmd_approvals_revoke,
     "audit tail": cmd_audit_tail,
     "audit verify": cmd_audit_verify,
+    "audit show": cmd_audit_show,
     "audit export": cmd_audit_export,
     "version": cmd_version,
     "help": cmd_help,
