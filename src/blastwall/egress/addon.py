@@ -139,6 +139,15 @@ class Gatekeeper:
         self.registry.remember(client_id, host, port, verdict)
         return verdict
 
+    def _require_credentials(self, session, flow) -> bool:
+        """The session token must come with every proxy request; it never goes upstream."""
+        if not self._authorized(session, flow):
+            flow.response = http.Response.make(407, b"blastwall: proxy credentials required\n",
+                                               {"Proxy-Authenticate": 'Basic realm="blastwall"'})
+            return False
+        del flow.request.headers["Proxy-Authorization"]
+        return True
+
     @staticmethod
     def _deny_response(flow, status: int, text: str) -> None:
         flow.response = http.Response.make(status, text.encode(), {"content-type": "text/plain",
@@ -156,11 +165,8 @@ class Gatekeeper:
         session = self._session(flow.client_conn)
         if session is None:
             return self._deny_response(flow, 403, "blastwall: no session\n")
-        if not self._authorized(session, flow):
-            flow.response = http.Response.make(407, b"blastwall: proxy credentials required\n",
-                                               {"Proxy-Authenticate": 'Basic realm="blastwall"'})
+        if not self._require_credentials(session, flow):
             return None
-        del flow.request.headers["Proxy-Authorization"]
         host, port = flow.request.host, flow.request.port
         verdict = await self._decide(session, flow.client_conn.id, host, port)
         if not verdict.allowed:
@@ -190,11 +196,8 @@ class Gatekeeper:
             # An absolute-form request to the HTTP proxy.
             if not isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
                 return self._deny_response(flow, 403, "blastwall: request without a destination\n")
-            if not self._authorized(session, flow):
-                flow.response = http.Response.make(407, b"blastwall: proxy credentials required\n",
-                                                   {"Proxy-Authenticate": 'Basic realm="blastwall"'})
+            if not self._require_credentials(session, flow):
                 return None
-            del flow.request.headers["Proxy-Authorization"]
             host, port = flow.request.host, flow.request.port
             if not names_agree(host, host_header):
                 verdict_reason = "host-mismatch"
