@@ -194,7 +194,7 @@ import base64, os, socket, ssl, sys
 import wsproto, wsproto.events as ev
 host, port = sys.argv[1], int(sys.argv[2])
 token = os.environ["HTTP_PROXY"].split("//", 1)[1].split("@", 1)[0]
-s = socket.create_connection(("127.0.0.1", 3128))
+s = socket.create_connection(("127.0.0.1", 3128), timeout=30)
 s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic "
           f"{base64.b64encode(token.encode()).decode()}\r\n\r\n".encode())
 head = b""
@@ -219,7 +219,9 @@ print(next(stream).data)
 def test_websocket_through_interception(home, workspace, scratch, api, gw_state):
     r = run(["run", "--policy", str(grant_policy(scratch, api)), "--", sys.executable, "-c", WS_CLIENT,
              "api.test", str(api.port)], home=home, workspace=workspace, gw_state=gw_state)
-    assert "echo: hello through the gateway" in r.stdout, r.stdout + r.stderr
+    log = gw_state / "blastwall" / "gateway" / "gateway.log"
+    assert "echo: hello through the gateway" in r.stdout, (r.stdout + r.stderr + "\ngateway log:\n"
+                                                          + (log.read_text()[-3000:] if log.exists() else ""))
     assert api.requests[0][0] == "WEBSOCKET" and api.requests[0][2]["x-api-key"] == REAL_KEY
 
 
