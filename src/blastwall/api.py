@@ -169,10 +169,16 @@ def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = N
     or use it as a context manager (which prepares and closes).
     """
     tier = policy.sandbox.tier
+    if tier == "container":
+        from blastwall.tiers.container import ContainerSandbox
+
+        ContainerSandbox.recover(environ=environ)
+        plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
+        return ContainerSandbox(plan, image=policy.sandbox.image, environ=environ)
     if tier != "process":
         raise Unsupported(
             f"Can't use the {tier} tier: it is not available in this version",
-            fix="use --tier process",
+            fix="use --tier process or --tier container",
         )
     from blastwall.tiers.process import ProcessSandbox
 

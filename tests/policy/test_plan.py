@@ -181,3 +181,10 @@ def test_credential_variables_never_enter_the_sandbox():
     assert "API_TOKEN" not in env and "REAL_SOURCE" not in env
     (egress,) = plan.of(P.Egress)  # Rules alone grant their host: an egress op exists.
     assert egress.rules()["credentials"][0]["name"] == "API_TOKEN"
+
+
+def test_every_operation_type_is_handled_or_refused_by_the_container_tier():
+    from blastwall.tiers import container
+
+    for kind in P.OPERATION_TYPES:
+        assert (kind in container.HANDLED) != (kind in container.REFUSED), kind.__name__

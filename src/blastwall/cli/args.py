@@ -21,6 +21,7 @@ _SANDBOX_OPTIONS = {
     "--require": (True, True),
     "--read-only": (False, False),
     "--approval-webhook": (True, False),
+    "--image": (True, False),
 }
 
 COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
@@ -32,6 +33,10 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "policy import-srt": ({"--output": (True, False), "--force": (False, False)}, "one",
                           "convert an srt settings file to a blastwall policy"),
     "doctor": ({"--json": (False, False)}, "none", "check what this machine supports"),
+    "image build": ({"--package": (True, True)}, "optional", "build a root filesystem image with mmdebstrap"),
+    "image import": ({}, "two", "import an image from a directory or tarball"),
+    "image list": ({}, "none", "list images"),
+    "image rm": ({}, "one", "remove an image"),
     "trust": ({"--workspace": (True, False), "--yes": (False, False), "--allow-widening": (False, False),
                "--revoke": (False, False), "--list": (False, False)}, "none",
               "review and trust the workspace's .blastwall/policy.toml"),
@@ -50,6 +55,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall policy show [OPTIONS] [--json] [--plan]
        blastwall policy import-srt FILE [--output FILE] [--force]
        blastwall doctor [--json]
+       blastwall image build [NAME] [--package P]... | import NAME DIR|TARBALL | list | rm NAME
        blastwall approvals list [--workspace DIR] | revoke ID
        blastwall trust [--workspace DIR] [--yes] [--allow-widening] | --revoke | --list
        blastwall audit tail [-n N] [--json] | show SEQ | verify | export --json
@@ -64,7 +70,8 @@ Sandbox options:
   --deny-write PATH    also make PATH read-only (repeatable)
   --env NAME[=VALUE]   pass variable NAME through (or set it) deliberately (repeatable)
   --read-only          make the workspace read-only too
-  --tier TIER          process (default), container or vm
+  --tier TIER          process (default), container (gVisor) or vm
+  --image NAME         the container tier's image (default: default; see blastwall image build)
   --require FEATURE    refuse to run without FEATURE (landlock)
   --approval-webhook URL  with network.unlisted = "ask": ask this URL instead of the terminal
 
@@ -104,10 +111,10 @@ def parse(argv: list[str]) -> Parsed:
         return Parsed("version", {}, [])
     name = argv[0]
     rest = argv[1:]
-    if name in ("policy", "audit", "approvals"):
+    if name in ("policy", "audit", "approvals", "image"):
         if not rest or rest[0] in ("-h", "--help"):
             subs = {"policy": "show or import-srt", "audit": "tail, verify or export",
-                    "approvals": "list or revoke"}[name]
+                    "approvals": "list or revoke", "image": "build, import, list or rm"}[name]
             raise UsageError(f"{name} needs a subcommand: {subs}")
         name = f"{name} {rest[0]}"
         rest = rest[1:]
@@ -164,4 +171,8 @@ def parse(argv: list[str]) -> Parsed:
         raise UsageError(f"{name}: unexpected argument {args[0]!r}")
     if positional == "one" and len(args) != 1:
         raise UsageError(f"{name}: expected exactly one argument")
+    if positional == "two" and len(args) != 2:
+        raise UsageError(f"{name}: expected two arguments")
+    if positional == "optional" and len(args) > 1:
+        raise UsageError(f"{name}: expected at most one argument")
     return Parsed(name, options, args)

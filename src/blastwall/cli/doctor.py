@@ -115,11 +115,25 @@ def check_egress() -> list[Check]:
     return out
 
 
-def check_runsc() -> Check:
+def check_runsc() -> list[Check]:
     path = _first(["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"])
     if path is None:
-        return Check("container", "gVisor (runsc)", False, "not installed", "sudo apt-get install runsc (Debian 13+) or gVisor's release package")
-    return Check("container", "gVisor (runsc)", True, f"{path}: {_version([path, '--version'])}")
+        return [Check("container", "gVisor (runsc)", False, "not installed", "sudo apt-get install runsc")]
+    out = [Check("container", "gVisor (runsc)", True, f"{path}: {_version([path, '--version'])}")]
+    from blastwall.tiers.container import probe_platform
+
+    if os.geteuid() != 0:
+        out.append(Check("container", "runsc platform", False, "not probed: the container tier needs root here",
+                         "run blastwall as root for the container tier"))
+    elif probe_platform(path, "ptrace"):
+        out.append(Check("container", "runsc platform", True, "ptrace: a sandbox ran `true`"))
+    else:
+        out.append(Check("container", "runsc platform", False, "ptrace: runsc could not run a sandbox"))
+    images = __import__("blastwall.tiers.container.images", fromlist=["x"]).list_images()
+    out.append(Check("container", "images", bool(images),
+                     ", ".join(m.get("name", "?") for m in images) or "none built",
+                     "" if images else "blastwall image build"))
+    return out
 
 
 def check_qemu() -> Check:
@@ -157,7 +171,7 @@ def checks() -> list[Check]:
     out.append(check_seccomp())
     out.append(check_landlock())
     out.extend(check_egress())
-    out.append(check_runsc())
+    out.extend(check_runsc())
     out.append(check_qemu())
     out.append(check_kvm())
     return out

@@ -71,6 +71,7 @@ _FLAG_KEYS = {
     "--deny-write": ("filesystem", "deny_write"),
     "--require": ("sandbox", "require"),
     "--tier": ("sandbox", "tier"),
+    "--image": ("sandbox", "image"),
 }
 
 
@@ -163,8 +164,8 @@ def cmd_run(parsed, command: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, terminate)
     try:
         sandbox.prepare()
-        _warn_once_landlock(sandbox.landlock)
-        if _interactive():
+        _warn_once_landlock(getattr(sandbox, "landlock", 1))
+        if _interactive() and policy.sandbox.tier == "process":
             from blastwall.cli.terminal import run_with_pty
 
             status = run_with_pty(sandbox, command)
@@ -470,6 +471,46 @@ def cmd_audit_export(parsed) -> int:
     return 0
 
 
+def cmd_image_build(parsed) -> int:
+    from blastwall.tiers.container import images
+
+    name = parsed.args[0] if parsed.args else images.DEFAULT_IMAGE
+    packages = tuple(parsed.get("--package") or images.DEFAULT_PACKAGES)
+    _say(f"blastwall: building image {name!r} with mmdebstrap ({', '.join(packages)})")
+    path = images.build(name, packages, progress=images._progress_printer)
+    sys.stdout.write(f"built {name}: {path}\n")
+    return 0
+
+
+def cmd_image_import(parsed) -> int:
+    from blastwall.tiers.container import images
+
+    path = images.import_image(parsed.args[0], parsed.args[1])
+    sys.stdout.write(f"imported {parsed.args[0]}: {path}\n")
+    return 0
+
+
+def cmd_image_list(parsed) -> int:
+    import time
+
+    from blastwall.tiers.container import images
+
+    for meta in images.list_images():
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("built", 0)))
+        sys.stdout.write(f"{meta.get('name')}  {when}  {meta.get('source', '')}  "
+                         f"{','.join(meta.get('packages', []))}\n")
+    return 0
+
+
+def cmd_image_rm(parsed) -> int:
+    from blastwall.tiers.container import images
+
+    if not images.remove(parsed.args[0]):
+        _say(f"blastwall: no image {parsed.args[0]!r}")
+        return 1
+    return 0
+
+
 def cmd_version(parsed) -> int:
     sys.stdout.write(f"blastwall {VERSION}\n")
     return 0
@@ -487,6 +528,10 @@ _HANDLERS = {
     "policy import-srt": cmd_import_srt,
     "doctor": cmd_doctor,
     "trust": cmd_trust,
+    "image build": cmd_image_build,
+    "image import": cmd_image_import,
+    "image list": cmd_image_list,
+    "image rm": cmd_image_rm,
     "approvals list": cmd_approvals_list,
     "approvals revoke": cmd_approvals_revoke,
     "audit tail": cmd_audit_tail,

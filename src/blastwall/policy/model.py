@@ -296,6 +296,13 @@ def _tier(value: object, key: str, source: str) -> str:
     return value  # type: ignore[return-value]
 
 
+def _image_name(value: object, key: str, source: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 64 or value.startswith(".") or \
+            not all(c.isalnum() or c in "-_." for c in value):
+        raise PolicyError(f"{value!r} is not an image name", key=key, source=source)
+    return value
+
+
 def _unlisted(value: object, key: str, source: str) -> str:
     if value not in ("deny", "ask"):
         raise PolicyError(f"expected 'deny' or 'ask', got {value!r}", key=key, source=source)
@@ -344,6 +351,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     },
     "sandbox": {
         "tier": (_tier, "set", "process"),
+        "image": (_image_name, "set", "default"),
         "require": (_requirements, "add", ()),
     },
 }

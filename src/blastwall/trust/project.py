@@ -112,6 +112,10 @@ def split(base: Policy, project: Layer, *, workspace: str, home: str) -> tuple[L
                 else:
                     widening.append(f"network.unlisted: asks instead of denying ({value!r})")
             continue
+        if slot == ("sandbox", "image"):
+            if value != base.sandbox.image:
+                widening.append(f"sandbox.image: runs in image {value!r}")
+            continue
         if slot == ("sandbox", "tier"):
             if value != base.sandbox.tier:
                 widening.append(f"sandbox.tier: changes the tier to {value!r}")

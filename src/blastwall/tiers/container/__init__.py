@@ -1,0 +1,262 @@
+"""The container tier: each run in an ephemeral gVisor (runsc) sandbox, gone when it ends.
+
+``ContainerSandbox(plan)`` has the verbs every tier shares.  The root
+filesystem is a blastwall image (never the host's), read-only with a writable
+in-memory layer that dies with the run; only the plan's writable roots are
+bound in, plus read-only binds and placeholders for the mandatory denies
+inside them.  Nothing else of the host is visible, so the secret list needs no
+hiding except where a denied path lies inside a bound root.
+
+What is a security boundary here: gVisor's user-space kernel (the sandboxed
+program's syscalls never reach the host kernel directly), its gofer-mediated
+filesystem, and the absent network.  Not yet built: egress through the gateway
+(plans with network access are refused), resource limits, the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+
+from blastwall.errors import EnforcementError, Unsupported
+from blastwall.policy import plan as P
+
+__all__ = ["ContainerSandbox", "find_runsc", "probe_platform"]
+
+# What this tier enforces, and how; everything else refuses the plan.
+HANDLED = frozenset({
+    P.ReadOnlyRoot,  # the image, read-only, with an in-memory writable layer
+    P.PrivateDev, P.PrivateProc, P.PrivateTmp, P.Writable, P.ReadOnly, P.Placeholder, P.Chdir, P.Environment,
+    P.Hide,  # only matters inside bound roots; the rest of the host is not there at all
+    P.IsolateNetwork,  # --network=none
+    P.DenySyscalls,  # gVisor implements the syscall surface itself; the host kernel is not exposed
+    P.LandlockWrites,  # outside the bound roots, writes land in the throw-away layer
+})
+REFUSED = {
+    P.Egress: "the container tier has no route to the egress gateway yet",
+    P.AllowUnixSockets: "host unix sockets cannot be shared into the container tier",
+    P.RequireLandlock: "Landlock is a process-tier layer; gVisor is the container tier's boundary",
+}
+
+
+def find_runsc() -> str:
+    from blastwall.tiers.container._raw_oci import RUNSC_CANDIDATES
+
+    for path in RUNSC_CANDIDATES:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise EnforcementError("Can't find gVisor's runsc", fix="sudo apt-get install runsc")
+
+
+def probe_platform(runsc: str, platform: str, timeout: float = 20.0) -> bool:
+    """True if ``runsc --platform=PLATFORM do true`` works here (kvm can hang in nested VMs)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        return False
+    try:
+        result = subprocess.run([runsc, f"--platform={platform}", "--network=none", "do", "true"],
+                                capture_output=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        subprocess.run(["pkill", "-9", "-f", f"runsc.*--platform={platform}.*do true"], capture_output=True)
+        return False
+    return result.returncode == 0
+
+
+class ContainerSandbox:
+    """One command in an ephemeral gVisor sandbox."""
+
+    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, platform: str = "ptrace") -> None:
+        self.plan = plan
+        self.image = image
+        self._environ = environ
+        self.platform = platform
+        self._runsc: str | None = None
+        self._rootfs: str | None = None
+        self._id = f"blastwall-{secrets.token_hex(6)}"
+        self._dir: str | None = None
+        self._pid: int | None = None
+        self._placeholders: list = []
+        self._locked = False
+
+    @staticmethod
+    def recover(*, environ=os.environ) -> None:
+        """The reaper: delete sandboxes whose `blastwall run` died without cleaning up."""
+        import subprocess
+
+        from blastwall.policy.load import state_dir
+        from blastwall.tiers.process import placeholders
+
+        placeholders.recover(environ=environ)
+        base = os.path.join(state_dir(environ), "containers")
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            return
+        runsc = None
+        for name in names:
+            directory = os.path.join(base, name)
+            try:
+                with open(os.path.join(directory, "owner")) as f:
+                    owner = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and _alive(owner):
+                continue
+            try:
+                runsc = runsc or find_runsc()
+                subprocess.run([runsc, f"--root={os.path.join(directory, 'runsc')}", "delete", "--force", name],
+                               capture_output=True, timeout=30)
+            except (EnforcementError, OSError, subprocess.TimeoutExpired):
+                pass
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # -- prepare ----------------------------------------------------------------
+    def prepare(self) -> None:
+        for op in self.plan.operations:
+            kind = type(op)
+            if kind in REFUSED:
+                raise Unsupported(f"Refusing the plan: {REFUSED[kind]}", fix="use --tier process for this policy")
+            if kind not in HANDLED:
+                raise Unsupported(f"Refusing the plan: the container tier cannot enforce {kind.__name__}")
+        if os.geteuid() != 0:
+            raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
+                              fix="run as root, or use --tier process")
+        self._runsc = find_runsc()
+        from blastwall.tiers.container.images import rootfs
+
+        self._rootfs = rootfs(self.image, self._environ)
+
+    # -- start ------------------------------------------------------------------
+    def start(self, command: list[str], *, stdin: int = 0, stdout: int = 1, stderr: int = 2) -> int:
+        if self._rootfs is None:
+            raise RuntimeError("prepare() must be called first")
+        from blastwall.policy.load import state_dir
+        from blastwall.tiers.container._raw_oci import oci_config, runsc_argv
+        from blastwall.tiers.process import placeholders
+
+        roots = [op.path for op in self.plan.of(P.Writable)]
+        placeholders.lock_roots(roots)
+        self._locked = True
+        self._placeholders = placeholders.create(self.plan.of(P.Placeholder), roots, environ=self._environ)
+        mounts = self._mounts(roots)
+        (env_op,) = self.plan.of(P.Environment)
+        env = dict(env_op.variables)
+        env["BLASTWALL_SANDBOX"] = "container"
+        env["HOME"] = "/root" if os.getuid() == 0 else "/tmp"
+        (chdir,) = self.plan.of(P.Chdir)
+        base = os.path.join(state_dir(self._environ), "containers")
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        self._dir = os.path.join(base, self._id)
+        os.makedirs(os.path.join(self._dir, "bundle"), mode=0o700)
+        os.makedirs(os.path.join(self._dir, "runsc"), mode=0o700)
+        with open(os.path.join(self._dir, "owner"), "w") as f:
+            f.write(str(os.getpid()))
+        config = oci_config(rootfs=self._rootfs, argv=command, env=env, cwd=chdir.path, uid=os.getuid(),
+                            gid=os.getgid(), mounts=mounts)
+        with open(os.path.join(self._dir, "bundle", "config.json"), "w") as f:
+            json.dump(config, f)
+        argv = runsc_argv(runsc=self._runsc, state=os.path.join(self._dir, "runsc"), platform=self.platform,
+                          bundle=os.path.join(self._dir, "bundle"), container_id=self._id)
+        from blastwall.tiers.process import _prctl_pdeathsig
+
+        pdeathsig = _prctl_pdeathsig()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                pdeathsig()
+                if os.getppid() != parent:
+                    os._exit(125)
+                for target, source in ((0, stdin), (1, stdout), (2, stderr)):
+                    if source != target:
+                        os.dup2(source, target)
+                os.setsid()
+                os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            except BaseException:
+                pass
+            os._exit(125)
+        self._pid = pid
+        return pid
+
+    def _mounts(self, roots: list[str]) -> list[tuple[str, ...]]:
+        mounts: list[tuple[str, ...]] = []
+        for op in self.plan.operations:
+            kind = type(op)
+            if kind is P.PrivateTmp:
+                mounts.append(("tmpfs", op.path))
+            elif kind is P.Writable:
+                mounts.append(("bind-rw", op.path))
+            elif kind in (P.ReadOnly, P.Placeholder) and _inside(op.path, roots):
+                mounts.append(("bind-ro", op.path))
+            elif kind is P.Hide and _inside(op.path, roots):
+                mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path))
+        return mounts
+
+    # -- wait / close -------------------------------------------------------------
+    def wait(self) -> int:
+        if self._pid is None:
+            raise RuntimeError("start() must be called first")
+        while True:
+            try:
+                _, raw = os.waitpid(self._pid, 0)
+                break
+            except InterruptedError:
+                continue
+        self._pid = None
+        status = os.waitstatus_to_exitcode(raw)
+        return 128 - status if status < 0 else status
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self._pid is not None:
+            try:
+                os.killpg(self._pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        """Kill and delete the sandbox; remove its bundle, state and placeholders."""
+        import subprocess
+
+        if self._pid is not None:
+            self.kill()
+            try:
+                os.waitpid(self._pid, 0)
+            except ChildProcessError:
+                pass
+            self._pid = None
+        if self._dir is not None and self._runsc is not None:
+            subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force", self._id],
+                           capture_output=True, timeout=30)
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        if self._placeholders or self._locked:
+            from blastwall.tiers.process import placeholders
+
+            placeholders.remove(self._placeholders, environ=self._environ)
+            self._placeholders = []
+            self._locked = False
+
+    def __enter__(self) -> "ContainerSandbox":
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)

@@ -1,0 +1,71 @@
+"""HAZMAT: OCI bundles and runsc command lines for the container tier.
+
+Only the container tier may import this module.  ``oci_config`` turns already
+decided mounts into an OCI runtime spec; ``runsc_argv`` assembles the runsc
+command.  No policy decisions here.
+
+Misuse looks like: a bind mount of a host path the plan did not name, a mount
+without ``ro`` where the plan said read-only, a process with capabilities, or
+a network other than ``none`` (the container tier has no gateway route yet).
+"""
+
+from __future__ import annotations
+
+__all__ = ["RUNSC_CANDIDATES", "oci_config", "runsc_argv"]
+
+RUNSC_CANDIDATES = ("/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc")
+
+
+def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, uid: int, gid: int,
+               mounts: list[tuple[str, ...]]) -> dict:
+    """The OCI spec.  ``mounts``: ("bind-rw", path), ("bind-ro", path), ("tmpfs", path), ("hide-file", path)."""
+    spec_mounts = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    ]
+    for mount in mounts:
+        kind, path = mount[0], mount[1]
+        if kind == "bind-rw":
+            spec_mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "rw"]})
+        elif kind == "bind-ro":
+            spec_mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]})
+        elif kind == "tmpfs":
+            spec_mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs",
+                                "options": ["nosuid", "nodev", "mode=1777"]})
+        elif kind == "hide-dir":
+            spec_mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs",
+                                "options": ["nosuid", "nodev", "ro", "mode=0555"]})
+        elif kind == "hide-file":
+            spec_mounts.append({"destination": path, "type": "bind", "source": "/dev/null", "options": ["rbind", "ro"]})
+        else:
+            raise ValueError(f"unknown mount kind {kind!r}")
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid},
+            "args": list(argv),
+            "env": [f"{k}={v}" for k, v in sorted(env.items())],
+            "cwd": cwd,
+            "noNewPrivileges": True,
+            "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+        },
+        # Read-only for gVisor's gofer; the sandbox writes to an in-memory overlay (--overlay2=root:memory).
+        "root": {"path": rootfs, "readonly": False},
+        "hostname": "blastwall",
+        "mounts": spec_mounts,
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+        },
+    }
+
+
+def runsc_argv(*, runsc: str, state: str, platform: str, bundle: str, container_id: str) -> list[str]:
+    """``runsc run`` with a writable in-memory layer over the read-only image, and no network."""
+    return [runsc, f"--root={state}", f"--platform={platform}", "--network=none", "--overlay2=root:memory",
+            "run", f"--bundle={bundle}", container_id]
