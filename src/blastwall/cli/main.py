@@ -165,7 +165,8 @@ def cmd_run(parsed, command: list[str] | None = None) -> int:
     try:
         sandbox.prepare()
         _warn_once_landlock(getattr(sandbox, "landlock", 1))
-        if _interactive() and policy.sandbox.tier == "process":
+        if _interactive():
+            # Both tiers get a private pty: the sandbox never holds the user's terminal.
             from blastwall.cli.terminal import run_with_pty
 
             status = run_with_pty(sandbox, command)

@@ -131,7 +131,9 @@ class ContainerSandbox:
         self._rootfs = rootfs(self.image, self._environ)
 
     # -- start ------------------------------------------------------------------
-    def start(self, command: list[str], *, stdin: int = 0, stdout: int = 1, stderr: int = 2) -> int:
+    def start(self, command: list[str], *, stdin: int = 0, stdout: int = 1, stderr: int = 2,
+              ctty: bool = False) -> int:
+        """Start ``command``; ``ctty`` is accepted for the pty relay (gVisor keeps its own session)."""
         if self._rootfs is None:
             raise RuntimeError("prepare() must be called first")
         from blastwall.policy.load import state_dir
