@@ -87,8 +87,10 @@ def start_relays(*, sandbox_pid: int, relays: dict[int, str], socat: str, timeou
                     for fd in (0, 1, 2):
                         os.dup2(devnull, fd)
                     os.closerange(3, 65536)
-                    os.execv(socat, [socat, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024",
-                                     f"UNIX-CONNECT:{path}"])
+                    # A bare environment: the helper was forked from `run`, whose
+                    # environment may hold the real values of credentials.
+                    os.execve(socat, [socat, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024",
+                                      f"UNIX-CONNECT:{path}"], {"PATH": "/usr/bin:/bin"})
                 children.append(child)
             deadline = time.monotonic() + timeout
             while not _listening(relays):
