@@ -1,0 +1,85 @@
+"""Workspace file access for the SDK: pure path checks plus no-follow I/O.
+
+A path from an SDK caller is untrusted: it must name something inside the
+workspace, and no component may be a symlink (a sandbox could have planted one
+pointing anywhere on the host).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+MAX_FILE_BYTES = 64 << 20
+
+
+def split_relative(path: str) -> list[str]:
+    """The components of a workspace-relative path; ValueError for anything else."""
+    if not isinstance(path, str) or not path or "\x00" in path or len(path) > 4096:
+        raise ValueError("invalid path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if path.startswith("/") or not parts or any(p == ".." for p in parts):
+        raise ValueError(f"{path!r} is not a path inside the workspace")
+    return parts
+
+
+def _open_dir(root: str, parts: list[str], *, create: bool) -> int:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write(root: str, path: str, data: bytes) -> None:
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"file larger than {MAX_FILE_BYTES} bytes")
+    parts = split_relative(path)
+    parent = _open_dir(root, parts[:-1], create=True)
+    try:
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=parent)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(22, "not a regular file")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent)
+
+
+def read(root: str, path: str) -> bytes:
+    parts = split_relative(path)
+    parent = _open_dir(root, parts[:-1], create=False)
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(22, "not a regular file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise OSError(27, f"larger than {MAX_FILE_BYTES} bytes")
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent)

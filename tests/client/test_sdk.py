@@ -1,0 +1,104 @@
+"""The SDK (local backend): E2B-shaped calls, and attacks on its file API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from blastwall.client import AsyncSandbox, CommandExitError, Sandbox, SandboxClosedError, SandboxFileError
+from tests.conftest import SECRET, bw_env, needs_bwrap
+
+pytestmark = needs_bwrap
+
+
+@pytest.fixture
+def env(home):
+    return {**os.environ, **bw_env(home)}
+
+
+def test_create_write_run_read_close(env):
+    with Sandbox.create(environ=env) as sbx:
+        workspace = sbx.workspace
+        sbx.files.write("src/hello.py", "print('hi from the sandbox')")
+        result = sbx.commands.run("python3 src/hello.py > out.txt; cat out.txt")
+        assert result.stdout == "hi from the sandbox\n" and result.exit_code == 0
+        assert sbx.files.read("out.txt") == "hi from the sandbox\n"
+        assert sbx.files.read("out.txt", format="bytes") == b"hi from the sandbox\n"
+    assert not os.path.exists(workspace)  # Destroyed with the sandbox.
+    with pytest.raises(SandboxClosedError):
+        sbx.commands.run("true")
+
+
+def test_non_zero_exit_raises_with_the_result(env):
+    with Sandbox.create(environ=env) as sbx:
+        with pytest.raises(CommandExitError) as info:
+            sbx.commands.run("echo out; echo err >&2; exit 3")
+        assert (info.value.exit_code, info.value.stdout, info.value.stderr) == (3, "out\n", "err\n")
+
+
+def test_timeout_kills_and_reports_124(env):
+    with Sandbox.create(environ=env) as sbx:
+        with pytest.raises(CommandExitError) as info:
+            sbx.commands.run("sleep 30", timeout=1)
+        assert info.value.exit_code == 124
+
+
+def test_envs_and_cwd_and_no_secrets(env):
+    env = {**env, "GITHUB_TOKEN": SECRET}
+    with Sandbox.create(environ=env) as sbx:
+        sbx.files.write("sub/x.txt", "x")
+        result = sbx.commands.run("pwd; echo $GREETING; env", envs={"GREETING": "hello"}, cwd="sub")
+        assert result.stdout.startswith(os.path.join(sbx.workspace, "sub") + "\nhello\n")
+        assert SECRET not in result.stdout
+
+
+def test_background_command(env):
+    with Sandbox.create(environ=env) as sbx:
+        handle = sbx.commands.run("sleep 0.5; echo done", background=True)
+        assert handle.wait(timeout=30).stdout == "done\n"
+
+
+@pytest.mark.parametrize("path", ["../escape.txt", "/etc/passwd", "a/../../escape.txt", "", "a/\x00b", "..", "./.."])
+def test_file_paths_cannot_leave_the_workspace(env, path):
+    with Sandbox.create(environ=env) as sbx:
+        parent = os.path.dirname(sbx.workspace)
+        before = sorted(os.listdir(parent))
+        with pytest.raises(SandboxFileError):
+            sbx.files.write(path, "pwned")
+        with pytest.raises(SandboxFileError):
+            sbx.files.read(path)
+        assert sorted(os.listdir(parent)) == before
+
+
+def test_symlinks_planted_by_the_sandbox_are_not_followed(env, scratch):
+    target = scratch / "host-file.txt"
+    target.write_text(SECRET)
+    with Sandbox.create(environ=env) as sbx:
+        sbx.commands.run(f"ln -s {target} leak.txt; ln -s {scratch} dirlink")
+        with pytest.raises(SandboxFileError):
+            sbx.files.read("leak.txt")
+        with pytest.raises(SandboxFileError):
+            sbx.files.write("leak.txt", "overwritten")
+        with pytest.raises(SandboxFileError):
+            sbx.files.write("dirlink/new.txt", "planted")
+    assert target.read_text() == SECRET
+    assert not (scratch / "new.txt").exists()
+
+
+def test_oversized_upload_is_refused(env):
+    with Sandbox.create(environ=env) as sbx:
+        with pytest.raises(SandboxFileError):
+            sbx.files.write("big.bin", b"\0" * ((64 << 20) + 1))
+        assert not os.path.exists(os.path.join(sbx.workspace, "big.bin"))
+
+
+def test_async_sandbox(env):
+    async def main():
+        async with await AsyncSandbox.create(environ=env) as sbx:
+            await sbx.files.write("a.txt", "async")
+            result = await sbx.commands.run("cat a.txt")
+            return result.stdout
+
+    assert asyncio.run(main()) == "async"
