@@ -83,13 +83,27 @@ def test_mandatory_deny_of_existing_paths(home, workspace, target):
 
 @pytest.mark.parametrize("target", [".git/hooks/pre-commit", ".git/config", ".bashrc", ".zshrc", ".vscode/tasks.json",
                                     ".idea/workspace.xml", ".claude/settings.json", ".mcp.json", ".envrc",
-                                    ".blastwall/policy.toml", ".gitconfig", ".local/bin/ls"])
+                                    ".blastwall/policy.toml"])
 def test_mandatory_deny_of_paths_that_do_not_exist_yet(home, workspace, target):
     before = snapshot(workspace)
     out = try_write([workspace / target], home=home, workspace=workspace)
     assert "written" not in out
     # Nothing left behind: no placeholder, no file, no directory.
     assert snapshot(workspace) == before
+
+
+@pytest.mark.parametrize("target", [".gitconfig", ".local/bin/ls", ".config/autostart/evil.desktop",
+                                    ".config/systemd/user/evil.service", ".bashrc", ".profile"])
+def test_home_write_denies_when_the_workspace_is_home(home, target):
+    def mine(path):  # blastwall's own state and cache, written by blastwall on the host
+        return path.startswith((".local/state", ".cache"))
+
+    before = {k: v for k, v in snapshot(home).items() if not mine(k)}
+    out = try_write([home / target], home=home, workspace=home)
+    assert "written" not in out
+    after = {k: v for k, v in snapshot(home).items() if not mine(k)}
+    assert {k: v for k, v in after.items() if k != ".local"} == {k: v for k, v in before.items() if k != ".local"}
+    assert "PWNED" not in ((home / target).read_text() if (home / target).is_file() else "")
 
 
 def test_git_hook_planted_in_fresh_repo_does_not_survive(home, workspace):

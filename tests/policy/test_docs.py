@@ -8,5 +8,5 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
 
 
 def test_every_builtin_list_entry_is_documented():
-    for entry in (*defaults.BUILTIN_SECRETS, *defaults.MANDATORY_WRITE_DENY):
+    for entry in (*defaults.BUILTIN_SECRETS, *defaults.MANDATORY_WRITE_DENY, *defaults.MANDATORY_HOME_WRITE_DENY):
         assert f"`{entry}`" in DOC, entry

@@ -188,3 +188,12 @@ def test_every_operation_type_is_handled_or_refused_by_the_container_tier():
 
     for kind in P.OPERATION_TYPES:
         assert (kind in container.HANDLED) != (kind in container.REFUSED), kind.__name__
+
+
+def test_home_only_write_denies_apply_where_the_root_is_home():
+    plan = compile_()
+    assert f"{WS}/.gitconfig" not in {op.path for op in plan.of(P.Placeholder)}
+    assert f"{WS}/.bashrc" in {op.path for op in plan.of(P.Placeholder)}
+    fs = FakeFS(dirs=[HOME])
+    plan = compile_(workspace=HOME, fs=fs)
+    assert f"{HOME}/.gitconfig" in {op.path for op in plan.of(P.Placeholder)}

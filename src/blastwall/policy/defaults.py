@@ -136,8 +136,12 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
     ".codex",
     ".gemini",
     ".blastwall",
-    # Read from the home directory by git, the desktop session and the shell
-    # when the writable root is (or contains) the user's home.
+)
+
+# More write-denies, applied where the writable root is the user's home (or
+# contains it): files that git, the desktop session and the login shell read
+# from the home directory only.
+MANDATORY_HOME_WRITE_DENY: tuple[str, ...] = (
     ".gitconfig",
     ".config/git",
     ".config/autostart",

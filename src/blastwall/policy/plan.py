@@ -416,8 +416,12 @@ def compile_plan(policy, host: Host) -> Plan:
                     fix=f"replace the link with the real directory or file, or use a workspace without it",
                 )
 
+    home = probe.realpath(host.home)
     for root in roots:
-        for entry in _defaults.MANDATORY_WRITE_DENY:
+        entries = _defaults.MANDATORY_WRITE_DENY
+        if is_within(home, root):
+            entries = entries + _defaults.MANDATORY_HOME_WRITE_DENY
+        for entry in entries:
             lexical = os.path.join(root, entry)
             refuse_links(root, lexical)
             # No component is a link (checked above) and the root is resolved,
