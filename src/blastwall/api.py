@@ -43,9 +43,8 @@ def load(policy_file: str | None = None, *, flags: Layer | None = None, workspac
 
 def project_layer(workspace: str, base: Policy, *, environ=os.environ, notes: list[str] | None = None):
     """The trusted project policy's layer for ``workspace``, or None."""
-    from blastwall.trust.store import project_policy_path
-
-    path = project_policy_path(workspace)
+    # Kept free of imports until a project policy exists: this runs on every start.
+    path = os.path.join(os.path.realpath(workspace), ".blastwall", "policy.toml")
     notes = notes if notes is not None else []
     if not os.path.lexists(path):  # An lstat: the file is not opened.
         return None

@@ -86,3 +86,22 @@ def test_doctor_never_opens_project_files(home, workspace):
 def test_help_and_version(home, workspace):
     assert "blastwall run" in run_cli(["--help"], home=home, cwd=workspace).stdout
     assert run_cli(["version"], home=home, cwd=workspace).stdout.startswith("blastwall ")
+
+
+@needs_bwrap
+def test_every_run_is_audited(home, workspace):
+    import time
+
+    r = run_cli(["run", "--", "sh", "-c", "exit 5"], home=home, cwd=workspace)
+    assert r.returncode == 5
+    deadline = time.monotonic() + 10
+    rows = []
+    while time.monotonic() < deadline:  # The row is written by a detached child.
+        out = run_cli(["audit", "tail", "--json"], home=home, cwd=workspace).stdout
+        rows = [json.loads(line) for line in out.splitlines() if '"kind": "run"' in line]
+        if rows:
+            break
+        time.sleep(0.1)
+    assert rows and rows[-1]["command"] == "sh -c exit 5"
+    assert "exit status 5" in rows[-1]["reason"] and rows[-1]["rule"].startswith("policy sha256:")
+    assert run_cli(["audit", "verify"], home=home, cwd=workspace).returncode == 0

@@ -21,6 +21,7 @@ MAX_BYTES = 1 << 20
 
 
 def project_policy_path(workspace: str) -> str:
+    # blastwall.api computes the same path without importing this module (start-up cost).
     return os.path.join(os.path.realpath(workspace), PROJECT_POLICY)
 
 
