@@ -194,6 +194,11 @@ def _audit_run(policy, command: list[str], status) -> None:
         if os.fork() != 0:
             os._exit(0)
         os.setsid()
+        # Let go of the caller's pipes and terminal: whoever reads the
+        # command's output must not wait for the audit write.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
     try:
         import hashlib
         import json
@@ -334,6 +339,13 @@ def audit_event(**fields) -> None:
         log.close()
     except Exception as exc:  # noqa: BLE001
         _say(f"blastwall: warning: could not write the audit log: {exc}")
+        try:
+            from blastwall.policy.load import state_dir
+
+            with open(os.path.join(state_dir(), "audit-errors.log"), "a") as f:
+                f.write(f"{fields.get('kind')}: {exc}\n")
+        except OSError:
+            pass
 
 
 def cmd_trust(parsed) -> int:
