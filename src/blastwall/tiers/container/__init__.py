@@ -88,6 +88,7 @@ class ContainerSandbox:
         import subprocess
 
         from blastwall.policy.load import state_dir
+        from blastwall.tiers._lifecycle import alive
         from blastwall.tiers.process import placeholders
 
         placeholders.recover(environ=environ)
@@ -104,7 +105,7 @@ class ContainerSandbox:
                     owner = int(f.read().strip() or 0)
             except (OSError, ValueError):
                 owner = 0
-            if owner and _alive(owner):
+            if owner and alive(owner):
                 continue
             try:
                 runsc = runsc or find_runsc()
@@ -202,15 +203,10 @@ class ContainerSandbox:
     def wait(self) -> int:
         if self._pid is None:
             raise RuntimeError("start() must be called first")
-        while True:
-            try:
-                _, raw = os.waitpid(self._pid, 0)
-                break
-            except InterruptedError:
-                continue
-        self._pid = None
-        status = os.waitstatus_to_exitcode(raw)
-        return 128 - status if status < 0 else status
+        from blastwall.tiers._lifecycle import reap
+
+        pid, self._pid = self._pid, None
+        return reap(pid)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self._pid is not None:
@@ -224,11 +220,10 @@ class ContainerSandbox:
         import subprocess
 
         if self._pid is not None:
+            from blastwall.tiers._lifecycle import reap_quietly
+
             self.kill()
-            try:
-                os.waitpid(self._pid, 0)
-            except ChildProcessError:
-                pass
+            reap_quietly(self._pid)
             self._pid = None
         if self._dir is not None and self._runsc is not None:
             subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force", self._id],
@@ -248,16 +243,6 @@ class ContainerSandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _inside(path: str, roots: list[str]) -> bool:

@@ -292,16 +292,10 @@ class ProcessSandbox:
         """
         if self._pid is None:
             raise RuntimeError("start() must be called first")
-        while True:
-            try:
-                _, raw = os.waitpid(self._pid, 0)
-                break
-            except InterruptedError:
-                continue
-        self._pid = None
-        status = os.waitstatus_to_exitcode(raw)
-        if status < 0:
-            status = 128 - status
+        from blastwall.tiers._lifecycle import reap
+
+        pid, self._pid = self._pid, None
+        status = reap(pid)
         self._finish_egress()
         self.bwrap_messages = _drain(self._err_r)
         _drain(self._json_r)
@@ -343,11 +337,10 @@ class ProcessSandbox:
     def close(self) -> None:
         """Kill anything still running, reap it, remove placeholders, close fds."""
         if self._pid is not None:
+            from blastwall.tiers._lifecycle import reap_quietly
+
             self.kill()
-            try:
-                os.waitpid(self._pid, 0)
-            except ChildProcessError:
-                pass
+            reap_quietly(self._pid)
             self._pid = None
         for fd in (self._seccomp_fd, self._err_r, self._json_r, self._ready_r):
             if fd is not None:

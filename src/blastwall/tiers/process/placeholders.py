@@ -237,10 +237,6 @@ def recover(*, environ=os.environ) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from blastwall.tiers._lifecycle import alive
+
+    return alive(pid)
