@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "audit verify": ({}, "none", "check the audit log's hash chain"),
     "audit show": ({}, "one", "show one audit row with its hashes"),
     "audit export": ({"--json": (False, False)}, "none", "print every audit row as JSON"),
+    "mcp": ({"--workspace": (True, False), "--policy": (True, False), "--tier": (True, False)}, "none",
+            "serve sandboxed run_command/read_file/write_file tools over MCP (stdio)"),
     "version": ({}, "none", "print the version"),
 }
 
@@ -59,6 +61,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall approvals list [--workspace DIR] | revoke ID
        blastwall trust [--workspace DIR] [--yes] [--allow-widening] | --revoke | --list
        blastwall audit tail [-n N] [--json] | show SEQ | verify | export --json
+       blastwall mcp [--workspace DIR] [--policy FILE] [--tier TIER]
        blastwall version
 
 Sandbox options:

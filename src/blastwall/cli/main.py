@@ -541,6 +541,18 @@ def cmd_image_rm(parsed) -> int:
     return 0
 
 
+def cmd_mcp(parsed) -> int:
+    from blastwall.cli.mcp import serve
+    from blastwall.client import Sandbox
+
+    workspace = os.path.realpath(parsed.get("--workspace") or os.getcwd())
+    sandbox = Sandbox.create(tier=parsed.get("--tier"), policy_file=parsed.get("--policy"), workspace=workspace)
+    try:
+        return serve(sandbox)
+    finally:
+        sandbox.close()  # The workspace is the user's: it stays.
+
+
 def cmd_version(parsed) -> int:
     sys.stdout.write(f"blastwall {VERSION}\n")
     return 0
@@ -568,6 +580,7 @@ _HANDLERS = {
     "audit verify": cmd_audit_verify,
     "audit show": cmd_audit_show,
     "audit export": cmd_audit_export,
+    "mcp": cmd_mcp,
     "version": cmd_version,
     "help": cmd_help,
 }
