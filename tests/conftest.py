@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -101,3 +104,42 @@ def in_sandbox(script: str, *, home: Path, cwd: Path, args=(), env=None, timeout
 
 def assert_no_traceback(result) -> None:
     assert "Traceback" not in result.stderr, result.stderr
+
+
+# --- the egress gateway, for tests that grant network access -----------------------------------
+
+@pytest.fixture(scope="module")
+def gw_state():
+    """One gateway for the module: its state directory, killed at the end."""
+    BASE.mkdir(parents=True, exist_ok=True)
+    state = BASE / f"gateway-{os.getpid()}"
+    state.mkdir(exist_ok=True)
+    yield state
+    kill_gateway(state)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def gateway_pid(state) -> int | None:
+    from blastwall.egress.client import call
+
+    path = state / "blastwall" / "gateway" / "control.sock"
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            return int(call(s, "ping", [])["pid"][0])
+    except OSError:
+        return None
+
+
+def kill_gateway(state) -> None:
+    pid = gateway_pid(state)
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+
+

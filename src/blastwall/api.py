@@ -12,7 +12,7 @@ import sys
 
 from blastwall.errors import Unsupported
 from blastwall.policy import plan as P
-from blastwall.policy.load import cache_dir, config_dir, load_policy, state_dir
+from blastwall.policy.load import cache_dir, config_dir, state_dir
 from blastwall.policy.model import Layer, Policy
 
 __all__ = ["load", "plan_for", "protected_paths", "run", "sandbox"]

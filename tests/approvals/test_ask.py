@@ -13,7 +13,6 @@ import pytest
 
 from tests.cli.test_terminal import Terminal
 from tests.conftest import blastwall, needs_bwrap
-from tests.egress.test_gateway import gw_state, kill_gateway  # noqa: F401 - fixtures
 from tests.egress.upstreams import Upstream
 
 pytestmark = [needs_bwrap, pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")]
@@ -34,7 +33,7 @@ def ask_policy(scratch):
     return path
 
 
-def terminal(args, *, home, workspace, gw_state, env=None):  # noqa: F811
+def terminal(args, *, home, workspace, gw_state, env=None):
     extra = {"XDG_STATE_HOME": str(gw_state), "BLASTWALL_GATEWAY_IDLE": "60"}
     extra.update(env or {})
     return Terminal(args, home=home, cwd=workspace, extra_env=extra)

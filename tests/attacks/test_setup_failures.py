@@ -136,7 +136,7 @@ def test_user_namespaces_blocked(home, workspace):
     r = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script],
                        cwd=workspace, env=bw_env(home), capture_output=True, text=True, timeout=60)
     if "max_user_namespaces" in r.stderr and "Permission denied" in r.stderr and "blastwall" not in r.stderr:
-        pytest.skip("this kernel does not let a user namespace lower its own namespace limit")
+        pytest.skip(reason="this kernel does not let a user namespace lower its own namespace limit")
     assert r.returncode == 125, r.stderr
     assert "user namespace" in r.stderr and "fix:" in r.stderr
     assert_no_traceback(r)

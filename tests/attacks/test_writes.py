@@ -223,7 +223,7 @@ def test_setuid_binary_does_not_change_identity(home, workspace, scratch):
     os.chmod(binary, 0o4755)
     outside = subprocess.run([str(binary), "-u"], capture_output=True, text=True)
     if outside.stdout.strip() != "4242":
-        pytest.skip(f"{scratch} does not honour setuid bits (mounted nosuid?)")
+        pytest.skip(reason=f"{scratch} does not honour setuid bits (mounted nosuid?)")
     r = blastwall(["run", "--", str(binary), "-u"], home=home, cwd=workspace)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(os.getuid())
@@ -233,6 +233,6 @@ def test_require_landlock_runs_where_landlock_exists(home, workspace):
     from blastwall.tiers.process import landlock_abi
 
     if not landlock_abi():
-        pytest.skip("this kernel has no Landlock")
+        pytest.skip(reason="this kernel has no Landlock")
     r = blastwall(["run", "--require", "landlock", "--", "true"], home=home, cwd=workspace)
     assert r.returncode == 0, r.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,43 +19,10 @@ import time
 import pytest
 
 from blastwall.egress.client import call
-from tests.conftest import BASE, SECRET, blastwall, bw_env, needs_bwrap
+from tests.conftest import BASE, SECRET, blastwall, bw_env, gateway_pid, kill_gateway, needs_bwrap
 from tests.egress.upstreams import Echo, Upstream
 
 pytestmark = [needs_bwrap, pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")]
-
-
-@pytest.fixture(scope="module")
-def gw_state():
-    """One gateway for the module: its state directory, killed at the end."""
-    BASE.mkdir(parents=True, exist_ok=True)
-    state = BASE / f"gateway-{os.getpid()}"
-    state.mkdir(exist_ok=True)
-    yield state
-    kill_gateway(state)
-    shutil.rmtree(state, ignore_errors=True)
-
-
-def gateway_pid(state) -> int | None:
-    path = state / "blastwall" / "gateway" / "control.sock"
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(path))
-            return int(call(s, "ping", [])["pid"][0])
-    except OSError:
-        return None
-
-
-def kill_gateway(state) -> None:
-    pid = gateway_pid(state)
-    if pid:
-        os.kill(pid, signal.SIGKILL)
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import sys
 import pytest
 
 from tests.conftest import blastwall, needs_bwrap
-from tests.egress.test_gateway import gw_state, kill_gateway  # noqa: F401 - fixtures
 from tests.egress.upstreams import AsgiUpstream
 
 pytestmark = [needs_bwrap, pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")]
@@ -57,7 +56,7 @@ header = "x-api-key"
     return path
 
 
-def run(args, *, home, workspace, gw_state, timeout=120):  # noqa: F811
+def run(args, *, home, workspace, gw_state, timeout=120):
     env = {"XDG_STATE_HOME": str(gw_state), "BLASTWALL_GATEWAY_IDLE": "60", "EXAMPLE_API_KEY": REAL_KEY}
     return blastwall(args, home=home, cwd=workspace, env=env, timeout=timeout)
 

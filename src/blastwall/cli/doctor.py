@@ -129,7 +129,9 @@ def check_runsc() -> list[Check]:
         out.append(Check("container", "runsc platform", True, "ptrace: a sandbox ran `true`"))
     else:
         out.append(Check("container", "runsc platform", False, "ptrace: runsc could not run a sandbox"))
-    images = __import__("blastwall.tiers.container.images", fromlist=["x"]).list_images()
+    from blastwall.tiers.container.images import list_images
+
+    images = list_images()
     out.append(Check("container", "images", bool(images),
                      ", ".join(m.get("name", "?") for m in images) or "none built",
                      "" if images else "blastwall image build"))

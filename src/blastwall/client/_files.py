@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import stat
 
+from blastwall._nofollow import open_beneath
+
 MAX_FILE_BYTES = 64 << 20
 
 
@@ -23,29 +25,11 @@ def split_relative(path: str) -> list[str]:
     return parts
 
 
-def _open_dir(root: str, parts: list[str], *, create: bool) -> int:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            if create:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
 def write(root: str, path: str, data: bytes) -> None:
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"file larger than {MAX_FILE_BYTES} bytes")
     parts = split_relative(path)
-    parent = _open_dir(root, parts[:-1], create=True)
+    parent = open_beneath(root, parts[:-1], create=True)
     try:
         fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                      dir_fd=parent)
@@ -63,7 +47,7 @@ def write(root: str, path: str, data: bytes) -> None:
 
 def read(root: str, path: str) -> bytes:
     parts = split_relative(path)
-    parent = _open_dir(root, parts[:-1], create=False)
+    parent = open_beneath(root, parts[:-1], create=False)
     try:
         fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
         try:

@@ -203,7 +203,6 @@ class Gateway:
         self.state = state
         self.idle = idle
         self.registry = Registry()
-        self.ports: dict[str, int] = {}
         self.master = None
         self.addon = None
 
@@ -255,7 +254,6 @@ class Gateway:
         self.instances = {}
         for instance in ps.servers:
             kind = "socks" if instance.mode.type_name == "socks5" else "http"
-            self.ports[kind] = instance.listen_addrs[0][1]
             self.instances[kind] = instance
         # Only now is the certificate store final (mitmproxy configures its
         # addons again as it starts running).

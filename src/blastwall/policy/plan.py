@@ -413,7 +413,7 @@ def compile_plan(policy, host: Host) -> Plan:
                 raise EnforcementError(
                     f"Refusing to run: {current} is a symbolic link inside the writable {root}, "
                     f"so the sandbox could replace {lexical} with a file the host trusts",
-                    fix=f"replace the link with the real directory or file, or use a workspace without it",
+                    fix="replace the link with the real directory or file, or use a workspace without it",
                 )
 
     home = probe.realpath(host.home)

@@ -4,7 +4,45 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["alive", "reap", "reap_quietly"]
+__all__ = ["alive", "reap", "reap_quietly", "spawn"]
+
+
+def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_session: bool) -> int:
+    """Fork and exec ``argv`` with descriptors placed as ``layout`` ({target: source}); return the pid.
+
+    The child dies with its parent, even on SIGKILL (PR_SET_PDEATHSIG, checked
+    against the race with the parent's death).  Sources are first moved out of
+    the way, so placing one never clobbers another sitting on its target.  Any
+    failure before exec exits 125.
+    """
+    import ctypes
+    import fcntl
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG: no orphan may outlive run
+            os._exit(125)
+        if os.getppid() != parent:
+            os._exit(125)
+        moved = {}
+        for target, source in layout.items():
+            try:
+                moved[target] = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 64)
+            except OSError:
+                moved[target] = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        for target, temp in moved.items():
+            os.dup2(temp, target, inheritable=True)
+        if new_session:
+            os.setsid()
+        os.execve(argv[0], argv, env)
+    except BaseException:  # noqa: BLE001 - the child must never return into the caller
+        pass
+    os._exit(125)
 
 
 def reap(pid: int) -> int:

@@ -130,7 +130,6 @@ def test_launcher_refuses_without_seccomp(scratch):
 def test_launcher_refuses_when_landlock_required_but_unavailable(scratch):
     # Make Landlock look absent by answering its syscalls with ENOSYS, as an
     # old kernel would.
-    import ctypes
     import errno
 
     lib = _raw_seccomp._load()

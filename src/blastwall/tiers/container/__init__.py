@@ -79,8 +79,7 @@ class ContainerSandbox:
         self._id = f"blastwall-{secrets.token_hex(6)}"
         self._dir: str | None = None
         self._pid: int | None = None
-        self._placeholders: list = []
-        self._locked = False
+        self._guard = None
 
     @staticmethod
     def recover(*, environ=os.environ) -> None:
@@ -139,13 +138,10 @@ class ContainerSandbox:
             raise RuntimeError("prepare() must be called first")
         from blastwall.policy.load import state_dir
         from blastwall.tiers.container._raw_oci import oci_config, runsc_argv
-        from blastwall.tiers.process import placeholders
+        from blastwall.tiers.process.placeholders import Guard
 
-        roots = [op.path for op in self.plan.of(P.Writable)]
-        placeholders.lock_roots(roots)
-        self._locked = True
-        self._placeholders = placeholders.create(self.plan.of(P.Placeholder), roots, environ=self._environ)
-        mounts = self._mounts(roots)
+        self._guard = Guard(self.plan, environ=self._environ)
+        mounts = self._mounts([op.path for op in self.plan.of(P.Writable)])
         (env_op,) = self.plan.of(P.Environment)
         env = dict(env_op.variables)
         env["BLASTWALL_SANDBOX"] = "container"
@@ -164,24 +160,10 @@ class ContainerSandbox:
             json.dump(config, f)
         argv = runsc_argv(runsc=self._runsc, state=os.path.join(self._dir, "runsc"), platform=self.platform,
                           bundle=os.path.join(self._dir, "bundle"), container_id=self._id)
-        from blastwall.tiers.process import _prctl_pdeathsig
+        from blastwall.tiers._lifecycle import spawn
 
-        pdeathsig = _prctl_pdeathsig()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                pdeathsig()
-                if os.getppid() != parent:
-                    os._exit(125)
-                for target, source in ((0, stdin), (1, stdout), (2, stderr)):
-                    if source != target:
-                        os.dup2(source, target)
-                os.setsid()
-                os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-            except BaseException:
-                pass
-            os._exit(125)
+        pid = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: stdin, 1: stdout, 2: stderr},
+                    new_session=True)
         self._pid = pid
         return pid
 
@@ -230,12 +212,9 @@ class ContainerSandbox:
                            capture_output=True, timeout=30)
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-        if self._placeholders or self._locked:
-            from blastwall.tiers.process import placeholders
-
-            placeholders.remove(self._placeholders, environ=self._environ)
-            self._placeholders = []
-            self._locked = False
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
 
     def __enter__(self) -> "ContainerSandbox":
         self.prepare()

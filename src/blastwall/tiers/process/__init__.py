@@ -117,8 +117,7 @@ class ProcessSandbox:
         self.egress_summary: dict | None = None
         self.gateway_lost = False
         self._seccomp_fd: int | None = None
-        self._placeholders: list = []
-        self._locked = False
+        self._guard = None
         self._pid: int | None = None
         self._status: int | None = None
         self._err_r: int | None = None
@@ -180,7 +179,9 @@ class ProcessSandbox:
         self._started = True
         if not command:
             raise EnforcementError("Can't run an empty command")
-        self._create_placeholders()
+        from blastwall.tiers.process.placeholders import Guard
+
+        self._guard = Guard(self.plan, environ=self._environ)
         mounts = self._mounts()
         env = dict(self.plan.of(P.Environment)[0].variables)
         egress = self.plan.of(P.Egress)
@@ -227,32 +228,9 @@ class ProcessSandbox:
                   _FD_SECCOMP: self._seccomp_fd, _FD_STATUS: json_w}
         if block_r is not None:
             layout[_FD_BLOCK] = block_r
-        pdeathsig = _prctl_pdeathsig()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # Child: becomes bubblewrap.
-            try:
-                # Die with `blastwall run`, even on SIGKILL; then check we did not
-                # miss the parent's death between fork and prctl.
-                pdeathsig()
-                if os.getppid() != parent:
-                    os._exit(125)
-                # Move every source out of the way first, so that placing one
-                # cannot clobber another that happens to sit on its target number.
-                import fcntl
+        from blastwall.tiers._lifecycle import spawn
 
-                moved = {}
-                for target, source in layout.items():
-                    try:
-                        moved[target] = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 64)
-                    except OSError:
-                        moved[target] = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-                for target, temp in moved.items():
-                    os.dup2(temp, target, inheritable=True)
-                os.execve(argv[0], argv, env)
-            except BaseException:
-                pass
-            os._exit(125)
+        pid = spawn(argv, env, layout, new_session=False)
         os.close(err_w)
         os.close(json_w)
         os.close(ready_w)
@@ -350,7 +328,9 @@ class ProcessSandbox:
                     pass
         self._seccomp_fd = self._err_r = self._json_r = self._ready_r = None
         self._finish_egress()
-        self._remove_placeholders()
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
 
     def __enter__(self) -> "ProcessSandbox":
         self.prepare()
@@ -379,22 +359,6 @@ class ProcessSandbox:
             elif kind is P.Hide:
                 mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path))
         return mounts
-
-    def _create_placeholders(self) -> None:
-        from blastwall.tiers.process import placeholders
-
-        roots = [op.path for op in self.plan.of(P.Writable)]
-        placeholders.lock_roots(roots)
-        self._locked = True
-        self._placeholders = placeholders.create(self.plan.of(P.Placeholder), roots, environ=self._environ)
-
-    def _remove_placeholders(self) -> None:
-        if self._placeholders or self._locked:
-            from blastwall.tiers.process import placeholders
-
-            placeholders.remove(self._placeholders, environ=self._environ)
-            self._placeholders = []
-            self._locked = False
 
 
 class _LauncherRefused(EnforcementError):
@@ -459,15 +423,3 @@ def _drain(fd: int | None) -> str:
     finally:
         os.close(fd)
     return b"".join(chunks).decode("utf-8", "replace")
-
-
-def _prctl_pdeathsig():
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_PDEATHSIG = 1
-
-    def set_pdeathsig() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    return set_pdeathsig

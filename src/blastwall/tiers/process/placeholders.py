@@ -25,7 +25,7 @@ import os
 
 from blastwall.policy.load import state_dir
 
-__all__ = ["create", "lock_roots", "release", "remove", "recover"]
+__all__ = ["Guard", "create", "lock_roots", "release", "remove", "recover"]
 
 # (path, kind, dev, ino, root)
 Record = tuple[str, str, int, int, str]
@@ -132,16 +132,9 @@ def _open_parent(path: str, root: str) -> tuple[int, str]:
     parts = rel.split("/")
     if rel.startswith("..") or not parts or "" in parts:
         raise OSError(22, f"{path} is not beneath {root}")
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts[:-1]:
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except OSError:
-        os.close(fd)
-        raise
-    return fd, parts[-1]
+    from blastwall._nofollow import open_beneath
+
+    return open_beneath(root, parts[:-1], create=False), parts[-1]
 
 
 def _root_of(path: str, roots) -> str:
@@ -240,3 +233,24 @@ def _alive(pid: int) -> bool:
     from blastwall.tiers._lifecycle import alive
 
     return alive(pid)
+
+
+class Guard:
+    """A run's hold on its writable roots and its placeholders: ``close()`` undoes both.
+
+    Every tier that binds host directories uses this, so that placeholders are
+    locked, created, journaled and removed the same way everywhere.
+    """
+
+    def __init__(self, plan, *, environ=os.environ) -> None:
+        from blastwall.policy import plan as P
+
+        self._environ = environ
+        roots = [op.path for op in plan.of(P.Writable)]
+        lock_roots(roots)
+        self._records: list[Record] | None = create(plan.of(P.Placeholder), roots, environ=environ)
+
+    def close(self) -> None:
+        if self._records is not None:
+            remove(self._records, environ=self._environ)
+            self._records = None
