@@ -46,6 +46,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-extra=""
-[ "${1:-}" = "test" ] && extra="[test]"
+# The service extra (FastAPI, uvicorn, requests) is for `blastwall serve` and the SDK's remote backend.
+extra="[service]"
+[ "${1:-}" = "test" ] && extra="[service,test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"

@@ -45,6 +45,9 @@ def main(argv: list[str]) -> int:
     handler = _HANDLERS[parsed.command]
     try:
         return handler(parsed)
+    except UsageError as exc:  # An option's value, found wrong by its handler.
+        _say(f"blastwall: {exc}\n(run 'blastwall --help' for usage)")
+        return 2
     except ContainmentError as exc:
         if not getattr(exc, "already_reported", False):
             _say(f"blastwall: {exc}")
@@ -173,6 +176,12 @@ def cmd_run(parsed, command: list[str] | None = None) -> int:
         else:
             sandbox.start(command)
             status = sandbox.wait()
+        deadline = getattr(sandbox, "deadline", None)
+        if deadline is not None and deadline.expired:
+            from blastwall.policy.model import format_duration
+
+            _say(f"blastwall: Killed the sandbox: it ran longer than its [resources] timeout of "
+                 f"{format_duration(deadline.seconds)} (exit status {status})")
         return status
     finally:
         sandbox.close()
@@ -553,6 +562,195 @@ def cmd_mcp(parsed) -> int:
         sandbox.close()  # The workspace is the user's: it stays.
 
 
+def _service_db(parsed) -> str:
+    from blastwall.service.store import default_db_path
+
+    if parsed.get("--db"):
+        return os.path.abspath(parsed.get("--db"))
+    if parsed.get("--data-dir"):
+        return os.path.join(os.path.abspath(parsed.get("--data-dir")), "service.sqlite")
+    return default_db_path()
+
+
+def _option(parsed, name: str, convert, default=None):
+    """A converted option value; a bad one is a usage error (exit 2) naming the option."""
+    raw = parsed.get(name)
+    if raw is None:
+        return default
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise UsageError(f"{name}: {exc}") from None
+
+
+def _whole(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1e6:
+        raise ValueError(f"{text!r} is out of range")
+    return value
+
+
+def _expiry(text: str) -> float:
+    """An absolute time from a duration ("90d", "12h") or a date ("2026-01-31", "2026-01-31T12:00")."""
+    import time
+
+    from blastwall.service.ceiling import parse_duration
+
+    if text[:1].isdigit() and "-" in text:
+        import datetime
+
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a date like 2026-01-31 or a duration like 90d") from None
+        if when.tzinfo is None:
+            when = when.astimezone()
+        if when.timestamp() <= time.time():
+            raise ValueError(f"{text!r} is in the past")
+        return when.timestamp()
+    return time.time() + parse_duration(text, "expiry")
+
+
+def cmd_serve(parsed) -> int:
+    from blastwall.service.ceiling import Resources, parse_duration, parse_size
+    from blastwall.service.server import parse_listen, serve
+    from blastwall.service.sessions import Config
+    from blastwall.service.store import data_dir
+
+    listen = parsed.get("--listen") or "127.0.0.1:8700"
+    _option(parsed, "--listen", parse_listen)
+    directory = os.path.abspath(parsed.get("--data-dir") or data_dir())
+    memory = _option(parsed, "--memory", lambda v: parse_size(v, "size"), 512 << 20)
+    cpus = _option(parsed, "--cpus", _number, 1.0)
+    config = Config(
+        data_dir=directory,
+        policy_file=parsed.get("--policy"),
+        warm=_option(parsed, "--warm", _whole, 0),
+        max_upload=_option(parsed, "--max-upload", lambda v: parse_size(v, "size"), 64 << 20),
+        default_ttl=_option(parsed, "--default-ttl", lambda v: parse_duration(v, "duration"), 300),
+        max_sandboxes=_option(parsed, "--max-sandboxes", _whole, 100),
+        default_resources=Resources(memory, cpus, 512),
+    )
+    if bool(parsed.get("--tls-cert")) != bool(parsed.get("--tls-key")):
+        raise UsageError("serve: --tls-cert and --tls-key go together")
+    return serve(listen=listen, config=config, db_path=_service_db(parsed), tls_cert=parsed.get("--tls-cert"),
+                 tls_key=parsed.get("--tls-key"), log_level=(parsed.get("--log-level") or "info").lower())
+
+
+def cmd_tenant_add(parsed) -> int:
+    import json
+
+    from blastwall.service.ceiling import Ceiling, parse_duration, parse_size
+    from blastwall.service.store import Store
+
+    fields = {
+        "max_sessions": _option(parsed, "--max-sessions", _whole),
+        "max_memory": _option(parsed, "--max-memory", lambda v: parse_size(v, "size")),
+        "max_cpus": _option(parsed, "--max-cpus", _number),
+        "max_ttl": _option(parsed, "--max-ttl", lambda v: parse_duration(v, "duration")),
+        "allow_domains": parsed.get("--allow-domain"),
+        "images": parsed.get("--image"),
+    }
+    try:
+        ceiling = Ceiling.from_dict({k: v for k, v in fields.items() if v is not None})
+    except ValueError as exc:
+        raise UsageError(f"tenant add: {exc}") from None
+    expires = _option(parsed, "--expires", _expiry)
+    name = parsed.args[0]
+    store = Store(_service_db(parsed))
+    try:
+        key_id, key = store.add_tenant(name, ceiling, expires=expires)
+    except ValueError as exc:
+        _say(f"blastwall: Can't add tenant: {exc}")
+        return 2
+    finally:
+        store.close()
+    audit_event(kind="service", session=name, command=f"tenant add {name}", decision="allow",
+                rule=f"key {key_id}", reason=json.dumps(ceiling.as_dict(), sort_keys=True))
+    _say(f"blastwall: added tenant {name} with key bwk_{key_id}; the key is printed once, below:")
+    sys.stdout.write(key + "\n")
+    return 0
+
+
+def cmd_tenant_key(parsed) -> int:
+    from blastwall.service.store import Store
+
+    expires = _option(parsed, "--expires", _expiry)
+    name = parsed.args[0]
+    store = Store(_service_db(parsed))
+    try:
+        key_id, key = store.add_key(name, expires=expires)
+    except ValueError as exc:
+        _say(f"blastwall: Can't issue a key: {exc}")
+        return 2
+    finally:
+        store.close()
+    audit_event(kind="service", session=name, command=f"tenant key {name}", decision="allow", rule=f"key {key_id}")
+    _say(f"blastwall: new key bwk_{key_id} for {name}; the key is printed once, below:")
+    sys.stdout.write(key + "\n")
+    return 0
+
+
+def cmd_tenant_list(parsed) -> int:
+    import json
+    import time
+
+    from blastwall.service.ceiling import format_size
+    from blastwall.service.store import Store
+
+    store = Store(_service_db(parsed))
+    try:
+        tenants = store.tenants()
+    finally:
+        store.close()
+    if parsed.get("--json"):
+        sys.stdout.write(json.dumps(tenants, indent=1) + "\n")
+        return 0
+
+    def when(stamp) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "-"
+
+    now = time.time()
+    for tenant in tenants:
+        c = tenant["ceiling"]
+        state = f"revoked {when(tenant['revoked'])}" if tenant["revoked"] else "active"
+        sys.stdout.write(f"{tenant['name']}  {state}  sessions<={c['max_sessions']} "
+                         f"memory<={format_size(c['max_memory'])} cpus<={c['max_cpus']:g} ttl<={c['max_ttl']}s "
+                         f"images={','.join(c['images']) or '-'} domains={','.join(c['allow_domains']) or '-'}\n")
+        for key in tenant["keys"]:
+            if key["revoked"]:
+                status = f"revoked {when(key['revoked'])}"
+            elif key["expires"] and key["expires"] <= now:
+                status = f"expired {when(key['expires'])}"
+            else:
+                status = f"valid until {when(key['expires'])}" if key["expires"] else "valid"
+            sys.stdout.write(f"  bwk_{key['id']}  created {when(key['created'])}  {status}\n")
+    return 0
+
+
+def cmd_tenant_revoke(parsed) -> int:
+    from blastwall.service.store import Store
+
+    store = Store(_service_db(parsed))
+    try:
+        what = store.revoke(parsed.args[0])
+    except ValueError as exc:
+        _say(f"blastwall: Can't revoke: {exc}")
+        return 1
+    finally:
+        store.close()
+    audit_event(kind="service", session=parsed.args[0], command=f"tenant revoke {parsed.args[0]}", decision="revoke",
+                reason=what)
+    sys.stdout.write(f"revoked {what}\n")
+    return 0
+
+
 def cmd_version(parsed) -> int:
     sys.stdout.write(f"blastwall {VERSION}\n")
     return 0
@@ -581,6 +779,11 @@ _HANDLERS = {
     "audit show": cmd_audit_show,
     "audit export": cmd_audit_export,
     "mcp": cmd_mcp,
+    "serve": cmd_serve,
+    "tenant add": cmd_tenant_add,
+    "tenant key": cmd_tenant_key,
+    "tenant list": cmd_tenant_list,
+    "tenant revoke": cmd_tenant_revoke,
     "version": cmd_version,
     "help": cmd_help,
 }

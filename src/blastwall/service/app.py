@@ -1,0 +1,323 @@
+"""The HTTP API: FastAPI routes over the ``Manager``, and nothing else.
+
+Every route but ``/v1/health`` and ``/openapi.json`` needs an API key
+(``Authorization: Bearer bwk_...``, or ``X-API-Key``).  Every answer that is
+not a success has the body ``{"error": {"code": ..., "message": ...}}`` (see
+``errors.py``); a bug answers 500 with a generic message and is logged, never
+shown.  Request bodies are limited while they are read: 1 MiB for JSON,
+``--max-upload`` for file uploads (413 as soon as the limit is passed, or at
+once when ``Content-Length`` says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from blastwall.service.errors import ServiceError, Unauthorized, Unprocessable
+from blastwall.service.store import AuthFailure
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("blastwall.service")
+
+JSON_BODY_LIMIT = 1 << 20
+
+
+# --- request bodies (also the OpenAPI schema) ------------------------------------------------------
+
+class ResourcesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    memory: int | str | None = Field(None, description="bytes, or a size like 512M / 2G")
+    cpus: float | None = Field(None, description="CPUs, may be fractional")
+    pids: int | None = Field(None, description="most processes at once")
+
+
+class CreateSandbox(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = Field(None, max_length=64, description="image name (default: the tenant's first)")
+    template: str | None = Field(None, max_length=64, description="E2B's name for image")
+    tier: str | None = Field(None, description="only 'container' is served")
+    policy: str | dict | None = Field(None, description="a policy layer: TOML text or the same as a JSON object")
+    resources: ResourcesIn | None = None
+    ttl: int | None = Field(None, description="seconds until the sandbox is destroyed (default 300)")
+
+
+class SetTimeout(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl: int = Field(..., description="seconds from now until the sandbox is destroyed")
+
+
+class RunCommand(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cmd: str | list[str] = Field(..., description="a shell command (run by /bin/sh -c) or an argv list")
+    envs: dict[str, str] | None = None
+    cwd: str | None = Field(None, description="absolute, or relative to /home/user (the default)")
+    timeout: float = Field(60.0, description="seconds; then the command is killed and exit_code is 124")
+    background: bool = Field(False, description="return a command id at once instead of streaming")
+
+
+# --- the application ----------------------------------------------------------------------------------
+
+def create_app(manager, store) -> FastAPI:
+    app = FastAPI(title="blastwall sandbox service", version="1",
+                  description="Ephemeral gVisor sandboxes for many tenants. See docs/service.md.",
+                  docs_url=None, redoc_url=None, lifespan=_lifespan)
+    app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT, upload_limit=manager.config.max_upload)
+    _error_handlers(app)
+
+    def tenant_of(request: Request):
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            key = request.headers.get("x-api-key", "")
+            if not key:
+                raise Unauthorized("an API key is needed: send 'Authorization: Bearer <key>'")
+        try:
+            return store.authenticate(key.strip())
+        except AuthFailure as exc:
+            manager.audit("authenticate", "-", decision="deny", rule=f"key {exc.key_id}" if exc.key_id else "",
+                          reason=f"{exc.reason} from {_client(request)}", strict=False)
+            raise Unauthorized("the API key is invalid, revoked or expired") from None
+
+    @app.get("/v1/health", tags=["service"])
+    def health():
+        return {"status": "ok"}
+
+    @app.post("/v1/sandboxes", status_code=201, tags=["sandboxes"])
+    def create_sandbox(request: Request, body: CreateSandbox, tenant=Depends(tenant_of)):
+        if body.image is not None and body.template is not None and body.image != body.template:
+            raise Unprocessable("give image or template, not both", code="invalid_request")
+        sandbox = manager.create(tenant, policy=body.policy, image=body.image or body.template, tier=body.tier,
+                                 resources=body.resources.model_dump(exclude_none=True) if body.resources else None,
+                                 ttl=body.ttl, client=_client(request))
+        return sandbox.describe()
+
+    @app.get("/v1/sandboxes", tags=["sandboxes"])
+    def list_sandboxes(tenant=Depends(tenant_of)):
+        return {"sandboxes": [s.describe() for s in manager.list(tenant)]}
+
+    @app.get("/v1/sandboxes/{sandbox_id}", tags=["sandboxes"])
+    def get_sandbox(sandbox_id: str, tenant=Depends(tenant_of)):
+        return manager.get(tenant, sandbox_id).describe()
+
+    @app.delete("/v1/sandboxes/{sandbox_id}", status_code=204, tags=["sandboxes"])
+    def delete_sandbox(request: Request, sandbox_id: str, tenant=Depends(tenant_of)):
+        manager.delete(tenant, sandbox_id, client=_client(request))
+        return Response(status_code=204)
+
+    @app.post("/v1/sandboxes/{sandbox_id}/timeout", tags=["sandboxes"])
+    def set_timeout(sandbox_id: str, body: SetTimeout, tenant=Depends(tenant_of)):
+        return manager.set_ttl(tenant, sandbox_id, body.ttl).describe()
+
+    @app.post("/v1/sandboxes/{sandbox_id}/commands", tags=["commands"],
+              responses={200: {"description": "NDJSON lines: {\"stdout\": text}, {\"stderr\": text}, and last "
+                                              "{\"exit_code\": N, \"timed_out\": bool}",
+                               "content": {"application/x-ndjson": {}}},
+                         202: {"description": "background: {\"id\": \"cmd_...\", \"state\": \"running\"}"}})
+    def run_command(sandbox_id: str, body: RunCommand, tenant=Depends(tenant_of)):
+        command = manager.run(tenant, sandbox_id, body.cmd, envs=body.envs, cwd=body.cwd, timeout=body.timeout,
+                              background=body.background)
+        if body.background:
+            return JSONResponse(status_code=202, content={"id": command.id, "state": "running"})
+        return StreamingResponse(_stream(command), media_type="application/x-ndjson")
+
+    @app.get("/v1/sandboxes/{sandbox_id}/commands/{command_id}", tags=["commands"])
+    def command_status(sandbox_id: str, command_id: str, wait: float = 0, tenant=Depends(tenant_of)):
+        command = manager.command(tenant, sandbox_id, command_id)
+        if wait > 0:
+            command.wait(min(wait, 60.0))
+        return command.status()
+
+    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/kill", tags=["commands"])
+    def kill_command(sandbox_id: str, command_id: str, tenant=Depends(tenant_of)):
+        return manager.kill_command(tenant, sandbox_id, command_id).status()
+
+    @app.put("/v1/sandboxes/{sandbox_id}/files/{path:path}", tags=["files"],
+             openapi_extra={"requestBody": {"required": True,
+                                            "content": {"application/octet-stream": {"schema": {
+                                                "type": "string", "format": "binary"}}}}})
+    async def write_file(request: Request, sandbox_id: str, path: str, tenant=Depends(tenant_of)):
+        # Looked up before the body is read: an unknown sandbox costs no upload.
+        await run_in_threadpool(manager.get, tenant, sandbox_id)
+        data = await request.body()  # BodyLimit stops it at --max-upload.
+        size = await run_in_threadpool(manager.write_file, tenant, sandbox_id, path, data)
+        return {"path": path, "size": size}
+
+    @app.get("/v1/sandboxes/{sandbox_id}/files/{path:path}", tags=["files"],
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    async def read_file(sandbox_id: str, path: str, tenant=Depends(tenant_of)):
+        fd, size = await run_in_threadpool(manager.open_file, tenant, sandbox_id, path)
+        return StreamingResponse(_file_chunks(fd), media_type="application/octet-stream",
+                                 headers={"content-length": str(size)})
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    # Each streamed command and each create holds a worker thread; the
+    # default of 40 would cap the service at a few dozen busy sandboxes.
+    import anyio.to_thread
+
+    anyio.to_thread.current_default_thread_limiter().total_tokens = 256
+    yield
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+
+
+async def _stream(command):
+    finished = False
+    try:
+        while True:
+            event = await run_in_threadpool(_next_event, command)
+            if event is None:
+                continue
+            kind, payload = event
+            if kind == "exit":
+                finished = True
+                yield json.dumps(payload) + "\n"
+                return
+            yield json.dumps({kind: payload}) + "\n"
+    finally:
+        if not finished:
+            # The client went away: the command stops (in a thread: killing it
+            # runs `runsc kill`, which must not hold up the event loop).
+            import threading
+
+            threading.Thread(target=command.abandon, daemon=True).start()
+
+
+def _next_event(command):
+    import queue
+
+    try:
+        return command.events.get(timeout=1.0)
+    except queue.Empty:
+        return None
+
+
+async def _file_chunks(fd: int):
+    import os
+
+    try:
+        while True:
+            chunk = await run_in_threadpool(os.read, fd, 1 << 20)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+_HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 422: "invalid_request"}
+
+
+def _error(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
+    error: dict = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return JSONResponse(status_code=status, content={"error": error}, headers=headers)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(status_code=exc.status, content=exc.body(), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(400, "invalid_json", "the request body is not valid JSON")
+        # Never echo the input back: it may be large, or someone's secret.
+        details = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg", "")}
+                   for e in errors][:20]
+        summary = "; ".join(f"{d['field'] or 'body'}: {d['problem']}" for d in details[:3])
+        return _error(422, "invalid_request", summary or "invalid request", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "invalid_request")
+        message = exc.detail if isinstance(exc.detail, str) else "invalid request"
+        if exc.status_code == 404:
+            message = "no such route"
+        elif exc.status_code == 405:
+            message = "method not allowed on this route"
+        return _error(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal_error", "internal error; the operator's log has the details")
+
+
+# --- request body limits ----------------------------------------------------------------------------------
+
+class _TooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over the limit, early (Content-Length) or while they arrive."""
+
+    def __init__(self, app, *, json_limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.json_limit = json_limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = scope["method"] == "PUT" and "/files/" in scope["path"]
+        limit = self.upload_limit if upload else self.json_limit
+        length = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                length = value
+        if length is not None:
+            if not length.isdigit():
+                await _send_json(send, 400, {"error": {"code": "invalid_request",
+                                                       "message": "Content-Length is not a number"}})
+                return
+            if int(length) > limit:
+                await _send_json(send, 413, {"error": {"code": "payload_too_large",
+                                                       "message": f"the request body is larger than {limit} bytes"}})
+                return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})
+

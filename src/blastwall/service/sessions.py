@@ -1,0 +1,900 @@
+"""The sandbox manager: every sandbox the service runs, for whom, and until when.
+
+One ``Manager`` per service process.  It owns:
+
+* the live sandboxes, each a ``ContainerSession`` (gVisor) over a private
+  workspace directory mounted at ``/home/user`` inside, and bound to one
+  tenant: every lookup is by (tenant, id), so another tenant's id is exactly
+  as unknown as an id that never existed;
+* quotas, checked and reserved under one lock before anything boots, so
+  concurrent requests cannot overshoot a tenant's sessions or memory;
+* the TTL reaper (a thread that destroys expired sandboxes and those of
+  revoked tenants);
+* the warm pool: sandboxes of the default configuration booted ahead of
+  demand and handed to the first request that asks for exactly that;
+* crash recovery: at start, what a previous service process left (its
+  containers, its workspaces, its rows) is destroyed before anything new runs.
+
+Every action is written to the audit log *before* it takes effect; if the log
+cannot be written the action is refused (503), so nothing happens unaudited.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import os
+import queue
+import secrets
+import selectors
+import shutil
+import signal
+import threading
+import time
+
+from blastwall.errors import ContainmentError, PolicyError
+from blastwall.service.ceiling import (CeilingExceeded, Resources, TenantPolicyError, format_size, parse_size,
+                                       tenant_layer)
+from blastwall.service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
+    ServiceError, Unavailable, Unprocessable
+
+__all__ = ["Config", "Manager"]
+
+log = logging.getLogger("blastwall.service")
+
+MOUNT_AT = "/home/user"
+SANDBOX_USER = (1000, 1000)
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_COMMANDS_RUNNING = 16     # per sandbox
+MAX_COMMANDS_KEPT = 64        # finished background commands remembered per sandbox
+MAX_ARGV_BYTES = 256 << 10
+MAX_ENV_VALUE = 64 << 10
+KILL_GRACE = 5.0              # seconds to wait for a killed command's runsc exec
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+class Config:
+    """What ``blastwall serve`` was told; immutable once the manager starts."""
+
+    def __init__(self, *, data_dir: str, environ=None, audit_path: str | None = None, policy_file: str | None = None,
+                 warm: int = 0, max_upload: int = 64 << 20, default_ttl: int = 300,
+                 default_resources: Resources | None = None, max_sandboxes: int = 100,
+                 output_cap: int = 1 << 20, reap_interval: float = 0.5) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.environ = dict(os.environ if environ is None else environ)
+        self.audit_path = audit_path
+        self.policy_file = policy_file
+        self.warm = warm
+        self.max_upload = max_upload
+        self.default_ttl = default_ttl
+        self.default_resources = default_resources or Resources(512 << 20, 1.0, 512)
+        self.max_sandboxes = max_sandboxes
+        self.output_cap = output_cap
+        self.reap_interval = reap_interval
+
+    @property
+    def sandboxes_dir(self) -> str:
+        return os.path.join(self.data_dir, "sandboxes")
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+class Command:
+    """One command running in a sandbox, pumped by its own thread.
+
+    A streamed command hands its output to ``events`` (a bounded queue: a slow
+    reader slows the command down rather than filling the service's memory);
+    a background one keeps up to ``cap`` bytes of each stream.  The command
+    ends when its ``runsc exec`` exits (found through a pidfd), not at EOF:
+    a process the command left running inside may hold its pipes open.
+    """
+
+    def __init__(self, sandbox: "Sandbox", argv: list[str], *, env: dict, cwd: str, timeout: float,
+                 stream: bool, cap: int) -> None:
+        self.id = _new_id("cmd_")
+        self.sandbox = sandbox
+        self.argv = argv
+        self.started = time.time()
+        self.timeout = timeout
+        self.cap = cap
+        self.events: queue.Queue | None = queue.Queue(maxsize=256) if stream else None
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.truncated = False
+        self.exit_code: int | None = None
+        self.timed_out = False
+        self.killed = False
+        self.abandoned = False
+        self.done = threading.Event()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.pid = sandbox.session.exec(argv, env=env, cwd=cwd, stdin=devnull, stdout=out_w, stderr=err_w)
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, devnull):
+                os.close(fd)
+        self._fds = {out_r: "stdout", err_r: "stderr"}
+        self._thread = threading.Thread(target=self._pump, name=f"blastwall-{self.id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # The pump: the only reader of the pipes and the only reaper of the pid.
+    def _pump(self) -> None:
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
+        selector = selectors.DefaultSelector()
+        for fd, name in self._fds.items():
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ, name)
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            pidfd = None
+        if pidfd is not None:
+            selector.register(pidfd, selectors.EVENT_READ, "exit")
+        deadline = self.started + self.timeout
+        killed_at = None
+        try:
+            while self.exit_code is None:
+                now = time.time()
+                if now >= deadline and killed_at is None:
+                    self.timed_out = True
+                    self.kill()
+                if self.killed and killed_at is None:
+                    killed_at = now
+                if killed_at is not None and now - killed_at > KILL_GRACE:
+                    _killpg(self.pid, signal.SIGKILL)  # runsc exec itself did not go
+                for key, _mask in selector.select(timeout=0.2):
+                    if key.data == "exit":
+                        selector.unregister(key.fd)
+                        self._try_reap(block=True)
+                    elif self._read(key.fd, key.data, decoders) == "eof":
+                        selector.unregister(key.fd)
+                if pidfd is None:
+                    self._try_reap()
+            # The command has exited: what it wrote is in the pipes already.  Take
+            # that and stop; whatever still holds the pipes open is not this command.
+            for fd, name in self._fds.items():
+                for _ in range(256):
+                    if self._read(fd, name, decoders) != "data":
+                        break
+            for name, decoder in decoders.items():
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    self._deliver(name, tail)
+        except Exception:  # noqa: BLE001 - the command must still end for its waiters
+            log.exception("command %s: output pump failed", self.id)
+        finally:
+            selector.close()
+            for fd in self._fds:
+                os.close(fd)
+            if pidfd is not None:
+                os.close(pidfd)
+            if self.exit_code is None:
+                _killpg(self.pid, signal.SIGKILL)
+                self._try_reap(block=True)
+            if self.timed_out:
+                self.exit_code = 124
+            self.sandbox.command_finished(self)
+            self.done.set()
+            self._put(("exit", {"exit_code": self.exit_code, "timed_out": self.timed_out}))
+
+    def _read(self, fd: int, name: str, decoders) -> str:
+        """Read what is there: "data", "empty" (nothing now) or "eof"."""
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return "empty"
+        except OSError:
+            return "eof"
+        if not chunk:
+            return "eof"
+        self._deliver(name, decoders[name].decode(chunk))
+        return "data"
+
+    def _try_reap(self, *, block: bool = False) -> bool:
+        if self.exit_code is not None:
+            return True
+        try:
+            pid, raw = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            # Reaped by the session's close() (the sandbox was destroyed under it).
+            self.exit_code = 137
+            return True
+        if pid == 0:
+            return False
+        status = os.waitstatus_to_exitcode(raw)
+        self.exit_code = 128 - status if status < 0 else status
+        try:
+            self.sandbox.session.finished(self.pid)
+        except Exception:  # noqa: BLE001
+            pass
+        return True
+
+    def _deliver(self, name: str, text: str) -> None:
+        if self.events is not None:
+            self._put((name, text))
+            return
+        buffer = self.stdout if name == "stdout" else self.stderr
+        room = self.cap - len(buffer)
+        data = text.encode()
+        if len(data) > room:
+            self.truncated = True
+            data = data[:max(room, 0)]
+        buffer.extend(data)
+
+    def _put(self, event) -> None:
+        if self.events is None:
+            return
+        while not self.abandoned:
+            try:
+                self.events.put(event, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def kill(self) -> None:
+        if self.done.is_set():
+            return
+        self.killed = True
+        try:
+            self.sandbox.session.signal_exec(self.pid, signal.SIGKILL)
+        except Exception:  # noqa: BLE001 - the sandbox may be going away
+            log.debug("command %s: kill failed", self.id, exc_info=True)
+
+    def abandon(self) -> None:
+        """The streaming client went away: stop the command and stop queueing its output."""
+        self.abandoned = True
+        self.kill()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self.done.wait(timeout)
+
+    def status(self) -> dict:
+        return {"id": self.id, "state": "exited" if self.done.is_set() else "running",
+                "exit_code": self.exit_code if self.done.is_set() else None, "timed_out": self.timed_out,
+                "stdout": self.stdout.decode("utf-8", "replace"), "stderr": self.stderr.decode("utf-8", "replace"),
+                "truncated": self.truncated, "started_at": self.started}
+
+
+# --- sandboxes ----------------------------------------------------------------------------------
+
+class Sandbox:
+    """One tenant's sandbox: its session, workspace, deadline and commands."""
+
+    def __init__(self, sandbox_id: str, tenant: str | None, *, image: str, resources: Resources, expires: float,
+                 workspace: str, allow: tuple[str, ...]) -> None:
+        self.id = sandbox_id
+        self.tenant = tenant
+        self.image = image
+        self.resources = resources
+        self.created = time.time()
+        self.expires = expires
+        self.workspace = workspace
+        self.allow = allow
+        self.session = None
+        self.state = "booting"
+        self.lock = threading.Lock()
+        self.commands: dict[str, Command] = {}
+
+    @property
+    def label(self) -> str:
+        # A warm sandbox has no tenant yet; it has no network either, so no
+        # gateway session carries this label.
+        return f"{self.tenant}/{self.id}" if self.tenant else f"warm/{self.id}"
+
+    def running_commands(self) -> int:
+        return sum(1 for c in self.commands.values() if not c.done.is_set())
+
+    def command_finished(self, command: Command) -> None:
+        with self.lock:
+            finished = [c for c in self.commands.values() if c.done.is_set() or c is command]
+            for old in finished[:-MAX_COMMANDS_KEPT] if len(finished) > MAX_COMMANDS_KEPT else []:
+                self.commands.pop(old.id, None)
+            if command.events is not None:
+                self.commands.pop(command.id, None)  # Streamed: its client has the output.
+
+    def describe(self) -> dict:
+        return {"id": self.id, "state": self.state, "image": self.image, "tier": "container",
+                "created_at": self.created, "expires_at": self.expires,
+                "ttl_remaining": max(0, round(self.expires - time.time(), 1)),
+                "resources": self.resources.as_dict(), "network": {"allow": list(self.allow)},
+                "workdir": MOUNT_AT}
+
+
+# --- the manager --------------------------------------------------------------------------------
+
+class Manager:
+    def __init__(self, config: Config, store) -> None:
+        self.config = config
+        self.store = store
+        self._lock = threading.Lock()
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._warm: list[Sandbox] = []
+        self._warm_booting = 0
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._audit = None
+        self._audit_lock = threading.Lock()
+        self._lockfd: int | None = None
+        self._base_layers: list = []
+        self._default_has_egress = False
+        self._warm_wakeup = threading.Event()
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Lock the data directory, reap what a previous process left, start the reaper and the pool."""
+        import fcntl
+
+        os.makedirs(self.config.sandboxes_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.config.data_dir, 0o700)
+        os.chmod(self.config.sandboxes_dir, 0o700)
+        fd = os.open(os.path.join(self.config.data_dir, "service.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ContainmentError(f"Can't start the service: another `blastwall serve` uses {self.config.data_dir}",
+                                   fix="stop it, or give this one its own --data-dir") from None
+        self._lockfd = fd
+        from blastwall.audit.log import AuditLog, default_path
+
+        self._audit = AuditLog(self.config.audit_path or self.config.environ.get("BLASTWALL_AUDIT_DB")
+                               or default_path(self.config.environ))
+        from blastwall.policy.load import user_layers
+
+        # The operator's base policy (``--policy``), or the built-in defaults: never
+        # root's personal policy file by accident.
+        self._base_layers = user_layers(self.config.policy_file, environ=self.config.environ) \
+            if self.config.policy_file else []
+        self._default_has_egress = self._policy_has_egress(self._merge(None, None))
+        self.reap_leftovers()
+        for target, name in ((self._reap_loop, "blastwall-ttl"), (self._warm_loop, "blastwall-warm")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        """Destroy every sandbox (they are ephemeral: a stopped service keeps none)."""
+        self._stopping.set()
+        self._warm_wakeup.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        with self._lock:
+            victims = list(self._sandboxes.values()) + list(self._warm)
+            self._warm.clear()
+        for sandbox in victims:
+            self._destroy(sandbox, reason="service stopped")
+        if self._audit is not None:
+            with self._audit_lock:
+                self._audit.close()
+                self._audit = None
+        if self._lockfd is not None:
+            os.close(self._lockfd)
+            self._lockfd = None
+
+    def reap_leftovers(self) -> None:
+        """Destroy the containers, workspaces and rows a previous (crashed) service process left."""
+        from blastwall.tiers.container.session import ContainerSession
+
+        try:
+            ContainerSession.recover(environ=self.config.environ)
+        except Exception:  # noqa: BLE001 - recovery must not keep the service down; say so
+            log.exception("reaping leftover containers failed")
+        for row in self.store.sandbox_rows():
+            self._remove_workspace(row["workspace"])
+            self.store.remove_sandbox(row["id"])
+            self.audit("reap", row["tenant"] or "-", row["id"], decision="destroy",
+                       reason=f"left by service process {row['owner']}", strict=False)
+        # Workspaces without a row (a crash between mkdir and the insert).
+        for name in os.listdir(self.config.sandboxes_dir):
+            self._remove_workspace(os.path.join(self.config.sandboxes_dir, name))
+
+    def _remove_workspace(self, path: str) -> None:
+        # Only ever inside our own sandboxes directory, whatever a row says.
+        base = self.config.sandboxes_dir
+        if os.path.dirname(os.path.abspath(path)) != base or os.path.basename(path) in ("", ".", ".."):
+            log.error("refusing to remove %r: not a workspace of this service", path)
+            return
+        shutil.rmtree(path, ignore_errors=True)
+
+    # -- audit ----------------------------------------------------------------------------------
+    def audit(self, action: str, tenant: str, sandbox_id: str = "", *, decision: str = "allow", detail: str = "",
+              reason: str = "", rule: str = "", strict: bool = True) -> None:
+        """One audit row; with ``strict`` an unwritable log refuses the action (503)."""
+        try:
+            with self._audit_lock:
+                if self._audit is None:
+                    raise RuntimeError("the audit log is closed")
+                self._audit.append(kind="service", session=f"{tenant}/{sandbox_id}" if sandbox_id else tenant,
+                                   command=f"{action} {detail}".strip(), decision=decision, rule=rule,
+                                   reason=reason)
+        except Exception as exc:  # noqa: BLE001
+            log.error("audit append failed (%s %s/%s): %r", action, tenant, sandbox_id, exc)
+            if strict:
+                raise Unavailable("the audit log cannot be written; nothing was done",
+                                  code="audit_unavailable") from None
+
+    # -- policy ------------------------------------------------------------------------------------
+    def _merge(self, layer, request_layer, resources: Resources | None = None):
+        from blastwall.policy.model import SCHEMA, merge, parse_layer
+
+        # The service's own top layer: only the workspace is writable, whatever
+        # the base policy or the tenant said, and the resources it granted.
+        forced: dict = {"filesystem": {"allow_write": ["."]}, "sandbox": {"tier": "container"}}
+        if resources is not None and "resources" in SCHEMA:
+            forced["resources"] = {"memory": resources.memory, "cpus": resources.cpus, "pids": resources.pids}
+        layers = [*self._base_layers]
+        if layer is not None:
+            layers.append(layer)
+        if request_layer is not None:
+            layers.append(request_layer)
+        layers.append(parse_layer(forced, "service"))
+        return merge(layers)
+
+    @staticmethod
+    def _policy_has_egress(policy) -> bool:
+        net = policy.network
+        return bool(net.allow or net.rules or net.unlisted == "ask")
+
+    def _plan_environ(self) -> dict:
+        # The environment the plan is compiled with becomes the sandbox's
+        # environment: never the service's own (it may hold the operator's secrets).
+        from blastwall.policy.load import _home
+
+        return {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": _home(self.config.environ)}
+
+    def resolve_request(self, tenant, *, policy, image, tier, resources, ttl):
+        """Validate a create request against the tenant's ceiling: (policy, resources, ttl, is_default)."""
+        from blastwall.policy.load import parse_toml
+
+        layer = None
+        if policy is not None and policy != "" and policy != {}:
+            if isinstance(policy, str):
+                if len(policy.encode()) > 1 << 20:
+                    raise Unprocessable("policy: larger than 1 MiB")
+                try:
+                    document = parse_toml(policy, "policy")
+                except PolicyError as exc:
+                    raise Unprocessable(exc.message) from None
+            else:
+                document = policy
+            try:
+                layer = tenant_layer(document, "policy")
+            except TenantPolicyError as exc:
+                raise Unprocessable(exc.message) from None
+        request_doc: dict = {}
+        if image is not None:
+            request_doc.setdefault("sandbox", {})["image"] = image
+        if tier is not None:
+            request_doc.setdefault("sandbox", {})["tier"] = tier
+        request_layer = None
+        if request_doc:
+            try:
+                request_layer = tenant_layer(request_doc, "request")
+            except TenantPolicyError as exc:
+                raise Unprocessable(exc.message) from None
+        for asked in (layer, request_layer):
+            tier_value = asked.values.get(("sandbox", "tier")) if asked is not None else None
+            if tier_value is not None and tier_value[1] != "container":
+                raise Unprocessable(f"sandbox.tier: this service runs sandboxes in the container tier only, not "
+                                    f"{tier_value[1]!r}")
+        merged = self._merge(layer, request_layer)
+        # Resources: the service's defaults < the policies' [resources] < the request's.
+        requested = {}
+        if "resources" in merged.as_dict():
+            for key in ("memory", "cpus", "pids"):
+                value = getattr(merged.resources, key)
+                if value is not None:
+                    requested[key] = value
+        requested.update(resources or {})
+        try:
+            wanted = self.config.default_resources.merged(requested)
+        except ValueError as exc:
+            raise Unprocessable(str(exc), code="invalid_request") from None
+        if ttl is None:
+            ttl = min(self.config.default_ttl, tenant.ceiling.max_ttl)
+        elif isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+            raise Unprocessable("ttl: expected a whole number of seconds > 0", code="invalid_request")
+        try:
+            tenant.ceiling.check(merged, wanted, ttl)
+        except CeilingExceeded as exc:
+            raise Forbidden(f"{exc.field}: {exc}") from None
+        is_default = (layer is None and merged.sandbox.image == "default" and wanted == self.config.default_resources
+                      and not self._default_has_egress)
+        return self._merge(layer, request_layer, wanted), wanted, ttl, is_default
+
+    # -- create ----------------------------------------------------------------------------------
+    def create(self, tenant, *, policy=None, image=None, tier=None, resources=None, ttl=None,
+               client: str = "") -> Sandbox:
+        if self._stopping.is_set():
+            raise Unavailable("the service is shutting down", code="shutting_down")
+        merged, wanted, ttl, is_default = self.resolve_request(tenant, policy=policy, image=image, tier=tier,
+                                                               resources=resources, ttl=ttl)
+        ceiling = tenant.ceiling
+        with self._lock:
+            mine = [s for s in self._sandboxes.values() if s.tenant == tenant.name]
+            if len(mine) >= ceiling.max_sessions:
+                raise QuotaExceeded(f"this tenant already has {len(mine)} sandboxes (at most "
+                                    f"{ceiling.max_sessions}); delete one or wait for one to expire")
+            used = sum(s.resources.memory for s in mine)
+            if used + wanted.memory > ceiling.max_memory:
+                raise QuotaExceeded(f"this tenant's sandboxes use {format_size(used)} of "
+                                    f"{format_size(ceiling.max_memory)} memory; {format_size(wanted.memory)} more "
+                                    "does not fit")
+            if len(self._sandboxes) >= self.config.max_sandboxes:
+                raise QuotaExceeded("the service is at capacity; try again later")
+            sandbox = self._warm.pop(0) if is_default and self._warm else None
+            if sandbox is not None:
+                sandbox.tenant = tenant.name
+                sandbox.expires = time.time() + ttl
+            else:
+                sandbox = Sandbox(_new_id("sbx_"), tenant.name, image=merged.sandbox.image, resources=wanted,
+                                  expires=time.time() + ttl, workspace="", allow=tuple(merged.network.allow))
+                sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
+            self._sandboxes[sandbox.id] = sandbox
+        warm = sandbox.session is not None
+        if warm:
+            self._warm_wakeup.set()
+        try:
+            self.audit("create", tenant.name, sandbox.id, rule=f"key {tenant.key_id}",
+                       detail=f"image={sandbox.image} memory={format_size(wanted.memory)} cpus={wanted.cpus:g} "
+                              f"ttl={ttl}s allow={','.join(merged.network.allow) or '-'}",
+                       reason=f"from {client}{' (warm)' if warm else ''}")
+            if warm:
+                self.store.update_sandbox(sandbox.id, tenant=tenant.name, expires=sandbox.expires)
+            else:
+                self._boot(sandbox, merged)
+        except BaseException as exc:
+            with self._lock:
+                self._sandboxes.pop(sandbox.id, None)
+            self._teardown(sandbox)
+            if isinstance(exc, ServiceError) and exc.code == "audit_unavailable":
+                raise
+            self.audit("create", tenant.name, sandbox.id, decision="failed", reason=_reason(exc), strict=False)
+            raise _translate(exc) from None
+        with sandbox.lock:
+            sandbox.state = "running"
+        return sandbox
+
+    def _boot(self, sandbox: Sandbox, policy) -> None:
+        """Workspace, plan, row, boot: in that order, so a crash at any point leaves something to reap."""
+        from blastwall import api
+        from blastwall.tiers.container.session import ContainerSession
+
+        os.mkdir(sandbox.workspace, 0o700)
+        os.chown(sandbox.workspace, *SANDBOX_USER)
+        plan = api.plan_for(policy, workspace=sandbox.workspace, cwd=sandbox.workspace, environ=self._plan_environ())
+        session = ContainerSession(plan, image=sandbox.image, environ=self.config.environ,
+                                   workspace=sandbox.workspace, mount_at=MOUNT_AT, user=SANDBOX_USER,
+                                   label=sandbox.label)
+        sandbox.session = session
+        self.store.add_sandbox(sandbox.id, tenant=sandbox.tenant or "", container=session.id,
+                               workspace=sandbox.workspace, expires=sandbox.expires)
+        session.boot()
+
+    def _teardown(self, sandbox: Sandbox) -> None:
+        """Everything of ``sandbox`` gone: commands, container, workspace, row."""
+        for command in list(sandbox.commands.values()):
+            command.abandoned = True
+        if sandbox.session is not None:
+            try:
+                sandbox.session.close()
+            except Exception:  # noqa: BLE001 - keep tearing down; the reaper gets the rest at the next start
+                log.exception("closing sandbox %s failed", sandbox.id)
+        if sandbox.workspace:
+            self._remove_workspace(sandbox.workspace)
+        try:
+            self.store.remove_sandbox(sandbox.id)
+        except Exception:  # noqa: BLE001
+            log.exception("removing the row of sandbox %s failed", sandbox.id)
+
+    def _destroy(self, sandbox: Sandbox, *, reason: str) -> bool:
+        """Take ``sandbox`` out of service and tear it down; False if someone else already did."""
+        with sandbox.lock:
+            if sandbox.state in ("closing", "closed"):
+                return False
+            sandbox.state = "closing"
+        with self._lock:
+            if self._sandboxes.get(sandbox.id) is sandbox:
+                del self._sandboxes[sandbox.id]
+        self._teardown(sandbox)
+        with sandbox.lock:
+            sandbox.state = "closed"
+        if sandbox.tenant is not None:
+            self.audit("destroy", sandbox.tenant, sandbox.id, decision="destroy", reason=reason, strict=False)
+        return True
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def get(self, tenant, sandbox_id: str) -> Sandbox:
+        """The tenant's running sandbox; NotFound for anything else, with the same answer either way."""
+        with self._lock:
+            sandbox = self._sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
+        if sandbox is None or sandbox.tenant != tenant.name or sandbox.state != "running":
+            raise NotFound(f"no sandbox {sandbox_id[:64]!r}" if isinstance(sandbox_id, str) else "no such sandbox")
+        return sandbox
+
+    def list(self, tenant) -> list[Sandbox]:
+        with self._lock:
+            return [s for s in self._sandboxes.values() if s.tenant == tenant.name and s.state == "running"]
+
+    def delete(self, tenant, sandbox_id: str, *, client: str = "") -> None:
+        sandbox = self.get(tenant, sandbox_id)
+        self.audit("delete", tenant.name, sandbox.id, decision="allow", reason=f"from {client}")
+        self._destroy(sandbox, reason="deleted by the tenant")
+
+    def set_ttl(self, tenant, sandbox_id: str, ttl: object) -> Sandbox:
+        sandbox = self.get(tenant, sandbox_id)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+            raise Unprocessable("ttl: expected a whole number of seconds > 0", code="invalid_request")
+        if ttl > tenant.ceiling.max_ttl:
+            raise Forbidden(f"ttl: a TTL of {ttl}s is more than this tenant's {tenant.ceiling.max_ttl}s")
+        self.audit("set-ttl", tenant.name, sandbox.id, detail=f"ttl={ttl}s")
+        sandbox.expires = time.time() + ttl
+        self.store.update_sandbox(sandbox.id, expires=sandbox.expires)
+        return sandbox
+
+    # -- commands ----------------------------------------------------------------------------------
+    def run(self, tenant, sandbox_id: str, cmd, *, envs=None, cwd=None, timeout=60.0, background=False) -> Command:
+        sandbox = self.get(tenant, sandbox_id)
+        argv = _argv(cmd)
+        env = _envs(envs)
+        workdir = _cwd(cwd)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+            raise Unprocessable("timeout: expected seconds between 0 and 86400", code="invalid_request")
+        with sandbox.lock:
+            if sandbox.state != "running":
+                raise NotFound(f"no sandbox {sandbox_id!r}")
+            if sandbox.running_commands() >= MAX_COMMANDS_RUNNING:
+                raise QuotaExceeded(f"this sandbox already runs {MAX_COMMANDS_RUNNING} commands")
+            self.audit("exec", tenant.name, sandbox.id, detail=_shorten(argv),
+                       reason=f"cwd={workdir} timeout={timeout:g}s{' background' if background else ''}")
+            try:
+                command = Command(sandbox, argv, env=env, cwd=workdir, timeout=float(timeout),
+                                  stream=not background, cap=self.config.output_cap)
+            except ContainmentError as exc:
+                raise _translate(exc) from None
+            # Registered before its pump starts, so that it is counted while it
+            # runs and its end always finds it.
+            sandbox.commands[command.id] = command
+            command.start()
+        return command
+
+    def command(self, tenant, sandbox_id: str, command_id: str) -> Command:
+        sandbox = self.get(tenant, sandbox_id)
+        with sandbox.lock:
+            command = sandbox.commands.get(command_id) if isinstance(command_id, str) else None
+        if command is None or command.events is not None:
+            raise NotFound(f"no command {str(command_id)[:64]!r} in this sandbox", code="command_not_found")
+        return command
+
+    def kill_command(self, tenant, sandbox_id: str, command_id: str) -> Command:
+        command = self.command(tenant, sandbox_id, command_id)
+        self.audit("kill", tenant.name, sandbox_id, detail=command.id)
+        command.kill()
+        command.wait(KILL_GRACE)
+        return command
+
+    # -- files --------------------------------------------------------------------------------------
+    def write_file(self, tenant, sandbox_id: str, path: str, data: bytes) -> int:
+        from blastwall.client import _files
+
+        sandbox = self.get(tenant, sandbox_id)
+        relative = _workspace_path(path)
+        if len(data) > self.config.max_upload:
+            raise PayloadTooLarge(f"the file is larger than {format_size(self.config.max_upload)}")
+        # Under the sandbox's lock: a sandbox being destroyed never gets a file
+        # written into its half-removed workspace.
+        with sandbox.lock:
+            if sandbox.state != "running":
+                raise NotFound(f"no sandbox {sandbox_id!r}")
+            self.audit("write", tenant.name, sandbox.id, detail=relative, reason=f"{len(data)} bytes")
+            try:
+                _files.write(sandbox.workspace, relative, data, limit=self.config.max_upload, owner=SANDBOX_USER)
+            except (OSError, ValueError) as exc:
+                raise _file_error(path, exc) from None
+        return len(data)
+
+    def open_file(self, tenant, sandbox_id: str, path: str) -> tuple[int, int]:
+        """(fd, size) of a file in the sandbox's workspace; the caller closes fd."""
+        from blastwall.client import _files
+
+        sandbox = self.get(tenant, sandbox_id)
+        relative = _workspace_path(path)
+        self.audit("read", tenant.name, sandbox.id, detail=relative)
+        try:
+            return _files.open_regular(sandbox.workspace, relative, limit=self.config.max_upload)
+        except (OSError, ValueError) as exc:
+            raise _file_error(path, exc) from None
+
+    # -- background threads --------------------------------------------------------------------------
+    def _reap_loop(self) -> None:
+        last_revoked_check = 0.0
+        while not self._stopping.wait(self.config.reap_interval):
+            try:
+                now = time.time()
+                with self._lock:
+                    live = list(self._sandboxes.values())
+                doomed = [(s, "TTL expired") for s in live if s.state == "running" and s.expires <= now]
+                if now - last_revoked_check >= 2.0:
+                    last_revoked_check = now
+                    revoked = self.store.revoked_tenants()
+                    doomed += [(s, "tenant revoked") for s in live if s.tenant in revoked and s.state == "running"]
+                # In parallel: a tear-down takes a while, and one slow sandbox
+                # must not keep the others alive past their time.
+                workers = [threading.Thread(target=self._destroy, args=(s,), kwargs={"reason": why}, daemon=True)
+                           for s, why in doomed]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+            except Exception:  # noqa: BLE001 - the reaper must keep running
+                log.exception("the TTL reaper failed; retrying")
+
+    def _warm_loop(self) -> None:
+        """Keep ``config.warm`` default sandboxes booted and unclaimed."""
+        if self.config.warm <= 0:
+            return
+        if self._default_has_egress:
+            log.warning("warm pool disabled: the base policy allows network access, and a pooled sandbox's "
+                        "gateway session cannot be moved to a tenant")
+            return
+        failures = 0
+        while not self._stopping.is_set():
+            with self._lock:
+                missing = self.config.warm - len(self._warm)
+            if missing <= 0:
+                self._warm_wakeup.wait(5)
+                self._warm_wakeup.clear()
+                continue
+            defaults = self.config.default_resources
+            sandbox = Sandbox(_new_id("sbx_"), None, image="default", resources=defaults,
+                              expires=time.time() + 86400, workspace="", allow=())
+            sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
+            try:
+                self._boot(sandbox, self._merge(None, None, defaults))
+            except Exception as exc:  # noqa: BLE001
+                self._teardown(sandbox)
+                failures += 1
+                log.error("warm pool: booting a sandbox failed (%s); retrying in %ss", _reason(exc),
+                          min(60, 2 ** failures))
+                if self._stopping.wait(min(60, 2 ** failures)):
+                    return
+                continue
+            failures = 0
+            with self._lock:
+                if self._stopping.is_set():
+                    stop = True
+                else:
+                    stop = False
+                    self._warm.append(sandbox)
+            if stop:
+                self._teardown(sandbox)
+                return
+
+    def warm_count(self) -> int:
+        with self._lock:
+            return len(self._warm)
+
+
+# --- request checks (pure) -----------------------------------------------------------------------
+
+def _argv(cmd) -> list[str]:
+    if isinstance(cmd, str):
+        argv = ["/bin/sh", "-c", cmd]
+    elif isinstance(cmd, list) and cmd and all(isinstance(a, str) for a in cmd):
+        argv = list(cmd)
+    else:
+        raise Unprocessable("cmd: expected a shell command string or a non-empty list of strings",
+                            code="invalid_request")
+    if any("\x00" in a for a in argv) or sum(len(a.encode()) for a in argv) > MAX_ARGV_BYTES:
+        raise Unprocessable("cmd: contains NUL or is longer than 256 KiB", code="invalid_request")
+    return argv
+
+
+def _envs(envs) -> dict[str, str]:
+    from blastwall.policy.model import is_env_name
+
+    if envs is None:
+        return {}
+    if not isinstance(envs, dict) or len(envs) > 256:
+        raise Unprocessable("envs: expected a table of at most 256 NAME: value pairs", code="invalid_request")
+    for name, value in envs.items():
+        if not isinstance(name, str) or not is_env_name(name):
+            raise Unprocessable(f"envs: {str(name)[:64]!r} is not an environment variable name",
+                                code="invalid_request")
+        if not isinstance(value, str) or "\x00" in value or len(value) > MAX_ENV_VALUE:
+            raise Unprocessable(f"envs.{name}: expected a string without NUL, at most 64 KiB", code="invalid_request")
+    return dict(envs)
+
+
+def _cwd(cwd) -> str:
+    if cwd is None or cwd == "":
+        return MOUNT_AT
+    if not isinstance(cwd, str) or "\x00" in cwd or len(cwd) > 4096:
+        raise Unprocessable("cwd: expected a path", code="invalid_request")
+    path = cwd if cwd.startswith("/") else f"{MOUNT_AT}/{cwd}"
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise Unprocessable("cwd: no '..' components", code="invalid_request")
+    return "/" + "/".join(parts)
+
+
+def _workspace_path(path: object) -> str:
+    """The workspace-relative form of a files API path: relative, or absolute under /home/user."""
+    if not isinstance(path, str) or not path or "\x00" in path or len(path) > 4096:
+        raise BadRequest("invalid file path", code="invalid_path")
+    relative = path
+    if path.startswith("/"):
+        prefix = MOUNT_AT + "/"
+        if not path.startswith(prefix):
+            raise BadRequest(f"{path[:200]!r} is not inside {MOUNT_AT}", code="invalid_path")
+        relative = path[len(prefix):]
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or relative.startswith("/"):
+        raise BadRequest(f"{path[:200]!r} is not a file path inside {MOUNT_AT}", code="invalid_path")
+    return "/".join(parts)
+
+
+def _file_error(path: str, exc: Exception) -> ServiceError:
+    import errno
+
+    shown = repr(path[:200])
+    if isinstance(exc, ValueError):
+        return BadRequest(f"{shown}: {exc}", code="invalid_path")
+    number = getattr(exc, "errno", None)
+    if number == errno.ENOENT:
+        return NotFound(f"{shown}: no such file", code="file_not_found")
+    if number in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return BadRequest(f"{shown}: a component is a symbolic link or not a directory", code="invalid_path")
+    if number in (errno.EFBIG, 27):
+        return PayloadTooLarge(f"{shown}: {getattr(exc, 'strerror', None) or exc}")
+    if number in (errno.EISDIR, errno.EINVAL, errno.ENXIO):
+        return BadRequest(f"{shown}: not a regular file", code="invalid_path")
+    if number == errno.ENOSPC:
+        return Unavailable(f"{shown}: no space left for the workspace")
+    return BadRequest(f"{shown}: {getattr(exc, 'strerror', None) or 'cannot be accessed'}", code="invalid_path")
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """A failure while creating or running, as the client should see it."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, PolicyError):
+        return Unprocessable(exc.message)
+    if isinstance(exc, ContainmentError):
+        log.error("sandbox set-up failed: %s", exc)
+        return Unavailable("the sandbox could not be started on this service; the operator's log has the cause")
+    if isinstance(exc, Exception):
+        log.error("sandbox set-up failed", exc_info=exc)
+        return Unavailable("the sandbox could not be started on this service; the operator's log has the cause")
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return message.splitlines()[0][:300]
+
+
+def _shorten(argv: list[str]) -> str:
+    text = json.dumps(argv)
+    return text if len(text) <= 1000 else text[:1000] + "..."
+
+
+__all__ += ["parse_size"]  # re-exported for the CLI's --max-upload

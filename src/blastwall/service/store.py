@@ -1,0 +1,261 @@
+"""The service's SQLite store: tenants, their API keys, and the sandboxes alive now.
+
+An API key is ``bwk_<id>_<secret>``: the id (12 hex digits) is public and names
+the key in listings, audit rows and ``tenant revoke``; the secret (32 random
+bytes) is shown once, when the key is made, and only its SHA-256 is stored.
+A high-entropy random secret needs no slow hash: nobody can guess a 256-bit
+preimage, and a stolen database does not give the keys.  The digest is
+compared in constant time, and an unknown id costs the same comparison.
+
+The ``sandboxes`` table records every sandbox a service process created and
+has not yet destroyed, so that the next process can reap what a crashed one
+left (``reap_rows``).  The CLI (``blastwall tenant ...``) and a running service
+share the file; revocations take effect at the service's next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+
+from blastwall.service.ceiling import Ceiling
+
+__all__ = ["KEY_PREFIX", "AuthFailure", "Store", "Tenant", "check_tenant_name", "default_db_path"]
+
+KEY_PREFIX = "bwk_"
+_KEY_ID_LEN = 12
+_DUMMY_DIGEST = hashlib.sha256(b"blastwall: no such key").hexdigest()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    revoked REAL,
+    ceiling TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    digest TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    revoked REAL
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    container TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    owner INTEGER NOT NULL
+);
+"""
+
+
+def default_db_path(environ=os.environ) -> str:
+    return os.path.join(data_dir(environ), "service.sqlite")
+
+
+def data_dir(environ=os.environ) -> str:
+    """Where the service keeps its database and the sandboxes' workspaces.
+
+    Not under blastwall's state, config or cache directories: those are
+    protected paths, and a workspace inside one would be made read-only.
+    """
+    from blastwall.policy.load import _home
+
+    base = environ.get("XDG_DATA_HOME") or os.path.join(_home(environ), ".local", "share")
+    return os.path.join(base, "blastwall", "service")
+
+
+def check_tenant_name(name: str) -> str:
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isascii() or \
+            not (name[0].isalnum() and all(c.isalnum() or c in "-_." for c in name)) or name.startswith(KEY_PREFIX):
+        raise ValueError(f"{name!r} is not a tenant name (letters, digits, '-', '_', '.'; at most 64)")
+    return name
+
+
+class AuthFailure(Exception):
+    """The key is missing, malformed, unknown, revoked or expired.  ``reason`` is for the audit log only."""
+
+    def __init__(self, reason: str, key_id: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key_id = key_id
+
+
+class Tenant:
+    __slots__ = ("name", "ceiling", "key_id")
+
+    def __init__(self, name: str, ceiling: Ceiling, key_id: str) -> None:
+        self.name, self.ceiling, self.key_id = name, ceiling, key_id
+
+    def __repr__(self) -> str:
+        return f"Tenant({self.name!r}, key {self.key_id})"
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(key id, secret) of a well-formed key; AuthFailure otherwise."""
+    if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or len(key) > 200:
+        raise AuthFailure("malformed key")
+    key_id, sep, secret = key[len(KEY_PREFIX):].partition("_")
+    if not sep or len(key_id) != _KEY_ID_LEN or not all(c in "0123456789abcdef" for c in key_id) \
+            or len(secret) < 32 or not secret.isascii():
+        raise AuthFailure("malformed key")
+    return key_id, secret
+
+
+class Store:
+    """One SQLite file, safe to share between threads of one process (one connection, one lock)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # The file holds key digests: nobody else reads it.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _query(self, sql: str, args=()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _write(self, statements: list[tuple[str, tuple]]) -> int:
+        """Run statements in one transaction; the row count of the last."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                count = 0
+                for sql, args in statements:
+                    count = self._db.execute(sql, args).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return count
+
+    # -- tenants and keys -----------------------------------------------------------------
+    def add_tenant(self, name: str, ceiling: Ceiling, *, expires: float | None = None) -> tuple[str, str]:
+        """Create tenant ``name`` with its first key; (key id, the key itself — shown once)."""
+        check_tenant_name(name)
+        if self._query("SELECT 1 FROM tenants WHERE name = ?", (name,)):
+            raise ValueError(f"tenant {name!r} exists (issue another key with `blastwall tenant key {name}`)")
+        key_id, key, digest = self._new_key()
+        now = time.time()
+        self._write([
+            ("INSERT INTO tenants (name, created, revoked, ceiling) VALUES (?, ?, NULL, ?)",
+             (name, now, json.dumps(ceiling.as_dict()))),
+            ("INSERT INTO keys (id, tenant, digest, created, expires, revoked) VALUES (?, ?, ?, ?, ?, NULL)",
+             (key_id, name, digest, now, expires)),
+        ])
+        return key_id, key
+
+    def add_key(self, name: str, *, expires: float | None = None) -> tuple[str, str]:
+        """Another key for an existing, unrevoked tenant."""
+        rows = self._query("SELECT revoked FROM tenants WHERE name = ?", (name,))
+        if not rows:
+            raise ValueError(f"no tenant {name!r}")
+        if rows[0][0] is not None:
+            raise ValueError(f"tenant {name!r} is revoked")
+        key_id, key, digest = self._new_key()
+        self._write([("INSERT INTO keys (id, tenant, digest, created, expires, revoked) VALUES (?, ?, ?, ?, ?, NULL)",
+                      (key_id, name, digest, time.time(), expires))])
+        return key_id, key
+
+    @staticmethod
+    def _new_key() -> tuple[str, str, str]:
+        key_id = secrets.token_hex(_KEY_ID_LEN // 2)
+        secret = secrets.token_urlsafe(32)
+        return key_id, f"{KEY_PREFIX}{key_id}_{secret}", _digest(secret)
+
+    def revoke(self, target: str) -> str:
+        """Revoke a key (``bwk_<id>``, the whole key, or a bare id) or a whole tenant (its name).
+
+        Returns a description of what was revoked.  A name is looked up as a
+        tenant first, so a tenant whose name looks like a key id is never
+        mistaken for a key; ``bwk_...`` is only ever a key.
+        """
+        now = time.time()
+        is_key = target.startswith(KEY_PREFIX)
+        if not is_key and self._query("SELECT 1 FROM tenants WHERE name = ?", (target,)):
+            self._write([
+                ("UPDATE keys SET revoked = ? WHERE tenant = ? AND revoked IS NULL", (now, target)),
+                ("UPDATE tenants SET revoked = ? WHERE name = ? AND revoked IS NULL", (now, target)),
+            ])
+            return f"tenant {target} and all its keys"
+        key_id = target[len(KEY_PREFIX):].partition("_")[0] if is_key else target
+        if self._query("SELECT 1 FROM keys WHERE id = ?", (key_id,)):
+            self._write([("UPDATE keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, key_id))])
+            return f"key {KEY_PREFIX}{key_id}"
+        raise ValueError(f"no tenant or key {target!r}")
+
+    def tenants(self) -> list[dict]:
+        out = []
+        for name, created, revoked, ceiling in self._query(
+                "SELECT name, created, revoked, ceiling FROM tenants ORDER BY name"):
+            keys = [{"id": k, "created": c, "expires": e, "revoked": r} for k, c, e, r in self._query(
+                "SELECT id, created, expires, revoked FROM keys WHERE tenant = ? ORDER BY created", (name,))]
+            out.append({"name": name, "created": created, "revoked": revoked, "ceiling": json.loads(ceiling),
+                        "keys": keys})
+        return out
+
+    def revoked_tenants(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT name FROM tenants WHERE revoked IS NOT NULL")}
+
+    def authenticate(self, key: str, *, now: float | None = None) -> Tenant:
+        """The tenant of a valid key; ``AuthFailure`` for anything else."""
+        key_id, secret = split_key(key)
+        rows = self._query(
+            "SELECT k.digest, k.expires, k.revoked, t.name, t.revoked, t.ceiling FROM keys k "
+            "JOIN tenants t ON t.name = k.tenant WHERE k.id = ?", (key_id,))
+        stored = rows[0][0] if rows else _DUMMY_DIGEST
+        matches = hmac.compare_digest(stored, _digest(secret))
+        if not rows or not matches:
+            raise AuthFailure("unknown key", key_id)
+        _digest_, expires, revoked, name, tenant_revoked, ceiling = rows[0]
+        if revoked is not None or tenant_revoked is not None:
+            raise AuthFailure("revoked key", key_id)
+        if expires is not None and (now or time.time()) >= expires:
+            raise AuthFailure("expired key", key_id)
+        return Tenant(name, Ceiling.from_dict(json.loads(ceiling)), key_id)
+
+    # -- sandboxes ---------------------------------------------------------------------------
+    def add_sandbox(self, sandbox_id: str, *, tenant: str, container: str, workspace: str, expires: float) -> None:
+        self._write([("INSERT INTO sandboxes (id, tenant, container, workspace, created, expires, owner) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (sandbox_id, tenant, container, workspace, time.time(), expires, os.getpid()))])
+
+    def update_sandbox(self, sandbox_id: str, **fields) -> None:
+        allowed = {"tenant", "expires", "container"}
+        if set(fields) - allowed:
+            raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
+        assignments = ", ".join(f"{name} = ?" for name in sorted(fields))
+        self._write([(f"UPDATE sandboxes SET {assignments} WHERE id = ?",
+                      (*[fields[name] for name in sorted(fields)], sandbox_id))])
+
+    def remove_sandbox(self, sandbox_id: str) -> None:
+        self._write([("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))])
+
+    def sandbox_rows(self) -> list[dict]:
+        names = ("id", "tenant", "container", "workspace", "created", "expires", "owner")
+        return [dict(zip(names, row)) for row in self._query("SELECT " + ", ".join(names) + " FROM sandboxes")]
