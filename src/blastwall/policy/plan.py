@@ -37,6 +37,7 @@ __all__ = [
     "ReadOnly",
     "ReadOnlyRoot",
     "RequireLandlock",
+    "Resources",
     "Writable",
     "compile_plan",
 ]
@@ -186,6 +187,23 @@ class RequireLandlock(Operation):
     __slots__ = ()
 
 
+class Resources(Operation):
+    """Limits on the whole sandbox; each is None when the policy sets none.
+
+    ``memory_bytes`` (swap included: there is no swap to escape to), ``cpus``
+    (a CPU-time quota, 0.5 = half of one CPU), ``pids`` (processes and threads
+    at once), ``timeout_seconds`` (wall-clock time from start; then the sandbox
+    is killed and the run exits 124).
+    """
+
+    __slots__ = ("memory_bytes", "cpus", "pids", "timeout_seconds")
+
+    def limits(self) -> list[str]:
+        """The keys set that need a kernel limit (cgroups), as named in [resources]."""
+        return [name for name, value in (("memory", self.memory_bytes), ("cpus", self.cpus), ("pids", self.pids))
+                if value is not None]
+
+
 OPERATION_TYPES: tuple[type[Operation], ...] = (
     ReadOnlyRoot,
     PrivateDev,
@@ -203,6 +221,7 @@ OPERATION_TYPES: tuple[type[Operation], ...] = (
     Environment,
     LandlockWrites,
     RequireLandlock,
+    Resources,
 )
 
 
@@ -499,6 +518,9 @@ def compile_plan(policy, host: Host) -> Plan:
     ops.append(LandlockWrites(tuple(landlock)))
     if "landlock" in policy.sandbox.require:
         ops.append(RequireLandlock())
+    res = policy.resources
+    if (res.memory, res.cpus, res.pids, res.timeout) != (None, None, None, None):
+        ops.append(Resources(res.memory, res.cpus, res.pids, res.timeout))
     cwd = probe.realpath(host.cwd)
     ops.append(Chdir(cwd if is_within(cwd, workspace) and not is_hidden(cwd) else workspace))
     return Plan(tuple(ops), tuple(notes), workspace)

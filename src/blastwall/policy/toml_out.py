@@ -35,6 +35,10 @@ def _value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise TypeError("cannot write a non-finite number as TOML")
+        return repr(value)
     if isinstance(value, str):
         return quote(value)
     if isinstance(value, (list, tuple)):
@@ -58,6 +62,10 @@ def dumps(document: dict[str, dict[str, object]]) -> str:
     for section, body in document.items():
         lines = [f"[{_key(section)}]"]
         for key, value in body.items():
+            if value is None:
+                # TOML has no null: an unset key (no limit) is shown as a comment.
+                lines.append(f"# {_key(key)}: not set")
+                continue
             lines.append(f"{_key(key)} = {_value(value)}")
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["alive", "reap", "reap_quietly", "spawn"]
+__all__ = ["TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
+           "wait_exit"]
+
+# The exit status of a run killed at its [resources] timeout, as timeout(1) reports it.
+TIMED_OUT = 124
 
 
 def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_session: bool) -> int:
@@ -55,6 +59,75 @@ def reap(pid: int) -> int:
             continue
     status = os.waitstatus_to_exitcode(raw)
     return 128 - status if status < 0 else status
+
+
+def wait_exit(pid: int) -> None:
+    """Block until child ``pid`` has exited, *without* reaping it.
+
+    Until it is reaped, the pid stays a zombie that no other process can be
+    given, so ``kill()`` from another thread (a deadline, the SDK's own
+    timeout) is safe at any moment: it signals the sandbox or nothing at all.
+    """
+    while True:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return  # Already reaped: reap() says what it can.
+
+
+def exited(pid: int) -> bool:
+    """True once child ``pid`` has exited (or was reaped); it is not reaped here."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+class Deadline:
+    """A ``[resources] timeout``: kill a started sandbox when its time is up.
+
+    A timer thread, started as soon as the sandbox is, so that it fires however
+    the caller waits (``wait()``, a pty relay, an SDK thread).  ``kill`` must be
+    safe to call from another thread at any time; the tiers' is, because they
+    keep their child unreaped (``wait_exit``) until they have stopped signalling it.
+    """
+
+    __slots__ = ("seconds", "expired", "_timer")
+
+    def __init__(self, seconds: float, kill) -> None:
+        import threading  # Only runs with a timeout pay for it.
+
+        self.seconds = seconds
+        self.expired = False
+
+        def expire() -> None:
+            self.expired = True
+            kill()
+
+        self._timer = threading.Timer(seconds, expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def status(self, status: int) -> int:
+        """The run's exit status: TIMED_OUT if the deadline killed it."""
+        self.cancel()
+        return TIMED_OUT if self.expired else status
+
+
+def start_deadline(plan, kill) -> Deadline | None:
+    """The plan's timeout, started now; None when it sets none."""
+    from blastwall.policy import plan as P
+
+    for op in plan.of(P.Resources):
+        if op.timeout_seconds is not None:
+            return Deadline(op.timeout_seconds, kill)
+    return None
 
 
 def reap_quietly(pid: int) -> None:

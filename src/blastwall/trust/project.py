@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from blastwall.policy.model import Layer, Policy
+from blastwall.policy.model import Layer, Policy, format_duration, format_size
 
 __all__ = ["split"]
 
@@ -115,6 +115,15 @@ def split(base: Policy, project: Layer, *, workspace: str, home: str) -> tuple[L
         if slot == ("sandbox", "image"):
             if value != base.sandbox.image:
                 widening.append(f"sandbox.image: runs in image {value!r}")
+            continue
+        if section == "resources":
+            # A limit narrows when it is at most the user's (or the user sets none).
+            current = getattr(base.resources, key)
+            if current is None or value <= current:
+                narrowing[slot] = ("set", value)
+            else:
+                show = {"memory": format_size, "timeout": format_duration}.get(key, str)
+                widening.append(f"resources.{key}: raises the limit from {show(current)} to {show(value)}")
             continue
         if slot == ("sandbox", "tier"):
             if value != base.sandbox.tier:

@@ -30,6 +30,7 @@ HANDLED = frozenset({
     P.ReadOnlyRoot, P.PrivateDev, P.PrivateProc, P.PrivateTmp, P.Writable, P.ReadOnly,
     P.Hide, P.Placeholder, P.Chdir, P.IsolateNetwork, P.DenySyscalls, P.AllowUnixSockets,
     P.Environment, P.LandlockWrites, P.RequireLandlock, P.Egress,
+    P.Resources,  # its timeout only; prepare() refuses memory, cpus and pids (no cgroups here)
 })
 REFUSED: dict = {}
 
@@ -120,6 +121,7 @@ class ProcessSandbox:
         self._guard = None
         self._pid: int | None = None
         self._status: int | None = None
+        self.deadline = None
         self._err_r: int | None = None
         self._json_r: int | None = None
         self._ready_r: int | None = None
@@ -144,6 +146,13 @@ class ProcessSandbox:
                                   fix="remove network.allow / --allow-domain, or wait for the egress gateway")
             if kind not in HANDLED:
                 raise Unsupported(f"Refusing the plan: the process tier cannot enforce {kind.__name__}")
+        for resources in self.plan.of(P.Resources):
+            # An unprivileged bubblewrap sandbox gets no cgroup of its own, and
+            # rlimits are per process (a fork bomb multiplies them): refuse.
+            if resources.limits():
+                raise Unsupported(
+                    f"Refusing the plan: the process tier cannot limit {', '.join(resources.limits())} "
+                    "([resources])", fix="use --tier container, or remove [resources] memory/cpus/pids")
         self._bwrap = find_bwrap(self._environ)
         self._launcher = launcher_path()
         if self.plan.of(P.Egress):
@@ -228,14 +237,15 @@ class ProcessSandbox:
                   _FD_SECCOMP: self._seccomp_fd, _FD_STATUS: json_w}
         if block_r is not None:
             layout[_FD_BLOCK] = block_r
-        from blastwall.tiers._lifecycle import spawn
+        from blastwall.tiers._lifecycle import spawn, start_deadline
 
         pid = spawn(argv, env, layout, new_session=False)
+        self._pid = pid
+        self.deadline = start_deadline(self.plan, self.kill)  # [resources] timeout, counted from here
         os.close(err_w)
         os.close(json_w)
         os.close(ready_w)
         self._err_r, self._json_r, self._ready_r = err_r, json_r, ready_r
-        self._pid = pid
         if block_r is not None:
             os.close(block_r)
             try:
@@ -270,8 +280,9 @@ class ProcessSandbox:
         """
         if self._pid is None:
             raise RuntimeError("start() must be called first")
-        from blastwall.tiers._lifecycle import reap
+        from blastwall.tiers._lifecycle import reap, wait_exit
 
+        wait_exit(self._pid)  # Not reaped yet: kill() from another thread still reaches only the sandbox.
         pid, self._pid = self._pid, None
         status = reap(pid)
         self._finish_egress()
@@ -279,6 +290,11 @@ class ProcessSandbox:
         _drain(self._json_r)
         ready = _drain(self._ready_r)
         self._err_r = self._json_r = self._ready_r = None
+        if self.deadline is not None:
+            status = self.deadline.status(status)
+            if self.deadline.expired:
+                self._status = status  # Killed at its timeout, whether or not the command had started.
+                return status
         if ready != "1":
             # The command never started.  Either bubblewrap failed (its message
             # is in the pipe) or the launcher refused and already said why.
@@ -314,6 +330,8 @@ class ProcessSandbox:
     # -- close ------------------------------------------------------------------
     def close(self) -> None:
         """Kill anything still running, reap it, remove placeholders, close fds."""
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self._pid is not None:
             from blastwall.tiers._lifecycle import reap_quietly
 
