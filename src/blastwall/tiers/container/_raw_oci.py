@@ -17,8 +17,20 @@ RUNSC_CANDIDATES = ("/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc")
 
 
 def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, uid: int, gid: int,
-               mounts: list[tuple[str, ...]]) -> dict:
-    """The OCI spec.  ``mounts``: ("bind-rw", path), ("bind-ro", path), ("tmpfs", path), ("hide-file", path)."""
+               mounts: list[tuple[str, ...]], resources=None, cgroups_path: str | None = None) -> dict:
+    """The OCI spec.  ``mounts``: ("bind-rw", path), ("bind-ro", path), ("tmpfs", path), ("hide-file", path).
+
+    ``cgroups_path``: ``/blastwall/ID``, the sandbox's own cgroup, limited by
+    ``resources`` (a plan's Resources, or None); see ``_raw_cgroups``.
+    """
+    if resources is not None and cgroups_path is None:
+        raise ValueError("resource limits need the sandbox's own cgroups path")
+    cgroups, rlimits = {}, []
+    if cgroups_path is not None:
+        from blastwall.tiers.container._raw_cgroups import oci_linux, oci_rlimits
+
+        cgroups = oci_linux(resources=resources, cgroups_path=cgroups_path)
+        rlimits = oci_rlimits(resources=resources)
     spec_mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755"]},
@@ -53,7 +65,7 @@ def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, u
             "cwd": cwd,
             "noNewPrivileges": True,
             "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}, *rlimits],
         },
         # Read-only for gVisor's gofer; the sandbox writes to an in-memory overlay (--overlay2=root:memory).
         "root": {"path": rootfs, "readonly": False},
@@ -61,6 +73,7 @@ def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, u
         "mounts": spec_mounts,
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            **cgroups,
         },
     }
 
