@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # gcc and libc6-dev build the small in-sandbox launcher at install time.
 PACKAGES=(bubblewrap libseccomp2 socat gcc libc6-dev git curl ca-certificates python3 python3-venv util-linux iproute2 openssl
-          runsc mmdebstrap)
+          runsc mmdebstrap nftables)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -97,13 +97,14 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 class Upstream:
     """HTTP on ``http_port`` and HTTPS on ``https_port``; ``requests`` lists what arrived."""
 
-    def __init__(self, directory, names=("api.test", "other.test"), root=None) -> None:
+    def __init__(self, directory, names=("api.test", "other.test"), root=None, host="127.0.0.1",
+                 ports=(0, 0)) -> None:
         self.requests: list = []
         self.root = root
         self.ca, cert, key = make_ca_and_cert(directory, list(names))
         self._servers = []
-        for tls in (False, True):
-            server = _Server(("127.0.0.1", 0), _Handler)
+        for tls, port in zip((False, True), ports):
+            server = _Server((host, port), _Handler)
             server.upstream = self
             if tls:
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -99,8 +99,7 @@ class Gatekeeper:
         peer = client.peername
         if not peer or peer[0] != SESSION_PEER:
             return None
-        kind = "socks" if isinstance(client.proxy_mode, mode_specs.Socks5Mode) else "http"
-        return self.registry.session_for_port(kind, peer[1])
+        return self.registry.session_for_port(_kind(client), peer[1])
 
     def _record(self, session, host, port, verdict, kind) -> None:
         if not verdict.allowed:
@@ -191,6 +190,23 @@ class Gatekeeper:
                 self._record(session, host, port, verdict, "socks")
                 return self._deny_response(flow, 403, refusal_body(f"{host}:{port}", verdict.reason, verdict.detail))
             self.registry.set_target(flow.client_conn.id, host, port)
+            target = (host, port)
+        if target is None and isinstance(flow.client_conn.proxy_mode, mode_specs.TransparentMode):
+            # Plain HTTP redirected from port 80 of any address: the Host
+            # header names the destination; the address the program chose
+            # (our DNS answer, or a literal) is ignored.
+            port = flow.request.port
+            try:
+                host = _canonical_strict(host_header)
+            except ValueError:
+                return self._deny_response(flow, 400, "blastwall: request without a usable Host header\n")
+            verdict = await self._decide(session, flow.client_conn.id, host, port)
+            if not verdict.allowed:
+                self._record(session, host, port, verdict, "http")
+                return self._deny_response(flow, 403, refusal_body(f"{flow.request.method} {host}:{port}",
+                                                                   verdict.reason, verdict.detail))
+            self.registry.set_target(flow.client_conn.id, host, port)
+            flow.request.host = host
             target = (host, port)
         if target is None:
             # An absolute-form request to the HTTP proxy.
@@ -294,6 +310,19 @@ class Gatekeeper:
             return
         client = data.context.client
         self.registry.set_sni(client.id, data.client_hello.sni)
+        if isinstance(client.proxy_mode, mode_specs.TransparentMode) and self.registry.target(client.id) is None:
+            # TLS redirected from port 443 of any address: the SNI names the
+            # destination (no SNI, no connection); server_connect decides it.
+            sni = data.client_hello.sni
+            if not sni:
+                client.error = "blastwall: TLS without SNI refused"
+                data.ignore_connection = True
+                data.context.server.address = None
+                return
+            port = data.context.server.address[1] if data.context.server.address else 443
+            host = _canonical_strict(sni)
+            self.registry.set_target(client.id, host, port)
+            data.context.server.address = (host, port)
         target = self.registry.target(client.id) or data.context.server.address
         # Decrypt only hosts with HTTP rules or bound credentials.  Every other
         # tunnel passes through untouched; its SNI is checked in server_connect.
@@ -337,6 +366,24 @@ class Gatekeeper:
     @_fail_closed
     def client_disconnected(self, client) -> None:
         self.registry.forget_client(client.id)
+
+
+def _kind(client) -> str:
+    """Which of a session's listeners a connection came through."""
+    if isinstance(client.proxy_mode, mode_specs.Socks5Mode):
+        return "socks"
+    if isinstance(client.proxy_mode, mode_specs.TransparentMode):
+        return "transparent"
+    return "http"
+
+
+def _canonical_strict(host: str | None) -> str:
+    from blastwall.egress.decide import normalize_target_host
+
+    if not host:
+        raise ValueError("no host")
+    name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    return normalize_target_host(name if port.isdigit() else host)
 
 
 def _canonical(host: str) -> str:

@@ -63,6 +63,9 @@ class GatewaySession:
         self.socks_path = reply["socks"][0]
         self.ca_bundle = (reply.get("ca") or [None])[0]
         self.placeholders = dict(unpack(item) for item in reply.get("placeholder", []))
+        # Container sessions: the gateway's TCP ports on the session's address, and its DNS port.
+        self.tcp_ports = {kind: int(port) for kind, port in (unpack(item) for item in reply.get("tcp", []))}
+        self.dns_port = int(reply["dns"][0]) if reply.get("dns") else None
         if broker is not None:
             self._start_answering()
 
@@ -245,11 +248,14 @@ def read_secret(name: str, origin: str, environ) -> str:
     return value
 
 
-def register(rules: dict, command: str, environ=os.environ, *, broker=None, workspace: str = "") -> GatewaySession:
+def register(rules: dict, command: str, environ=os.environ, *, broker=None, workspace: str = "",
+             listen: str | None = None) -> GatewaySession:
     """A new gateway session for ``rules``; starts the gateway if it is not running.
 
     With ``broker``, the gateway may ask about hosts the rules do not list
     (``network.unlisted = "ask"``); answers remembered for ``workspace`` are sent along.
+    With ``listen`` (a container session's host-side address), the gateway also
+    listens there on TCP (``tcp_ports``) and answers DNS (``dns_port``).
     """
     fields = [("allow", a) for a in rules.get("allow", ())]
     fields += [("deny", d) for d in rules.get("deny", ())]
@@ -276,6 +282,8 @@ def register(rules: dict, command: str, environ=os.environ, *, broker=None, work
             key = "approved" if entry["decision"] == "allow" else "refused"
             fields.append((key, pack([entry["host"], str(entry["port"])])))
     fields.append(("command", command))
+    if listen:
+        fields.append(("listen", listen))
     sock = _control(environ)
     try:
         sock.settimeout(START_TIMEOUT)

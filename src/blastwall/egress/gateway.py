@@ -6,15 +6,20 @@ over a control socket in the user's state directory (mode 0700):
 
 * ``register`` (with the rules and the command; see ``protocol``) creates a session:
   a random id and token, the session's rules, and two unix sockets (HTTP proxy
-  and SOCKS5) in a private directory.  The session lives exactly as long as
-  the control connection that created it.
+  and SOCKS5) in a private directory.  With ``listen=ADDRESS`` (a container
+  session's host-side veth address, 10.201.0.0/16 only) it also listens on
+  TCP there: HTTP proxy, SOCKS5, a transparent listener (connections the
+  session's firewall redirected from ports 80/443; decided by SNI/Host) and a
+  DNS answerer on UDP (``dns``).  The session lives exactly as long as the
+  control connection that created it.
 * ``summary`` returns what the gateway refused for that session; ``ping``
   says the gateway is alive.
 
-Each session socket relays to mitmproxy's listener on the host's loopback;
-the port our relay connects from identifies the session to the addon, so a
-connection that did not come through a session socket has no session and is
-refused.  The gateway exits after ``--idle`` seconds without sessions.
+A connection accepted on a session's socket or listener is handed straight to
+mitmproxy's mode server with a synthetic peer address, ("blastwall-session",
+N), which no real socket can have; N maps to the session in the registry.  A
+connection that did not come through a session's own listener has no session
+and is refused.  The gateway exits after ``--idle`` seconds without sessions.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ class Session:
         self.control: asyncio.StreamWriter | None = None
         self._question_serial = 0
         self.servers: list[asyncio.AbstractServer] = []
+        self.transports: list[asyncio.BaseTransport] = []
+        self.tcp_ports: dict[str, int] = {}
+        self.dns_port: int | None = None
         self._blocked: list[dict] = []
         self.blocked_count = 0
 
@@ -180,11 +188,15 @@ class Registry:
 SESSION_PEER = "blastwall-session"
 
 
-class _SessionWriter:
-    """The unix socket's writer, presented to mitmproxy with a session identity."""
+class _SessionWriter(asyncio.StreamWriter):
+    """A session connection's writer, presented to mitmproxy with a session identity.
+
+    A real StreamWriter over the same transport (mitmproxy's transparent mode
+    insists on one, to read the original destination from its socket).
+    """
 
     def __init__(self, writer: asyncio.StreamWriter, number: int) -> None:
-        self._writer = writer
+        super().__init__(writer.transport, writer._protocol, writer._reader, writer._loop)
         self._peer = (SESSION_PEER, number)
 
     def get_extra_info(self, name: str, default=None):
@@ -192,10 +204,7 @@ class _SessionWriter:
             return self._peer
         if name == "sockname":
             return (SESSION_PEER, 0)
-        return self._writer.get_extra_info(name, default)
-
-    def __getattr__(self, name: str):
-        return getattr(self._writer, name)
+        return super().get_extra_info(name, default)
 
 
 class Gateway:
@@ -222,9 +231,12 @@ class Gateway:
         self.master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),
                                disable_h2c.DisableH2C(), self.tls, _SocksAuthOption(), self.addon)
         confdir = self._ephemeral_ca_dir()
-        http_port, socks_port = _free_ports(2)
+        http_port, socks_port, transparent_port = _free_ports(3)
         opts.update(
-            mode=[f"regular@127.0.0.1:{http_port}", f"socks5@127.0.0.1:{socks_port}"],
+            # The listeners on loopback only exist because mitmproxy's mode
+            # servers need one; connections reach them with no session and are refused.
+            mode=[f"regular@127.0.0.1:{http_port}", f"socks5@127.0.0.1:{socks_port}",
+                  f"transparent@127.0.0.1:{transparent_port}"],
             # Connect upstream only when the client's first bytes arrived, so
             # that the TLS SNI is known and checked before any connection.
             connection_strategy="lazy",
@@ -253,7 +265,7 @@ class Gateway:
             await asyncio.sleep(0.01)
         self.instances = {}
         for instance in ps.servers:
-            kind = "socks" if instance.mode.type_name == "socks5" else "http"
+            kind = {"socks5": "socks", "transparent": "transparent"}.get(instance.mode.type_name, "http")
             self.instances[kind] = instance
         # Only now is the certificate store final (mitmproxy configures its
         # addons again as it starts running).
@@ -352,18 +364,52 @@ class Gateway:
         if http_rules or credentials:
             with open(os.path.join(directory, "ca-bundle.pem"), "w") as f:
                 f.write(self.client_bundle)
-        for kind in ("http", "socks"):
-            path = os.path.join(directory, f"{kind}.sock")
-            server = await asyncio.start_unix_server(
-                lambda r, w, k=kind, s=session: self._relay(r, w, k, s), path=path)
-            session.servers.append(server)
         self.registry.sessions[session.id] = session
+        try:
+            for kind in ("http", "socks"):
+                path = os.path.join(directory, f"{kind}.sock")
+                server = await asyncio.start_unix_server(
+                    lambda r, w, k=kind, s=session: self._relay(r, w, k, s), path=path)
+                session.servers.append(server)
+            listen = (fields.get("listen") or [""])[0]
+            if listen:
+                await self._listen(session, _session_address(listen))
+        except BaseException:
+            await self.unregister(session)
+            raise
         return session
+
+    async def _listen(self, session: Session, address: str) -> None:
+        """TCP listeners and the DNS answerer on a container session's own address."""
+        from blastwall.egress.dns import answer
+
+        for kind in ("http", "socks", "transparent"):
+            server = await asyncio.start_server(
+                lambda r, w, k=kind, s=session: self._relay(r, w, k, s), host=address, port=0,
+                reuse_address=True)
+            session.servers.append(server)
+            session.tcp_ports[kind] = server.sockets[0].getsockname()[1]
+
+        class Answerer(asyncio.DatagramProtocol):
+            def connection_made(self, transport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, peer) -> None:
+                reply = answer(data, address)
+                if reply is not None:
+                    self.transport.sendto(reply, peer)
+
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Answerer, local_addr=(address, 0))
+        session.transports.append(transport)
+        session.dns_port = transport.get_extra_info("sockname")[1]
 
     async def unregister(self, session: Session) -> None:
         self.registry.sessions.pop(session.id, None)
         for server in session.servers:
             server.close()
+        for transport in session.transports:
+            transport.close()
         shutil.rmtree(session.directory, ignore_errors=True)
         self.registry.last_active = time.monotonic()
 
@@ -415,6 +461,9 @@ class Gateway:
                             answer.append(("ca", os.path.join(session.directory, "ca-bundle.pem")))
                         answer += [("placeholder", pack([c.name, c.placeholder]))
                                    for c in session.credentials.values()]
+                        answer += [("tcp", pack([kind, str(port)])) for kind, port in session.tcp_ports.items()]
+                        if session.dns_port:
+                            answer.append(("dns", str(session.dns_port)))
                         reply = encode("ok", answer)
                         session.control = writer
                 elif verb == "answer" and session is not None:
@@ -478,6 +527,16 @@ class Gateway:
                 pass
             self.audit.close()
             shutil.rmtree(getattr(self, "_ca_dir", ""), ignore_errors=True)
+
+
+def _session_address(value: str) -> str:
+    """A container session's listen address: an IPv4 address in blastwall's own range, nothing else."""
+    import ipaddress
+
+    address = ipaddress.IPv4Address(value)
+    if address not in ipaddress.IPv4Network("10.201.0.0/16"):
+        raise ValueError(f"{value} is outside the session range")
+    return str(address)
 
 
 def _system_ca_file() -> str:

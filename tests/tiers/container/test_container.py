@@ -27,22 +27,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="session")
-def image_cache():
-    cache = BASE / f"images-{os.getpid()}"
-    cache.mkdir(parents=True, exist_ok=True)
-    env = {"XDG_CACHE_HOME": str(cache)}
-    home = BASE / f"image-home-{os.getpid()}"
-    home.mkdir(exist_ok=True)
-    r = subprocess.run([sys.executable, "-m", "blastwall", "image", "build"], env=bw_env(home, env),
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "built default" in r.stdout
-    yield cache
-    shutil.rmtree(cache, ignore_errors=True)
-    shutil.rmtree(home, ignore_errors=True)
-
-
 def crun(args, *, home, workspace, image_cache, env=None, timeout=120):
     merged = {"XDG_CACHE_HOME": str(image_cache)}
     merged.update(env or {})

@@ -9,8 +9,9 @@ hiding except where a denied path lies inside a bound root.
 
 What is a security boundary here: gVisor's user-space kernel (the sandboxed
 program's syscalls never reach the host kernel directly), its gofer-mediated
-filesystem, and the absent network.  Not yet built: egress through the gateway
-(plans with network access are refused), resource limits, the service.
+filesystem, and the network: none at all, or (when the plan allows hosts) a
+namespace of the run's own whose only reachable address is the egress
+gateway (see ``session`` and ``_raw_net``).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ HANDLED = frozenset({
     P.IsolateNetwork,  # --network=none
     P.DenySyscalls,  # gVisor implements the syscall surface itself; the host kernel is not exposed
     P.LandlockWrites,  # outside the bound roots, writes land in the throw-away layer
+    P.Resources,  # cgroup limits set by runsc (_raw_cgroups); the timeout by a Deadline
+    P.Egress,  # a network namespace of the run's own whose only route is the gateway (session.py, _raw_net.py)
 })
 REFUSED = {
-    P.Egress: "the container tier has no route to the egress gateway yet",
     P.AllowUnixSockets: "host unix sockets cannot be shared into the container tier",
     P.RequireLandlock: "Landlock is a process-tier layer; gVisor is the container tier's boundary",
 }
@@ -80,6 +82,8 @@ class ContainerSandbox:
         self._dir: str | None = None
         self._pid: int | None = None
         self._guard = None
+        self._session = None
+        self.deadline = None  # [resources] timeout, started with the command
 
     @staticmethod
     def recover(*, environ=os.environ) -> None:
@@ -112,7 +116,15 @@ class ContainerSandbox:
                                capture_output=True, timeout=30)
             except (EnforcementError, OSError, subprocess.TimeoutExpired):
                 pass
+            from blastwall.tiers.container import cgroups
+
+            cgroups.remove(f"/blastwall/{name}")
             shutil.rmtree(directory, ignore_errors=True)
+        if os.geteuid() == 0:
+            from blastwall.tiers.container import _raw_net, cgroups
+
+            _raw_net.sweep()
+            cgroups.sweep()  # Cgroups whose state directory is gone too (older than a minute, empty).
 
     # -- prepare ----------------------------------------------------------------
     def prepare(self) -> None:
@@ -136,6 +148,8 @@ class ContainerSandbox:
         """Start ``command``; ``ctty`` is accepted for the pty relay (gVisor keeps its own session)."""
         if self._rootfs is None:
             raise RuntimeError("prepare() must be called first")
+        if self.plan.of(P.Egress):
+            return self._start_session(command, stdin, stdout, stderr)
         from blastwall.policy.load import state_dir
         from blastwall.tiers.container._raw_oci import oci_config, runsc_argv
         from blastwall.tiers.process.placeholders import Guard
@@ -155,7 +169,8 @@ class ContainerSandbox:
         with open(os.path.join(self._dir, "owner"), "w") as f:
             f.write(str(os.getpid()))
         config = oci_config(rootfs=self._rootfs, argv=command, env=env, cwd=chdir.path, uid=os.getuid(),
-                            gid=os.getgid(), mounts=mounts)
+                            gid=os.getgid(), mounts=mounts, resources=(self.plan.of(P.Resources) or [None])[0],
+                            cgroups_path=f"/blastwall/{self._id}")
         with open(os.path.join(self._dir, "bundle", "config.json"), "w") as f:
             json.dump(config, f)
         argv = runsc_argv(runsc=self._runsc, state=os.path.join(self._dir, "runsc"), platform=self.platform,
@@ -165,7 +180,28 @@ class ContainerSandbox:
         pid = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: stdin, 1: stdout, 2: stderr},
                     new_session=True)
         self._pid = pid
+        from blastwall.tiers._lifecycle import start_deadline
+        from blastwall.tiers.container import cgroups
+
+        self.deadline = start_deadline(self.plan, self.kill)
+        cgroups.verify(self.plan, f"/blastwall/{self._id}", pid)  # Limits that did not apply: refuse, close() kills.
         return pid
+
+    def _start_session(self, command: list[str], stdin: int, stdout: int, stderr: int) -> int:
+        """With network access, the run is a session (its own namespace, gateway, firewall) and one exec."""
+        from blastwall.tiers.container.session import ContainerSession
+
+        (chdir,) = self.plan.of(P.Chdir)
+        self._session = ContainerSession(self.plan, image=self.image, environ=self._environ,
+                                         workspace=self.plan.workspace, mount_at=self.plan.workspace,
+                                         user=(os.getuid(), os.getgid()), label=" ".join(command)[:2048],
+                                         platform=self.platform, home="/root" if os.getuid() == 0 else "/tmp")
+        self._session.boot()
+        self._pid = self._session.exec(command, cwd=chdir.path, stdin=stdin, stdout=stdout, stderr=stderr)
+        from blastwall.tiers._lifecycle import start_deadline
+
+        self.deadline = start_deadline(self.plan, self.kill)
+        return self._pid
 
     def _mounts(self, roots: list[str]) -> list[tuple[str, ...]]:
         mounts: list[tuple[str, ...]] = []
@@ -185,12 +221,17 @@ class ContainerSandbox:
     def wait(self) -> int:
         if self._pid is None:
             raise RuntimeError("start() must be called first")
-        from blastwall.tiers._lifecycle import reap
+        from blastwall.tiers._lifecycle import reap, wait_exit
 
+        wait_exit(self._pid)  # Not reaped yet: kill() from another thread (a deadline, the SDK) still reaches it.
         pid, self._pid = self._pid, None
-        return reap(pid)
+        status = reap(pid)
+        return self.deadline.status(status) if self.deadline is not None else status
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self._session is not None and self._pid is not None:
+            self._session.signal_exec(self._pid, sig)
+            return
         if self._pid is not None:
             try:
                 os.killpg(self._pid, sig)
@@ -201,6 +242,12 @@ class ContainerSandbox:
         """Kill and delete the sandbox; remove its bundle, state and placeholders."""
         import subprocess
 
+        if self.deadline is not None:
+            self.deadline.cancel()
+        if self._session is not None:
+            self._session.close()  # Kills and reaps its commands, too.
+            self._session = None
+            self._pid = None
         if self._pid is not None:
             from blastwall.tiers._lifecycle import reap_quietly
 
@@ -208,8 +255,14 @@ class ContainerSandbox:
             reap_quietly(self._pid)
             self._pid = None
         if self._dir is not None and self._runsc is not None:
-            subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force", self._id],
-                           capture_output=True, timeout=30)
+            try:
+                subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force",
+                                self._id], capture_output=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                pass  # The sandbox's processes are dead (killed above); what is left is state on disk.
+            from blastwall.tiers.container import cgroups
+
+            cgroups.remove(f"/blastwall/{self._id}")  # runsc removes it, unless the sandbox was killed.
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         if self._guard is not None:

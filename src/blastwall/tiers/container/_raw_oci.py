@@ -6,7 +6,7 @@ command.  No policy decisions here.
 
 Misuse looks like: a bind mount of a host path the plan did not name, a mount
 without ``ro`` where the plan said read-only, a process with capabilities, or
-a network other than ``none`` (the container tier has no gateway route yet).
+``--network=host`` (the sandbox must never share a host network stack).
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ RUNSC_CANDIDATES = ("/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc")
 
 
 def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, uid: int, gid: int,
-               mounts: list[tuple[str, ...]], resources=None, cgroups_path: str | None = None) -> dict:
-    """The OCI spec.  ``mounts``: ("bind-rw", path), ("bind-ro", path), ("tmpfs", path), ("hide-file", path).
+               mounts: list[tuple[str, ...]], netns: str | None = None, resources=None,
+               cgroups_path: str | None = None) -> dict:
+    """The OCI spec.
 
+    ``mounts``: (kind, path) or (kind, host source, destination inside), kind one of
+    bind-rw, bind-ro, file-ro, tmpfs, hide-dir, hide-file.  ``netns``: the path of
+    the network namespace the sandbox joins (default: a new, empty one).
     ``cgroups_path``: ``/blastwall/ID``, the sandbox's own cgroup, limited by
     ``resources`` (a plan's Resources, or None); see ``_raw_cgroups``.
     """
@@ -41,10 +45,11 @@ def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, u
     ]
     for mount in mounts:
         kind, path = mount[0], mount[1]
+        source, path = (path, mount[2]) if len(mount) > 2 else (path, path)
         if kind == "bind-rw":
-            spec_mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "rw"]})
-        elif kind == "bind-ro":
-            spec_mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]})
+            spec_mounts.append({"destination": path, "type": "bind", "source": source, "options": ["rbind", "rw"]})
+        elif kind in ("bind-ro", "file-ro"):
+            spec_mounts.append({"destination": path, "type": "bind", "source": source, "options": ["rbind", "ro"]})
         elif kind == "tmpfs":
             spec_mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs",
                                 "options": ["nosuid", "nodev", "mode=1777"]})
@@ -72,13 +77,21 @@ def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, u
         "hostname": "blastwall",
         "mounts": spec_mounts,
         "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+            + [{"type": "network", "path": netns} if netns else {"type": "network"}],
             **cgroups,
         },
     }
 
 
-def runsc_argv(*, runsc: str, state: str, platform: str, bundle: str, container_id: str) -> list[str]:
-    """``runsc run`` with a writable in-memory layer over the read-only image, and no network."""
-    return [runsc, f"--root={state}", f"--platform={platform}", "--network=none", "--overlay2=root:memory",
-            "run", f"--bundle={bundle}", container_id]
+def runsc_argv(*, runsc: str, state: str, platform: str, bundle: str, container_id: str, network: str = "none",
+               detach: bool = False) -> list[str]:
+    """``runsc run`` with a writable in-memory layer over the read-only image.
+
+    ``network``: "none" (no interface but loopback) or "sandbox" (gVisor's own
+    network stack on the interfaces of the namespace in the spec).
+    """
+    if network not in ("none", "sandbox"):
+        raise ValueError(f"network {network!r} is not allowed")
+    return [runsc, f"--root={state}", f"--platform={platform}", f"--network={network}", "--overlay2=root:memory",
+            "run", *(["--detach"] if detach else []), f"--bundle={bundle}", container_id]

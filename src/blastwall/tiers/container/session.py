@@ -1,0 +1,349 @@
+"""Long-lived container sessions: one gVisor sandbox, many commands, gone at close.
+
+``ContainerSession`` is what the service and the SDK drive: ``boot()`` starts
+the sandbox with an idle init, ``exec()`` runs each command in it (``runsc
+exec``, as the session's unprivileged user, no capabilities, no new
+privileges), ``close()`` destroys everything the session made: the sandbox,
+its in-memory writable layer, its cgroup, its network namespace, veth and
+firewall table, its gateway session and its state directory.
+
+The host workspace directory is mounted at ``mount_at`` inside (``/home/user``
+by default); every other path of the plan keeps its host name.  The network,
+when the plan allows hosts, is a namespace of its own whose only reachable
+addresses are the session's listeners on the egress gateway
+(``_raw_net``).  ``recover()`` is the reaper for sessions whose owner died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+
+from blastwall.errors import EnforcementError, Unsupported
+from blastwall.policy import plan as P
+
+__all__ = ["ContainerSession", "map_path", "session_mounts"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+IDLE_INIT = ["sleep", "infinity"]
+
+
+def map_path(path: str, workspace: str, mount_at: str) -> str:
+    """Where host ``path`` appears inside: under ``mount_at`` if it is in the workspace, else unchanged."""
+    if path == workspace:
+        return mount_at
+    if path.startswith(workspace.rstrip("/") + "/"):
+        return mount_at.rstrip("/") + path[len(workspace.rstrip("/")):]
+    return path
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def session_mounts(plan: P.Plan, workspace: str, mount_at: str) -> list[tuple[str, ...]]:
+    """The plan's mounts as (kind, host source, destination inside)."""
+    roots = [op.path for op in plan.of(P.Writable)]
+    mounts: list[tuple[str, ...]] = []
+    for op in plan.operations:
+        kind = type(op)
+        if kind is P.PrivateTmp:
+            mounts.append(("tmpfs", op.path, op.path))
+        elif kind is P.Writable:
+            mounts.append(("bind-rw", op.path, map_path(op.path, workspace, mount_at)))
+        elif kind in (P.ReadOnly, P.Placeholder) and _inside(op.path, roots):
+            mounts.append(("bind-ro", op.path, map_path(op.path, workspace, mount_at)))
+        elif kind is P.Hide and _inside(op.path, roots):
+            mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path,
+                           map_path(op.path, workspace, mount_at)))
+    return mounts
+
+
+class ContainerSession:
+    """One gVisor sandbox that stays up between commands."""
+
+    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
+                 mount_at: str = "/home/user", user: tuple[int, int] = (1000, 1000), label: str = "",
+                 platform: str = "ptrace", broker=None, home: str | None = None) -> None:
+        self.plan = plan
+        self.image = image
+        self.workspace = os.path.realpath(workspace or plan.workspace)
+        self.mount_at = mount_at
+        self.user = user
+        self.label = label
+        self.platform = platform
+        self.home = home or mount_at
+        self.id = f"blastwall-{secrets.token_hex(6)}"
+        self.booted = False
+        self.egress_env: dict[str, str] = {}
+        self._environ = environ
+        self._broker = broker
+        self._runsc: str | None = None
+        self._dir: str | None = None
+        self._net = None
+        self._gateway = None
+        self._guard = None
+        self._execs: dict[int, str] = {}
+        self._serial = 0
+
+    # -- the reaper --------------------------------------------------------------------
+    @staticmethod
+    def recover(*, environ=os.environ) -> None:
+        """Destroy what sessions whose owner died left behind (same reaper as one-shot runs)."""
+        from blastwall.tiers.container import ContainerSandbox
+
+        ContainerSandbox.recover(environ=environ)  # Includes the network sweep.
+
+    # -- boot ------------------------------------------------------------------------------
+    def boot(self) -> None:
+        """Start the sandbox (idle init) and, if the plan allows hosts, its network; all or nothing."""
+        from blastwall.tiers.container import HANDLED, REFUSED, find_runsc
+
+        for op in self.plan.operations:
+            kind = type(op)
+            if kind is P.Egress:
+                continue
+            if kind in REFUSED:
+                raise Unsupported(f"Refusing the plan: {REFUSED[kind]}", fix="use --tier process for this policy")
+            if kind not in HANDLED:
+                raise Unsupported(f"Refusing the plan: the container tier cannot enforce {kind.__name__}")
+        if os.geteuid() != 0:
+            raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
+                              fix="run as root, or use --tier process")
+        self._runsc = find_runsc()
+        try:
+            self._boot()
+        except BaseException:
+            self.close()
+            raise
+        self.booted = True
+
+    def _boot(self) -> None:
+        import subprocess
+
+        from blastwall.policy.load import state_dir
+        from blastwall.tiers.container._raw_oci import oci_config
+        from blastwall.tiers.container.images import rootfs
+        from blastwall.tiers.process.placeholders import Guard
+
+        root = rootfs(self.image, self._environ)
+        self._guard = Guard(self.plan, environ=self._environ)
+        base = os.path.join(state_dir(self._environ), "containers")
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        self._dir = os.path.join(base, self.id)
+        os.makedirs(os.path.join(self._dir, "bundle"), mode=0o700)
+        os.makedirs(os.path.join(self._dir, "runsc"), mode=0o700)
+        with open(os.path.join(self._dir, "owner"), "w") as f:
+            f.write(str(os.getpid()))
+        mounts = session_mounts(self.plan, self.workspace, self.mount_at)
+        netns = None
+        egress = self.plan.of(P.Egress)
+        if egress:
+            netns, extra = self._network(egress[0])
+            mounts += extra
+        config = oci_config(rootfs=root, argv=IDLE_INIT, env=self._env({}), cwd="/", uid=self.user[0],
+                            gid=self.user[1], mounts=mounts, netns=netns, **self._resource_args())
+        with open(os.path.join(self._dir, "bundle", "config.json"), "w") as f:
+            json.dump(config, f)
+        argv = self._run_argv(netns)
+        # Not a pipe: the detached sandbox inherits the descriptor and would hold it open.
+        with open(os.path.join(self._dir, "start.log"), "w+b") as log:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=120)
+            log.seek(0)
+            output = log.read(65536)
+        if result.returncode != 0:
+            message = output.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+            raise EnforcementError(f"Can't start the gVisor sandbox: {message[0][:300]}",
+                                   fix="run `blastwall doctor`")
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        """The plan's limits, read back from the host: a limit that did not apply is refused, not ignored."""
+        from blastwall.tiers.container._raw_cgroups import expected_limits, read_limits
+
+        ops = [op for op in self.plan.of(P.Resources) if op.limits()]
+        if not ops:
+            return
+        wanted = {k: v for k, v in expected_limits(ops[0]).items() if v is not None}
+        found = read_limits(f"/blastwall/{self.id}") or {}
+        wrong = [f"{k} {found.get(k)} instead of {v}" for k, v in wanted.items() if found.get(k) != v]
+        if wrong:
+            raise EnforcementError(f"Can't verify the sandbox's resource limits on the host: {', '.join(wrong)}",
+                                   fix="check that the cgroup controllers are enabled; `blastwall doctor`")
+
+    def _state(self) -> dict:
+        """``runsc state`` of the sandbox ({} if it cannot say)."""
+        import subprocess
+
+        if self._dir is None or self._runsc is None:
+            return {}
+        result = subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "state", self.id],
+                                capture_output=True, timeout=30)
+        try:
+            state = json.loads(result.stdout) if result.returncode == 0 else {}
+        except ValueError:
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _resource_args(self) -> dict:
+        """The sandbox's own cgroup, always (so that close() knows what to remove), limited by the plan."""
+        ops = self.plan.of(P.Resources)
+        return {"resources": ops[0] if ops else None, "cgroups_path": f"/blastwall/{self.id}"}
+
+    def _run_argv(self, netns: str | None) -> list[str]:
+        from blastwall.tiers.container._raw_oci import runsc_argv
+
+        assert self._runsc is not None and self._dir is not None
+        argv = runsc_argv(runsc=self._runsc, state=os.path.join(self._dir, "runsc"), platform=self.platform,
+                          bundle=os.path.join(self._dir, "bundle"), container_id=self.id,
+                          network="sandbox" if netns else "none", detach=True)
+        if netns:
+            from blastwall.tiers.container import _raw_net
+
+            argv = _raw_net.runsc_wrapper(self._dir) + argv
+        return argv
+
+    def _network(self, egress: P.Egress):
+        """The session's namespace, veth, gateway listeners and firewall; returns (netns path, mounts)."""
+        from blastwall.egress import client
+        from blastwall.tiers.container import _raw_net
+
+        assert self._dir is not None
+        self._net = _raw_net.create(self.id, self._dir)
+        self._gateway = client.register(egress.rules(), self.label or self.id, self._environ, broker=self._broker,
+                                        workspace=self.workspace, listen=self._net.host_ip)
+        _raw_net.firewall(self._net, tcp_ports=self._gateway.tcp_ports, dns_port=self._gateway.dns_port)
+        mounts = []
+        resolv = os.path.join(self._dir, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write(f"nameserver {self._net.host_ip}\noptions attempts:1 timeout:2\n")
+        os.chmod(resolv, 0o644)
+        mounts.append(("file-ro", resolv, "/etc/resolv.conf"))
+        if self._gateway.ca_bundle:
+            mounts.append(("file-ro", self._gateway.ca_bundle, "/etc/ssl/certs/ca-certificates.crt"))
+        self.egress_env = _raw_net.proxy_environment(self._net.host_ip, self._gateway.token, self._gateway.tcp_ports,
+                                                      ca="/etc/ssl/certs/ca-certificates.crt"
+                                                      if self._gateway.ca_bundle else None)
+        self.egress_env.update(self._gateway.placeholders)
+        return self._net.netns_path, mounts
+
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        (env_op,) = self.plan.of(P.Environment)
+        env = dict(env_op.variables)
+        env.update(self.egress_env)
+        env["PATH"] = DEFAULT_PATH
+        env["HOME"] = self.home
+        env.setdefault("USER", "user")
+        env.setdefault("LOGNAME", env["USER"])
+        env["BLASTWALL_SANDBOX"] = "container"
+        env.update(extra)
+        return env
+
+    # -- commands ---------------------------------------------------------------------
+    def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+             stdin: int = 0, stdout: int = 1, stderr: int = 2) -> int:
+        """Start ``argv`` in the sandbox; returns the pid of its ``runsc exec`` (reap it for the status)."""
+        if not self.booted or self._dir is None or self._runsc is None:
+            raise RuntimeError("boot() must succeed first")
+        from blastwall.tiers._lifecycle import spawn
+
+        self._serial += 1
+        spec = os.path.join(self._dir, f"exec-{self._serial}.json")
+        process = {
+            "terminal": False,
+            "user": {"uid": self.user[0], "gid": self.user[1]},
+            "args": list(argv),
+            "env": [f"{k}={v}" for k, v in sorted(self._env(env or {}).items())],
+            "cwd": cwd or self.mount_at,
+            "noNewPrivileges": True,
+            "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
+        }
+        with open(spec, "w") as f:
+            json.dump(process, f)
+        pidfile = os.path.join(self._dir, f"exec-{self._serial}.pid")
+        command = [self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "exec", f"--process={spec}",
+                   f"--internal-pid-file={pidfile}", self.id]
+        pid = spawn(command, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: stdin, 1: stdout, 2: stderr},
+                    new_session=True)
+        self._execs[pid] = pidfile
+        return pid
+
+    def finished(self, pid: int) -> None:
+        """Forget a reaped command's files."""
+        pidfile = self._execs.pop(pid, None)
+        if pidfile:
+            for path in (pidfile, pidfile[:-4] + ".json"):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def signal_exec(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        """Signal a running command inside the sandbox (and its ``runsc exec``)."""
+        import subprocess
+
+        pidfile = self._execs.get(pid)
+        if pidfile and self._dir is not None and self._runsc is not None:
+            try:
+                with open(pidfile) as f:
+                    inner = int(f.read().strip())
+            except (OSError, ValueError):
+                inner = None
+            if inner:
+                subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "kill", f"--pid={inner}",
+                                self.id, str(int(sig))], capture_output=True, timeout=30)
+        try:
+            os.killpg(pid, signal.SIGTERM if sig == signal.SIGKILL else sig)
+        except ProcessLookupError:
+            pass
+
+    def alive(self) -> bool:
+        return self.booted and self._state().get("status") == "running"
+
+    # -- close ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Destroy the sandbox and everything it had; safe to call more than once."""
+        import subprocess
+
+        self.booted = False
+        for pid in list(self._execs):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._dir is not None and self._runsc is not None:
+            subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force", self.id],
+                           capture_output=True, timeout=60)
+        from blastwall.tiers._lifecycle import reap_quietly
+
+        for pid in list(self._execs):
+            reap_quietly(pid)
+        self._execs.clear()
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None
+        if self._net is not None:
+            from blastwall.tiers.container import _raw_net
+
+            _raw_net.destroy(self._net)
+            self._net = None
+        if self._dir is not None:
+            from blastwall.tiers.container import cgroups
+
+            cgroups.remove(f"/blastwall/{self.id}")
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+
+    def __enter__(self) -> "ContainerSession":
+        self.boot()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
