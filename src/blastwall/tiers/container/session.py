@@ -87,6 +87,7 @@ class ContainerSession:
         self._gateway = None
         self._guard = None
         self._execs: dict[int, str] = {}
+        self._rlimits: list[dict] = []
         self._serial = 0
 
     # -- the reaper --------------------------------------------------------------------
@@ -148,6 +149,8 @@ class ContainerSession:
                             gid=self.user[1], mounts=mounts, netns=netns, **self._resource_args())
         with open(os.path.join(self._dir, "bundle", "config.json"), "w") as f:
             json.dump(config, f)
+        # Every command gets the init's limits (RLIMIT_NPROC is how gVisor bounds pids).
+        self._rlimits = config["process"]["rlimits"]
         argv = self._run_argv(netns)
         # Not a pipe: the detached sandbox inherits the descriptor and would hold it open.
         with open(os.path.join(self._dir, "start.log"), "w+b") as log:
@@ -261,6 +264,7 @@ class ContainerSession:
             "cwd": cwd or self.mount_at,
             "noNewPrivileges": True,
             "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
+            "rlimits": self._rlimits,
         }
         with open(spec, "w") as f:
             json.dump(process, f)

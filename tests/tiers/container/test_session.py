@@ -1,0 +1,97 @@
+"""Long-lived container sessions: commands run unprivileged, under the session's limits, killable; nothing left.
+
+Limits are per session: the fork bomb meets RLIMIT_NPROC (gVisor's processes
+are not host processes, so the pids cgroup cannot count them), the memory bomb
+meets the sandbox's memory cgroup, and the host's OOM killer ends the session.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.tiers.container.test_network import _assert_gone, _exec, pytestmark  # noqa: F401 - same skips
+
+
+@pytest.fixture
+def env(home, image_cache, gw_state):
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(image_cache), "XDG_STATE_HOME": str(gw_state),
+            "XDG_CONFIG_HOME": str(home / ".config"), "PATH": os.environ["PATH"]}
+
+
+def _boot(env, workspace, doc):
+    from blastwall import api
+    from blastwall.policy.model import parse_layer
+    from blastwall.tiers.container.session import ContainerSession
+
+    os.chown(workspace, 1000, 1000)
+    pol = api.load(None, flags=parse_layer(doc, "test"), workspace=str(workspace), environ=env)
+    plan = api.plan_for(pol, workspace=str(workspace), cwd=str(workspace), environ=env)
+    session = ContainerSession(plan, environ=env, workspace=str(workspace))
+    session.boot()
+    return session
+
+
+def test_commands_run_unprivileged_and_keep_state(env, workspace):
+    session = _boot(env, workspace, {"sandbox": {"tier": "container"}})
+    try:
+        _, out = _exec(session, "id -u; grep CapEff /proc/self/status; echo x > /etc/owned 2>&1 || echo etc-refused; "
+                                "echo data > made.txt; echo kept > /tmp/state; pwd; echo $HOME")
+        _, later = _exec(session, "cat /tmp/state made.txt")
+    finally:
+        session.close()
+    lines = out.split()
+    assert lines[0] == "1000"
+    assert "CapEff:\t0000000000000000" in out
+    assert "etc-refused" in out
+    assert "/home/user" in out
+    assert later.split() == ["kept", "data"]  # The session's state lives between commands...
+    made = workspace / "made.txt"
+    assert made.read_text() == "data\n" and made.stat().st_uid == 1000  # ...and the workspace is the host's.
+    _assert_gone(session.id, env)
+
+
+def test_fork_and_memory_bombs_stay_inside_the_session_limits(env, workspace):
+    session = _boot(env, workspace, {"sandbox": {"tier": "container"},
+                                      "resources": {"memory": "192M", "pids": 32}})
+    try:
+        started = time.monotonic()
+        _, forks = _exec(session, "python3 -c 'import os, time\nn = 0\nfor _ in range(500):\n try:\n"
+                                  "  if os.fork() == 0:\n   time.sleep(20); os._exit(0)\n  n += 1\n"
+                                  " except OSError:\n  break\nprint(\"forked\", n)'", timeout=60)
+        _exec(session, "kill -9 -1 2>/dev/null; true", timeout=30)
+        status, memory = _exec(session, "python3 -c 'b = bytearray(1 << 30); b[::4096] = b\"x\" * (len(b) // 4096); "
+                                        "print(\"allocated\")'; echo rc=$?", timeout=60)
+        peak = int(open(f"/sys/fs/cgroup/memory/blastwall/{session.id}/memory.max_usage_in_bytes").read())
+        alive = session.alive()
+        elapsed = time.monotonic() - started
+    finally:
+        session.close()
+    assert "forked" in forks, forks
+    count = int(forks.split()[-1])
+    assert 0 < count < 32, forks  # RLIMIT_NPROC for the session's user: the bomb got EAGAIN.
+    assert "allocated" not in memory and "rc=0" not in memory, memory
+    # The memory limit holds for the whole sandbox: the host's OOM killer ends the
+    # session (gVisor's kernel is one host process), never anything outside it.
+    assert peak <= 192 * 1024 * 1024
+    assert not alive
+    assert elapsed < 120
+    _assert_gone(session.id, env)
+
+
+def test_a_killed_command_is_gone_inside_the_sandbox(env, workspace):
+    session = _boot(env, workspace, {"sandbox": {"tier": "container"}})
+    try:
+        pid = session.exec(["sleep", "300"], stdin=0, stdout=1, stderr=2)
+        time.sleep(1.0)
+        session.signal_exec(pid)
+        from blastwall.tiers._lifecycle import reap
+
+        status = reap(pid)
+        _, out = _exec(session, "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done")
+    finally:
+        session.close()
+    assert status != 0
+    assert "sleep 300" not in out, out
