@@ -144,7 +144,9 @@ def test_memory_bomb_is_killed_at_its_limit_and_the_host_stays_responsive(home, 
     status, out, err = run.finish()
     assert status != 0, out[-500:]
     assert "allocated 1 GiB" not in out
-    assert 64 * MiB < peak <= limit  # It pushed against the limit and never went past it.
+    # It pushed against the limit and did not get past it: the kernel may force-charge a dying task a
+    # few pages beyond the limit (seen: one page), never the gigabyte the bomb asked for.
+    assert 64 * MiB < peak <= limit + 2 * MiB, peak - limit
     assert max(latencies) < 1.0, latencies
     assert "Traceback" not in err
     assert_gone(run)
