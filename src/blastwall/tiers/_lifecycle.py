@@ -11,11 +11,15 @@ __all__ = ["TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "
 TIMED_OUT = 124
 
 
-def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_session: bool) -> int:
+def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_session: bool,
+          die_with_parent: bool = True) -> int:
     """Fork and exec ``argv`` with descriptors placed as ``layout`` ({target: source}); return the pid.
 
     The child dies with its parent, even on SIGKILL (PR_SET_PDEATHSIG, checked
-    against the race with the parent's death).  Sources are first moved out of
+    against the race with the parent's death) -- unless ``die_with_parent`` is
+    false: PR_SET_PDEATHSIG follows the forking *thread*, and a long-lived
+    child started from a short-lived worker thread (the service's) must
+    outlive that thread; such children need another lifeline.  Sources are first moved out of
     the way, so placing one never clobbers another sitting on its target.  Any
     failure before exec exits 125.
     """
@@ -29,10 +33,11 @@ def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_s
     if pid:
         return pid
     try:
-        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG: no orphan may outlive run
-            os._exit(125)
-        if os.getppid() != parent:
-            os._exit(125)
+        if die_with_parent:
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG: no orphan may outlive run
+                os._exit(125)
+            if os.getppid() != parent:
+                os._exit(125)
         moved = {}
         for target, source in layout.items():
             try:

@@ -28,7 +28,12 @@ from blastwall.policy import plan as P
 __all__ = ["ContainerSession", "map_path", "session_mounts"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-IDLE_INIT = ["sleep", "infinity"]
+# The init says it is up, then waits on its stdin: the session's lifeline.  When
+# the owner closes it (or dies), the init exits, gVisor stops every process of
+# the sandbox and the foreground `runsc run` tears the sandbox down itself,
+# which is much faster than `runsc delete --force` on a running one.
+IDLE_INIT = ["sh", "-c", "echo ready; read _"]
+BOOT_TIMEOUT = 60.0
 
 
 def map_path(path: str, workspace: str, mount_at: str) -> str:
@@ -88,6 +93,8 @@ class ContainerSession:
         self._guard = None
         self._execs: dict[int, str] = {}
         self._rlimits: list[dict] = []
+        self._lifeline: int | None = None
+        self._runner: int | None = None
         self._serial = 0
 
     # -- the reaper --------------------------------------------------------------------
@@ -152,13 +159,24 @@ class ContainerSession:
         # Every command gets the init's limits (RLIMIT_NPROC is how gVisor bounds pids).
         self._rlimits = config["process"]["rlimits"]
         argv = self._run_argv(netns)
-        # Not a pipe: the detached sandbox inherits the descriptor and would hold it open.
-        with open(os.path.join(self._dir, "start.log"), "w+b") as log:
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=120)
-            log.seek(0)
-            output = log.read(65536)
-        if result.returncode != 0:
+        from blastwall.tiers._lifecycle import spawn
+
+        lifeline_r, self._lifeline = os.pipe()
+        ready_r, ready_w = os.pipe()
+        log = os.open(os.path.join(self._dir, "start.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._runner = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: lifeline_r, 1: ready_w, 2: log},
+                                 new_session=True, die_with_parent=False)
+        finally:
+            for fd in (lifeline_r, ready_w, log):
+                os.close(fd)
+        try:
+            ready = _read_ready(ready_r, BOOT_TIMEOUT)
+        finally:
+            os.close(ready_r)
+        if not ready:
+            with open(os.path.join(self._dir, "start.log"), "rb") as f:
+                output = f.read()[-4096:]
             message = output.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
             raise EnforcementError(f"Can't start the gVisor sandbox: {message[0][:300]}",
                                    fix="run `blastwall doctor`")
@@ -203,7 +221,7 @@ class ContainerSession:
         assert self._runsc is not None and self._dir is not None
         argv = runsc_argv(runsc=self._runsc, state=os.path.join(self._dir, "runsc"), platform=self.platform,
                           bundle=os.path.join(self._dir, "bundle"), container_id=self.id,
-                          network="sandbox" if netns else "none", detach=True)
+                          network="sandbox" if netns else "none")
         if netns:
             from blastwall.tiers.container import _raw_net
 
@@ -271,8 +289,10 @@ class ContainerSession:
         pidfile = os.path.join(self._dir, f"exec-{self._serial}.pid")
         command = [self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "exec", f"--process={spec}",
                    f"--internal-pid-file={pidfile}", self.id]
+        # Not tied to the calling thread (the service's worker threads come and
+        # go); the command ends with the sandbox at close() at the latest.
         pid = spawn(command, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: stdin, 1: stdout, 2: stderr},
-                    new_session=True)
+                    new_session=True, die_with_parent=False)
         self._execs[pid] = pidfile
         return pid
 
@@ -313,16 +333,29 @@ class ContainerSession:
         """Destroy the sandbox and everything it had; safe to call more than once."""
         import subprocess
 
+        from blastwall.tiers._lifecycle import reap_quietly
+
         self.booted = False
+        if self._lifeline is not None:
+            os.close(self._lifeline)  # The init exits; the sandbox stops and `runsc run` removes it.
+            self._lifeline = None
+        if self._runner is not None:
+            if not _wait_exit(self._runner, 10.0):
+                try:
+                    os.killpg(self._runner, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            reap_quietly(self._runner)
+            self._runner = None
         for pid in list(self._execs):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self._dir is not None and self._runsc is not None:
+        if self._dir is not None and self._runsc is not None and self._state():
+            # Still known to runsc (the teardown above did not finish): force it.
             subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force", self.id],
                            capture_output=True, timeout=60)
-        from blastwall.tiers._lifecycle import reap_quietly
 
         for pid in list(self._execs):
             reap_quietly(pid)
@@ -351,3 +384,34 @@ class ContainerSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _read_ready(fd: int, timeout: float) -> bool:
+    """True once the init wrote "ready" (the sandbox runs); False if it ended or timed out first."""
+    import select
+    import time
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return False
+        chunk = os.read(fd, 64)
+        if not chunk:
+            return False
+        data += chunk
+    return data.startswith(b"ready")
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    import time
+
+    from blastwall.tiers._lifecycle import exited
+
+    deadline = time.monotonic() + timeout
+    while not exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
