@@ -555,7 +555,9 @@ def cmd_mcp(parsed) -> int:
     from blastwall.client import Sandbox
 
     workspace = os.path.realpath(parsed.get("--workspace") or os.getcwd())
-    sandbox = Sandbox.create(tier=parsed.get("--tier"), policy_file=parsed.get("--policy"), workspace=workspace)
+    # api_url=None: always this machine, whatever BLASTWALL_API_URL says.
+    sandbox = Sandbox.create(tier=parsed.get("--tier"), policy_file=parsed.get("--policy"), workspace=workspace,
+                             api_url=None)
     try:
         return serve(sandbox)
     finally:
@@ -584,7 +586,7 @@ def _option(parsed, name: str, convert, default=None):
 
 
 def _whole(text: str) -> int:
-    if not text.isdigit():
+    if not (0 < len(text) <= 9 and all(c in "0123456789" for c in text)):
         raise ValueError(f"{text!r} is not a whole number")
     return int(text)
 

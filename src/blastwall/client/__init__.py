@@ -1,6 +1,6 @@
 """The Python SDK, shaped like the hosted sandboxes users know (E2B-style).
 
-This first version drives a local backend in-process (no server yet)::
+Two backends behind one API.  Local (no server)::
 
     from blastwall.client import Sandbox
 
@@ -10,15 +10,46 @@ This first version drives a local backend in-process (no server yet)::
         print(result.stdout)
 
 Every command runs in a new sandbox of the chosen tier over the sandbox's
-workspace, with the policy given at creation (default: the user's policy
-with nothing but the workspace writable and no network).  ``files`` reads and
-writes inside the workspace from the host, refusing any path that would leave
-it (``..``, absolute paths, symlinks).  ``AsyncSandbox`` is the same, awaitable.
+workspace, with the policy given at creation (default: the user's policy with
+nothing but the workspace writable and no network).
+
+Remote, a ``blastwall serve`` service (``api_url``/``api_key``, or the
+``BLASTWALL_API_URL``/``BLASTWALL_API_KEY`` environment variables)::
+
+    with Sandbox.create(api_url="http://127.0.0.1:8700", api_key=key,
+                        policy={"network": {"allow": ["pypi.org"]}}, timeout=600) as sbx:
+        sbx.commands.run("pip download requests", on_stdout=print)
+
+One gVisor sandbox that lives until ``kill()`` (the ``with`` block's end) or
+its TTL, its workspace at ``/home/user``.  ``files`` refuses any path that
+would leave the workspace (``..``, other absolute paths, symlinks), on either
+backend.  ``AsyncSandbox`` is the same, awaitable.  Errors: see ``_errors``.
 """
 
 from __future__ import annotations
 
-from blastwall.client._sync import CommandExitError, CommandResult, Sandbox, SandboxClosedError, SandboxFileError
-from blastwall.client._async import AsyncSandbox
+from blastwall.client._async import AsyncCommandHandle, AsyncSandbox
+from blastwall.client._errors import (AuthenticationError, CeilingExceededError, CommandExitError, CommandResult,
+                                      InvalidRequestError, QuotaExceededError, RateLimitError, SandboxClosedError,
+                                      SandboxError, SandboxFileError, SandboxNotFoundError, ServiceError)
+from blastwall.client._sync import UNSET, CommandHandle, Sandbox
 
-__all__ = ["AsyncSandbox", "CommandExitError", "CommandResult", "Sandbox", "SandboxClosedError", "SandboxFileError"]
+__all__ = [
+    "AsyncCommandHandle",
+    "AsyncSandbox",
+    "AuthenticationError",
+    "CeilingExceededError",
+    "CommandExitError",
+    "CommandHandle",
+    "CommandResult",
+    "InvalidRequestError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "Sandbox",
+    "SandboxClosedError",
+    "SandboxError",
+    "SandboxFileError",
+    "SandboxNotFoundError",
+    "ServiceError",
+    "UNSET",
+]

@@ -1,12 +1,33 @@
-"""The asynchronous SDK: the same operations, awaited (run in worker threads)."""
+"""The asynchronous SDK: the same operations, awaitable.
+
+Each call runs the synchronous SDK in a worker thread (``asyncio.to_thread``):
+one implementation of every check and of both backends, and an event loop
+that never blocks on a sandbox.  A streamed command holds one thread while it
+runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from blastwall.client._sync import Sandbox
+from blastwall.client._sync import UNSET, CommandHandle, Sandbox
 
-__all__ = ["AsyncSandbox"]
+__all__ = ["AsyncCommandHandle", "AsyncSandbox"]
+
+
+class AsyncCommandHandle:
+    def __init__(self, sync: CommandHandle) -> None:
+        self._sync = sync
+
+    @property
+    def id(self):
+        return self._sync.id
+
+    async def wait(self, timeout: float | None = None):
+        return await asyncio.to_thread(self._sync.wait, timeout)
+
+    async def kill(self) -> None:
+        await asyncio.to_thread(self._sync.kill)
 
 
 class _AsyncCommands:
@@ -14,7 +35,8 @@ class _AsyncCommands:
         self._sync = sync
 
     async def run(self, cmd, **kwargs):
-        return await asyncio.to_thread(self._sync.run, cmd, **kwargs)
+        result = await asyncio.to_thread(self._sync.run, cmd, **kwargs)
+        return AsyncCommandHandle(result) if isinstance(result, CommandHandle) else result
 
 
 class _AsyncFiles:
@@ -29,18 +51,40 @@ class _AsyncFiles:
 
 
 class AsyncSandbox:
+    """``Sandbox``, awaitable: ``await AsyncSandbox.create(...)``, ``async with``, ``await sbx.commands.run(...)``."""
+
     def __init__(self, sync: Sandbox) -> None:
         self._sync = sync
-        self.workspace = sync.workspace
         self.commands = _AsyncCommands(sync.commands)
         self.files = _AsyncFiles(sync.files)
 
     @classmethod
-    async def create(cls, **kwargs) -> "AsyncSandbox":
-        return cls(await asyncio.to_thread(Sandbox.create, **kwargs))
+    async def create(cls, *args, **kwargs) -> "AsyncSandbox":
+        return cls(await asyncio.to_thread(Sandbox.create, *args, **kwargs))
+
+    @classmethod
+    async def connect(cls, sandbox_id: str, *, api_url=UNSET, api_key=UNSET, environ=None) -> "AsyncSandbox":
+        return cls(await asyncio.to_thread(Sandbox.connect, sandbox_id, api_url=api_url, api_key=api_key,
+                                           environ=environ))
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._sync.sandbox_id
+
+    @property
+    def workspace(self) -> str:
+        return self._sync.workspace
+
+    async def get_info(self) -> dict:
+        return await asyncio.to_thread(self._sync.get_info)
+
+    async def set_timeout(self, seconds: int) -> None:
+        await asyncio.to_thread(self._sync.set_timeout, seconds)
 
     async def kill(self) -> None:
         await asyncio.to_thread(self._sync.kill)
+
+    close = kill
 
     async def __aenter__(self) -> "AsyncSandbox":
         return self

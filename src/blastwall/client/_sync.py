@@ -1,85 +1,60 @@
-"""The synchronous SDK over a local, in-process backend."""
+"""The synchronous SDK: one front (``Sandbox``, ``commands``, ``files``) over two backends.
+
+The front holds what does no I/O (argument checks, the non-zero-exit rule);
+``_local.LocalBackend`` and ``_remote.RemoteBackend`` do the work.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import threading
 
-from blastwall.client import _files
+from blastwall.client._errors import (CommandExitError, CommandResult, InvalidRequestError, SandboxClosedError,
+                                      SandboxFileError)
 
-__all__ = ["CommandExitError", "CommandHandle", "CommandResult", "Sandbox", "SandboxClosedError", "SandboxFileError"]
+__all__ = ["UNSET", "CommandHandle", "Sandbox"]
 
 
-class CommandResult:
-    __slots__ = ("stdout", "stderr", "exit_code")
-
-    def __init__(self, stdout: str, stderr: str, exit_code: int) -> None:
-        self.stdout, self.stderr, self.exit_code = stdout, stderr, exit_code
-
+class _Unset:
     def __repr__(self) -> str:
-        return f"CommandResult(exit_code={self.exit_code}, stdout={self.stdout[:60]!r}, stderr={self.stderr[:60]!r})"
+        return "UNSET"
 
 
-class CommandExitError(Exception):
-    """The command ran and exited non-zero (or timed out: exit_code 124)."""
-
-    def __init__(self, result: CommandResult) -> None:
-        super().__init__(f"command exited with status {result.exit_code}: {result.stderr.strip()[:200]}")
-        self.result = result
-        self.stdout, self.stderr, self.exit_code = result.stdout, result.stderr, result.exit_code
+UNSET = _Unset()  # "not given": look in the environment.  None means "no": the local backend.
 
 
-class SandboxClosedError(Exception):
-    """The sandbox was closed; create another."""
+def _check_envs(envs) -> None:
+    from blastwall.policy.model import is_env_name
 
-
-class SandboxFileError(Exception):
-    """A file path outside the workspace, a link, a missing or oversized file."""
-
-
-def _sdk_layer(tier: str | None, allow_domains):
-    from blastwall.policy.model import parse_layer
-
-    doc: dict = {}
-    if tier:
-        doc["sandbox"] = {"tier": tier}
-    if allow_domains:
-        doc["network"] = {"allow": list(allow_domains)}
-    return parse_layer(doc, "sdk", extend_lists=True)
+    if envs is None:
+        return
+    if not isinstance(envs, dict):
+        raise InvalidRequestError("envs: expected a dict of NAME: value")
+    for name, value in envs.items():
+        if not isinstance(name, str) or not is_env_name(name):
+            raise InvalidRequestError(f"envs: {name!r} is not an environment variable name")
+        if not isinstance(value, str) or "\x00" in value:
+            raise InvalidRequestError(f"envs[{name!r}]: expected a string without NUL")
 
 
 class CommandHandle:
-    """A background command: ``wait()`` for its result, ``kill()`` to stop it."""
+    """A command started with ``background=True``: ``wait()`` for its result, ``kill()`` to stop it."""
 
-    def __init__(self, runner) -> None:
-        self._box = None
-        self._result: CommandResult | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(runner,), daemon=True)
-        self._thread.start()
+    def __init__(self, impl) -> None:
+        self._impl = impl
 
-    def _run(self, runner) -> None:
-        try:
-            self._result = runner(self)
-        except BaseException as exc:  # noqa: BLE001 - handed to wait()
-            self._error = exc
+    @property
+    def id(self) -> str | None:
+        return getattr(self._impl, "id", None)
 
     def wait(self, timeout: float | None = None) -> CommandResult:
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError("the command is still running")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        if self._result.exit_code != 0:
-            raise CommandExitError(self._result)
-        return self._result
+        """The result; CommandExitError if it exited non-zero, TimeoutError if still running after ``timeout``."""
+        result = self._impl.result(timeout)
+        if result.exit_code != 0:
+            raise CommandExitError(result)
+        return result
 
     def kill(self) -> None:
-        if self._box is not None:
-            self._box.kill()
+        self._impl.kill()
 
 
 class Commands:
@@ -87,26 +62,24 @@ class Commands:
         self._sandbox = sandbox
 
     def run(self, cmd, *, timeout: float = 60.0, envs: dict[str, str] | None = None, cwd: str | None = None,
-            background: bool = False):
-        """Run ``cmd`` (a shell string or an argv list) in a new sandbox over the workspace."""
-        sandbox = self._sandbox
-        sandbox._check_open()
-        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        if envs:
-            for name in envs:
-                if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
-                    raise ValueError(f"{name!r} is not an environment variable name")
-            argv = ["env", *[f"{k}={v}" for k, v in envs.items()], *argv]
-        workdir = sandbox.workspace
-        if cwd:
-            workdir = os.path.join(sandbox.workspace, *_files.split_relative(cwd))
+            background: bool = False, on_stdout=None, on_stderr=None):
+        """Run ``cmd`` (a shell string or an argv list) in the sandbox.
 
-        def runner(handle=None) -> CommandResult:
-            return sandbox._run(argv, workdir, timeout, handle)
-
+        Returns a ``CommandResult``, or a ``CommandHandle`` with ``background``.
+        A non-zero exit raises ``CommandExitError`` (124: killed at ``timeout``).
+        ``cwd`` is relative to the workspace.  ``on_stdout``/``on_stderr`` get
+        the output as it comes (remote) or at the end (local).
+        """
+        backend = self._sandbox._open()
+        if not isinstance(cmd, str) and not (isinstance(cmd, (list, tuple)) and cmd
+                                             and all(isinstance(a, str) for a in cmd)):
+            raise InvalidRequestError("cmd: expected a shell command string or a non-empty list of strings")
+        _check_envs(envs)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidRequestError("timeout: expected seconds > 0")
         if background:
-            return CommandHandle(runner)
-        result = runner()
+            return CommandHandle(backend.start(cmd, timeout=timeout, envs=envs, cwd=cwd))
+        result = backend.run(cmd, timeout=timeout, envs=envs, cwd=cwd, on_stdout=on_stdout, on_stderr=on_stderr)
         if result.exit_code != 0:
             raise CommandExitError(result)
         return result
@@ -117,93 +90,146 @@ class Files:
         self._sandbox = sandbox
 
     def write(self, path: str, data) -> None:
-        self._sandbox._check_open()
-        payload = data.encode() if isinstance(data, str) else bytes(data)
-        try:
-            _files.write(self._sandbox.workspace, path, payload)
-        except (OSError, ValueError) as exc:
-            raise SandboxFileError(f"Can't write {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        """Write ``data`` (str or bytes) to ``path`` in the workspace, creating directories."""
+        backend = self._sandbox._open()
+        if isinstance(data, str):
+            payload = data.encode()
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            payload = bytes(data)
+        else:
+            raise SandboxFileError(f"Can't write {path!r}: data must be str or bytes")
+        backend.write(path, payload)
 
     def read(self, path: str, format: str = "text"):  # noqa: A002 - E2B's argument name
-        self._sandbox._check_open()
-        try:
-            data = _files.read(self._sandbox.workspace, path)
-        except (OSError, ValueError) as exc:
-            raise SandboxFileError(f"Can't read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        """The file's content: text (UTF-8), or bytes with ``format="bytes"``."""
+        if format not in ("text", "bytes"):
+            raise InvalidRequestError("format: 'text' or 'bytes'")
+        data = self._sandbox._open().read(path)
         return data if format == "bytes" else data.decode("utf-8", "replace")
 
 
 class Sandbox:
-    """A workspace plus a policy; every command runs in its own sandbox of the policy's tier."""
+    """A sandbox: ``commands.run``, ``files.read``/``files.write``, ``kill()`` (or a ``with`` block).
 
-    def __init__(self, workspace: str, policy, *, owns_workspace: bool, environ) -> None:
-        self.workspace = workspace
-        self.policy = policy
-        self._owns = owns_workspace
-        self._environ = environ
+    Local backend: a workspace on this machine (``workspace``, default a new
+    private directory removed at kill); each command runs in a new sandbox of
+    the policy's tier over it.  Remote backend (``api_url``): one container
+    sandbox of a ``blastwall serve`` service that lives until ``kill()`` or its
+    TTL, with its workspace at ``/home/user``.
+    """
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
         self._closed = False
         self.commands = Commands(self)
         self.files = Files(self)
 
     @classmethod
-    def create(cls, *, tier: str | None = None, policy_file: str | None = None, workspace: str | None = None,
+    def create(cls, template: str | None = None, *, image: str | None = None, policy=None, resources=None,
+               timeout: int | None = None, ttl: int | None = None, api_url=UNSET, api_key=UNSET,
+               tier: str | None = None, policy_file: str | None = None, workspace: str | None = None,
                allow_domains=(), environ=None) -> "Sandbox":
-        """A sandbox over ``workspace`` (default: a new private directory, removed at close)."""
-        from blastwall import api
+        """A new sandbox.
 
-        environ = dict(os.environ if environ is None else environ)
-        policy = api.load(policy_file, flags=_sdk_layer(tier, allow_domains), environ=environ)
-        owns = workspace is None
-        if owns:
-            from blastwall.policy.load import cache_dir
+        Remote when ``api_url`` is given, or left unset and ``BLASTWALL_API_URL``
+        is set (with ``api_key`` or ``BLASTWALL_API_KEY``); ``api_url=None``
+        always means local.  ``template``/``image``: the image; ``policy``: a
+        policy layer (TOML text or a dict); ``resources``: ``{"memory": "1G",
+        "cpus": 1, "pids": 256}``; ``timeout``/``ttl``: seconds the remote
+        sandbox lives.  ``tier``, ``policy_file`` and ``workspace`` are local only.
+        """
+        environ = os.environ if environ is None else environ
+        url = environ.get("BLASTWALL_API_URL") or None if api_url is UNSET else api_url
+        image = image if image is not None else template
+        if timeout is not None and ttl is not None and timeout != ttl:
+            raise InvalidRequestError("give timeout or ttl, not both")
+        lifetime = ttl if ttl is not None else timeout
+        if url:
+            from blastwall.client._remote import RemoteBackend
 
-            base = os.path.join(cache_dir(environ), "sandboxes")
-            os.makedirs(base, mode=0o700, exist_ok=True)
-            workspace = tempfile.mkdtemp(prefix="sbx-", dir=base)
-        return cls(os.path.realpath(workspace), policy, owns_workspace=owns, environ=environ)
+            local_only = [name for name, value in (("tier", tier), ("policy_file", policy_file),
+                                                  ("workspace", workspace)) if value is not None]
+            if local_only and not (local_only == ["tier"] and tier == "container"):
+                raise InvalidRequestError(f"{', '.join(local_only)}: only for the local backend (api_url=None)")
+            key = environ.get("BLASTWALL_API_KEY", "") if api_key is UNSET else api_key
+            try:
+                backend = RemoteBackend.create(api_url=url, api_key=key, image=image, policy=policy,
+                                               resources=resources, ttl=lifetime, allow_domains=allow_domains)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from None
+            return cls(backend)
+        if api_key not in (UNSET, None):
+            raise InvalidRequestError("api_key without api_url (or BLASTWALL_API_URL)")
+        if lifetime is not None:
+            raise InvalidRequestError("timeout/ttl: only for the remote backend (a local sandbox lives until kill())")
+        from blastwall.client._local import LocalBackend
 
-    def _check_open(self) -> None:
+        if image is not None:
+            policy_with_image = {"sandbox": {"image": image}}
+            if policy is None:
+                policy = policy_with_image
+            elif isinstance(policy, dict):
+                policy = {**policy, "sandbox": {**policy.get("sandbox", {}), "image": image}}
+            else:
+                raise InvalidRequestError("give the image inside the policy when the policy is TOML text")
+        return cls(LocalBackend.create(tier=tier, policy_file=policy_file, workspace=workspace,
+                                       allow_domains=allow_domains, policy=policy, resources=resources,
+                                       environ=environ))
+
+    @classmethod
+    def connect(cls, sandbox_id: str, *, api_url=UNSET, api_key=UNSET, environ=None) -> "Sandbox":
+        """An existing remote sandbox, by id (for example from another process)."""
+        from blastwall.client._remote import RemoteBackend
+
+        environ = os.environ if environ is None else environ
+        url = environ.get("BLASTWALL_API_URL") if api_url is UNSET else api_url
+        key = environ.get("BLASTWALL_API_KEY", "") if api_key is UNSET else api_key
+        if not url:
+            raise InvalidRequestError("connect needs api_url (or BLASTWALL_API_URL)")
+        try:
+            return cls(RemoteBackend.connect(sandbox_id, api_url=url, api_key=key))
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+
+    # -- what it is -------------------------------------------------------------------------------
+    @property
+    def sandbox_id(self) -> str:
+        return self._backend.sandbox_id
+
+    @property
+    def workspace(self) -> str:
+        """Local: the workspace's path on this machine.  Remote: /home/user (inside the sandbox)."""
+        return getattr(self._backend, "workspace", "/home/user")
+
+    @property
+    def policy(self):
+        """Local only: the effective Policy."""
+        return getattr(self._backend, "policy", None)
+
+    def get_info(self) -> dict:
+        """Remote: the service's description (state, expires_at, resources, ...)."""
+        self._open()
+        refresh = getattr(self._backend, "refresh", None)
+        return refresh() if refresh else {"id": self.sandbox_id, "state": "running", "workdir": self.workspace}
+
+    def set_timeout(self, seconds: int) -> None:
+        """Remote: the sandbox now lives ``seconds`` from now (within the tenant's ceiling)."""
+        backend = self._open()
+        if not hasattr(backend, "set_timeout"):
+            raise InvalidRequestError("set_timeout: only for the remote backend")
+        backend.set_timeout(seconds)
+
+    def _open(self):
         if self._closed:
             raise SandboxClosedError("this sandbox is closed")
-
-    def _run(self, argv: list[str], cwd: str, timeout: float, handle) -> CommandResult:
-        from blastwall import api
-
-        box = api.sandbox(self.policy, workspace=self.workspace, cwd=cwd, environ=self._environ)
-        if handle is not None:
-            handle._box = box
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            box.kill()
-
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            timer = threading.Timer(timeout, expire)
-            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                box.prepare()
-                box.start(argv, stdin=devnull, stdout=out.fileno(), stderr=err.fileno())
-                timer.start()
-                status = box.wait()
-            finally:
-                timer.cancel()
-                os.close(devnull)
-                box.close()
-            timed_out = expired.is_set()
-            out.seek(0)
-            err.seek(0)
-            stdout = out.read().decode("utf-8", "replace")
-            stderr = err.read().decode("utf-8", "replace")
-        return CommandResult(stdout, stderr, 124 if timed_out else status)
+        return self._backend
 
     def kill(self) -> None:
-        """Destroy the sandbox: its private workspace goes with it."""
+        """Destroy the sandbox (remote: the service's sandbox; local: a private workspace)."""
         if self._closed:
             return
         self._closed = True
-        if self._owns:
-            shutil.rmtree(self.workspace, ignore_errors=True)
+        self._backend.kill()
 
     close = kill
 
@@ -212,3 +238,6 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+    def __repr__(self) -> str:
+        return f"Sandbox({self.sandbox_id!r}{', closed' if self._closed else ''})"

@@ -70,7 +70,7 @@ class RunCommand(BaseModel):
 def create_app(manager, store) -> FastAPI:
     app = FastAPI(title="blastwall sandbox service", version="1",
                   description="Ephemeral gVisor sandboxes for many tenants. See docs/service.md.",
-                  docs_url=None, redoc_url=None, lifespan=_lifespan)
+                  docs_url=None, redoc_url=None, lifespan=_lifespan(manager))
     app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT, upload_limit=manager.config.max_upload)
     _error_handlers(app)
 
@@ -162,14 +162,22 @@ def create_app(manager, store) -> FastAPI:
     return app
 
 
-@contextlib.asynccontextmanager
-async def _lifespan(app):
-    # Each streamed command and each create holds a worker thread; the
-    # default of 40 would cap the service at a few dozen busy sandboxes.
-    import anyio.to_thread
+def _lifespan(manager):
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        # Each streamed command and each create holds a worker thread; the
+        # default of 40 would cap the service at a few dozen busy sandboxes.
+        import anyio.to_thread
 
-    anyio.to_thread.current_default_thread_limiter().total_tokens = 256
-    yield
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 256
+        try:
+            yield
+        finally:
+            # Here, not after the server returns: uvicorn re-raises the SIGTERM
+            # it caught once it is done, which ends the process at once.
+            await run_in_threadpool(manager.close)
+
+    return lifespan
 
 
 def _client(request: Request) -> str:

@@ -69,6 +69,11 @@ class CeilingExceeded(Exception):
         self.field = field
 
 
+def _ascii_digits(text: str) -> bool:
+    # Not str.isdigit(): it accepts "²" and fullwidth digits, which int() then reads.
+    return 0 < len(text) <= 16 and all(c in "0123456789" for c in text)
+
+
 def parse_size(value: object, what: str = "size") -> int:
     """Bytes from ``536870912``, ``"512M"``, ``"512MiB"``, ``"2G"``; ValueError otherwise."""
     if isinstance(value, bool):
@@ -79,7 +84,7 @@ def parse_size(value: object, what: str = "size") -> int:
         text = value.strip().lower()
         digits = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
         unit = text[len(digits):].strip()
-        if not digits.isdigit() or unit not in _SIZE_UNITS:
+        if not _ascii_digits(digits) or unit not in _SIZE_UNITS:
             raise ValueError(f"{what}: {value!r} is not a size like 512M or 2G")
         number = int(digits)
     else:
@@ -107,7 +112,7 @@ def parse_duration(value: object, what: str = "duration") -> int:
         text = value.strip().lower()
         unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
         digits = text[:-1] if text[-1:] in _DURATION_UNITS else text
-        if not digits.isdigit():
+        if not _ascii_digits(digits):
             raise ValueError(f"{what}: {value!r} is not a duration like 300s, 5m, 12h or 30d")
         seconds = int(digits) * _DURATION_UNITS[unit]
     else:

@@ -371,7 +371,9 @@ class Manager:
             self._threads.append(thread)
 
     def close(self) -> None:
-        """Destroy every sandbox (they are ephemeral: a stopped service keeps none)."""
+        """Destroy every sandbox (they are ephemeral: a stopped service keeps none).  Idempotent."""
+        if self._stopping.is_set() and self._audit is None:
+            return
         self._stopping.set()
         self._warm_wakeup.set()
         for thread in self._threads:
@@ -391,13 +393,22 @@ class Manager:
 
     def reap_leftovers(self) -> None:
         """Destroy the containers, workspaces and rows a previous (crashed) service process left."""
+        from blastwall.tiers._lifecycle import alive
         from blastwall.tiers.container.session import ContainerSession
 
+        # We hold the data directory's lock, so the process that wrote these
+        # rows has exited; it may still be a zombie for a moment, and the
+        # tier's reaper leaves the containers of a live owner alone.
+        rows = self.store.sandbox_rows()
+        deadline = time.time() + 10
+        for owner in {row["owner"] for row in rows if row["owner"] != os.getpid()}:
+            while alive(owner) and time.time() < deadline:
+                time.sleep(0.05)
         try:
             ContainerSession.recover(environ=self.config.environ)
         except Exception:  # noqa: BLE001 - recovery must not keep the service down; say so
             log.exception("reaping leftover containers failed")
-        for row in self.store.sandbox_rows():
+        for row in rows:
             self._remove_workspace(row["workspace"])
             self.store.remove_sandbox(row["id"])
             self.audit("reap", row["tenant"] or "-", row["id"], decision="destroy",

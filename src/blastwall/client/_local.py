@@ -1,0 +1,173 @@
+"""The local backend: a workspace on this machine; each command in a new sandbox of the policy's tier."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+
+from blastwall.client import _files
+from blastwall.client._errors import CommandResult, SandboxFileError
+
+__all__ = ["LocalBackend", "LocalCommandHandle"]
+
+
+def _layer(tier, allow_domains, policy, resources):
+    """The SDK's arguments as one policy layer above the user's file."""
+    from blastwall.policy.load import parse_toml
+    from blastwall.policy.model import merge, parse_layer
+
+    layers = []
+    if policy:
+        document = parse_toml(policy, "policy argument") if isinstance(policy, str) else policy
+        layers.append(parse_layer(document, "policy argument"))
+    doc: dict = {}
+    if tier:
+        doc["sandbox"] = {"tier": tier}
+    if allow_domains:
+        doc["network"] = {"allow": list(allow_domains)}
+    if resources:
+        doc["resources"] = dict(resources)
+    layers.append(parse_layer(doc, "sdk", extend_lists=True))
+    return layers, merge
+
+
+class LocalCommandHandle:
+    """A background command: ``wait()`` for its result, ``kill()`` to stop it."""
+
+    def __init__(self, runner) -> None:
+        self._box = None
+        self._result: CommandResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(runner,), daemon=True)
+        self._thread.start()
+
+    def _run(self, runner) -> None:
+        try:
+            self._result = runner(self)
+        except BaseException as exc:  # noqa: BLE001 - handed to wait()
+            self._error = exc
+
+    def result(self, timeout: float | None) -> CommandResult:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the command is still running")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def kill(self) -> None:
+        if self._box is not None:
+            self._box.kill()
+
+
+class LocalBackend:
+    """A workspace plus a policy; every command runs in its own sandbox of the policy's tier."""
+
+    def __init__(self, workspace: str, policy, *, owns_workspace: bool, environ) -> None:
+        self.workspace = workspace
+        self.policy = policy
+        self.sandbox_id = os.path.basename(workspace)
+        self._owns = owns_workspace
+        self._environ = environ
+
+    @classmethod
+    def create(cls, *, tier=None, policy_file=None, workspace=None, allow_domains=(), policy=None, resources=None,
+               environ=None) -> "LocalBackend":
+        from blastwall.policy.load import user_layers
+
+        environ = dict(os.environ if environ is None else environ)
+        # As api.load(): the user's file (or ``policy_file``), then the SDK's
+        # arguments; the workspace's own project policy is never read here.
+        layers, merge = _layer(tier, allow_domains, policy, resources)
+        merged = merge([*user_layers(policy_file, environ=environ), *layers])
+        owns = workspace is None
+        return cls(cls._workspace(workspace, environ), merged, owns_workspace=owns, environ=environ)
+
+    @staticmethod
+    def _workspace(workspace, environ) -> str:
+        if workspace is None:
+            from blastwall.policy.load import cache_dir
+
+            base = os.path.join(cache_dir(environ), "sandboxes")
+            os.makedirs(base, mode=0o700, exist_ok=True)
+            workspace = tempfile.mkdtemp(prefix="sbx-", dir=base)
+        return os.path.realpath(workspace)
+
+    # -- commands -------------------------------------------------------------------------------
+    def _argv_and_cwd(self, cmd, envs, cwd) -> tuple[list[str], str]:
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if envs:
+            argv = ["env", *[f"{k}={v}" for k, v in envs.items()], *argv]
+        workdir = self.workspace
+        if cwd:
+            try:
+                workdir = os.path.join(self.workspace, *_files.split_relative(cwd))
+            except ValueError as exc:
+                raise SandboxFileError(f"Can't use {cwd!r} as the working directory: {exc}") from None
+        return argv, workdir
+
+    def run(self, cmd, *, timeout: float, envs, cwd, on_stdout=None, on_stderr=None) -> CommandResult:
+        argv, workdir = self._argv_and_cwd(cmd, envs, cwd)
+        result = self._run(argv, workdir, timeout, None)
+        # The local backend has the output only at the end.
+        if on_stdout and result.stdout:
+            on_stdout(result.stdout)
+        if on_stderr and result.stderr:
+            on_stderr(result.stderr)
+        return result
+
+    def start(self, cmd, *, timeout: float, envs, cwd) -> LocalCommandHandle:
+        argv, workdir = self._argv_and_cwd(cmd, envs, cwd)
+        return LocalCommandHandle(lambda handle: self._run(argv, workdir, timeout, handle))
+
+    def _run(self, argv: list[str], cwd: str, timeout: float, handle) -> CommandResult:
+        from blastwall import api
+
+        box = api.sandbox(self.policy, workspace=self.workspace, cwd=cwd, environ=self._environ)
+        if handle is not None:
+            handle._box = box
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            box.kill()
+
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            timer = threading.Timer(timeout, expire)
+            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                box.prepare()
+                box.start(argv, stdin=devnull, stdout=out.fileno(), stderr=err.fileno())
+                timer.start()
+                status = box.wait()
+            finally:
+                timer.cancel()
+                os.close(devnull)
+                box.close()
+            timed_out = expired.is_set()
+            out.seek(0)
+            err.seek(0)
+            stdout = out.read().decode("utf-8", "replace")
+            stderr = err.read().decode("utf-8", "replace")
+        return CommandResult(stdout, stderr, 124 if timed_out else status)
+
+    # -- files ------------------------------------------------------------------------------------
+    def write(self, path: str, data: bytes) -> None:
+        try:
+            _files.write(self.workspace, path, data)
+        except (OSError, ValueError) as exc:
+            raise SandboxFileError(f"Can't write {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def read(self, path: str) -> bytes:
+        try:
+            return _files.read(self.workspace, path)
+        except (OSError, ValueError) as exc:
+            raise SandboxFileError(f"Can't read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    # -- life ---------------------------------------------------------------------------------------
+    def kill(self) -> None:
+        if self._owns:
+            shutil.rmtree(self.workspace, ignore_errors=True)

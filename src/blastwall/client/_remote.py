@@ -1,0 +1,232 @@
+"""The remote backend: a sandbox of a ``blastwall serve`` service, over HTTP with ``requests``.
+
+Every answer that is not a success becomes the most specific SDK error
+(``_errors.error_for``); a connection failure or an answer the API never gives
+is a ``ServiceError``.  Paths are checked here too, before anything is sent:
+a ``..`` in a URL path could be resolved by the HTTP client into another route.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import quote
+
+from blastwall.client._errors import CommandResult, SandboxFileError, ServiceError, error_for
+
+__all__ = ["RemoteBackend", "RemoteCommandHandle"]
+
+CONNECT_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 120.0   # creating a sandbox may wait for a boot
+MAX_UPLOAD = 64 << 20     # the service's default; a larger limit is the service's to refuse
+
+
+HOME = "/home/user"
+
+
+def _url_path(path: object) -> str:
+    """The workspace-relative, percent-encoded form of ``path`` (relative, or absolute under /home/user)."""
+    if not isinstance(path, str) or not path or "\x00" in path or len(path) > 4096:
+        raise SandboxFileError(f"{str(path)[:200]!r} is not a file path")
+    relative = path
+    if path.startswith("/"):
+        if not path.startswith(HOME + "/"):
+            raise SandboxFileError(f"{path[:200]!r} is not inside {HOME}")
+        relative = path[len(HOME) + 1:]
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise SandboxFileError(f"{path[:200]!r} is not a file path inside {HOME}")
+    return quote("/".join(parts), safe="/")
+
+
+class _Client:
+    """One base URL and key over one ``requests.Session``; every call checked and translated."""
+
+    def __init__(self, api_url: str, api_key: str) -> None:
+        import requests
+
+        if not isinstance(api_url, str) or not api_url.startswith(("http://", "https://")):
+            raise ValueError(f"api_url must be an http:// or https:// URL, not {str(api_url)[:100]!r}")
+        if not api_key:
+            raise ValueError("an API key is needed (api_key=... or BLASTWALL_API_KEY)")
+        self.api_url = api_url.rstrip("/")
+        self._requests = requests
+        self._session = requests.Session()
+        self._session.headers.update({"Authorization": f"Bearer {api_key}", "User-Agent": "blastwall-sdk/1"})
+        self._session.trust_env = False  # Never send the key through a proxy someone set in the environment.
+
+    def call(self, method: str, path: str, *, json_body=None, data=None, stream=False, timeout=REQUEST_TIMEOUT,
+             files=False):
+        try:
+            response = self._session.request(method, self.api_url + path, json=json_body, data=data, stream=stream,
+                                             timeout=(CONNECT_TIMEOUT, timeout))
+        except self._requests.RequestException as exc:
+            raise ServiceError(f"Can't reach the sandbox service at {self.api_url}: {type(exc).__name__}",
+                               code="unreachable") from None
+        if response.status_code >= 400:
+            raise self._error(response, files=files)
+        return response
+
+    @staticmethod
+    def _error(response, *, files: bool):
+        try:
+            error = response.json()["error"]
+            code, message, details = str(error["code"]), str(error["message"]), error.get("details")
+        except (ValueError, KeyError, TypeError):
+            code, message, details = "", f"the service answered {response.status_code} without an API error", None
+        finally:
+            response.close()
+        return error_for(response.status_code, code, message, details, files=files)
+
+    def json(self, method: str, path: str, body=None, *, timeout=REQUEST_TIMEOUT) -> dict:
+        response = self.call(method, path, json_body=body, timeout=timeout)
+        if response.status_code == 204:
+            return {}
+        try:
+            return response.json()
+        except ValueError:
+            raise ServiceError("the service answered with something that is not JSON", code="bad_answer") from None
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class RemoteCommandHandle:
+    """A background command in a remote sandbox: ``result()`` waits, ``kill()`` stops it."""
+
+    def __init__(self, client: _Client, sandbox_id: str, command_id: str) -> None:
+        self._client = client
+        self._base = f"/v1/sandboxes/{quote(sandbox_id, safe='')}/commands/{quote(command_id, safe='')}"
+        self.id = command_id
+
+    def status(self, wait: float = 0) -> dict:
+        return self._client.json("GET", f"{self._base}?wait={wait:g}", timeout=wait + REQUEST_TIMEOUT)
+
+    def result(self, timeout: float | None) -> CommandResult:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
+            status = self.status(left)
+            if status.get("state") == "exited":
+                return CommandResult(status.get("stdout", ""), status.get("stderr", ""), int(status["exit_code"]))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("the command is still running")
+
+    def kill(self) -> None:
+        self._client.json("POST", f"{self._base}/kill")
+
+
+class RemoteBackend:
+    def __init__(self, client: _Client, info: dict) -> None:
+        self._client = client
+        self.info = info
+        self.sandbox_id = info["id"]
+        self._base = f"/v1/sandboxes/{quote(self.sandbox_id, safe='')}"
+
+    @classmethod
+    def create(cls, *, api_url: str, api_key: str, image=None, policy=None, resources=None, ttl=None,
+               allow_domains=()) -> "RemoteBackend":
+        body: dict = {}
+        if image is not None:
+            body["image"] = image
+        if allow_domains:
+            if policy is not None and not isinstance(policy, dict):
+                raise ValueError("give allow_domains inside the policy when the policy is TOML text")
+            policy = dict(policy or {})
+            network = dict(policy.get("network", {}))
+            network["allow"] = [*network.get("allow", []), *allow_domains]
+            policy["network"] = network
+        if policy is not None:
+            body["policy"] = policy
+        if resources is not None:
+            body["resources"] = dict(resources)
+        if ttl is not None:
+            body["ttl"] = int(ttl)
+        client = _Client(api_url, api_key)
+        try:
+            return cls(client, client.json("POST", "/v1/sandboxes", body))
+        except BaseException:
+            client.close()
+            raise
+
+    @classmethod
+    def connect(cls, sandbox_id: str, *, api_url: str, api_key: str) -> "RemoteBackend":
+        client = _Client(api_url, api_key)
+        try:
+            return cls(client, client.json("GET", f"/v1/sandboxes/{quote(sandbox_id, safe='')}"))
+        except BaseException:
+            client.close()
+            raise
+
+    # -- commands -----------------------------------------------------------------------------
+    @staticmethod
+    def _body(cmd, timeout, envs, cwd, background) -> dict:
+        body: dict = {"cmd": cmd if isinstance(cmd, str) else list(cmd), "timeout": timeout,
+                      "background": background}
+        if envs:
+            body["envs"] = dict(envs)
+        if cwd:
+            body["cwd"] = cwd
+        return body
+
+    def run(self, cmd, *, timeout: float, envs, cwd, on_stdout=None, on_stderr=None) -> CommandResult:
+        response = self._client.call("POST", f"{self._base}/commands",
+                                     json_body=self._body(cmd, timeout, envs, cwd, False), stream=True,
+                                     timeout=timeout + 30)
+        stdout, stderr, final = [], [], None
+        try:
+            for line in response.iter_lines(chunk_size=65536):
+                if not line:
+                    continue
+                event = json.loads(line)
+                if "stdout" in event:
+                    stdout.append(event["stdout"])
+                    if on_stdout:
+                        on_stdout(event["stdout"])
+                elif "stderr" in event:
+                    stderr.append(event["stderr"])
+                    if on_stderr:
+                        on_stderr(event["stderr"])
+                elif "exit_code" in event:
+                    final = event
+        except (ValueError, self._client._requests.RequestException) as exc:
+            raise ServiceError(f"the command's output stream broke: {type(exc).__name__}", code="stream") from None
+        finally:
+            response.close()
+        if final is None or not isinstance(final.get("exit_code"), int):
+            raise ServiceError("the command's output stream ended without an exit status (the sandbox may have "
+                               "been destroyed)", code="stream")
+        return CommandResult("".join(stdout), "".join(stderr), final["exit_code"])
+
+    def start(self, cmd, *, timeout: float, envs, cwd) -> RemoteCommandHandle:
+        answer = self._client.json("POST", f"{self._base}/commands", self._body(cmd, timeout, envs, cwd, True))
+        return RemoteCommandHandle(self._client, self.sandbox_id, answer["id"])
+
+    # -- files ----------------------------------------------------------------------------------
+    def write(self, path: str, data: bytes) -> None:
+        target = _url_path(path)
+        if len(data) > MAX_UPLOAD:
+            raise SandboxFileError(f"Can't write {path!r}: larger than {MAX_UPLOAD} bytes")
+        self._client.call("PUT", f"{self._base}/files/{target}", data=data, files=True).close()
+
+    def read(self, path: str) -> bytes:
+        response = self._client.call("GET", f"{self._base}/files/{_url_path(path)}", files=True)
+        return response.content
+
+    # -- life -----------------------------------------------------------------------------------------
+    def refresh(self) -> dict:
+        self.info = self._client.json("GET", self._base)
+        return self.info
+
+    def set_timeout(self, ttl: int) -> None:
+        self.info = self._client.json("POST", f"{self._base}/timeout", {"ttl": int(ttl)})
+
+    def kill(self) -> None:
+        from blastwall.client._errors import SandboxNotFoundError
+
+        try:
+            self._client.call("DELETE", self._base).close()
+        except SandboxNotFoundError:
+            pass  # Already gone (expired, or killed elsewhere): the goal is met.
+        finally:
+            self._client.close()
