@@ -21,52 +21,57 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
+import threading
 
 from blastwall.policy.load import state_dir
 
-__all__ = ["Guard", "create", "lock_roots", "release", "remove", "recover"]
+__all__ = ["Guard", "create", "lock_roots", "remove", "recover"]
 
 # (path, kind, dev, ino, root)
 Record = tuple[str, str, int, int, str]
 
-_held_locks: dict[str, int] = {}
+_serial = itertools.count(1)  # next() is atomic: sessions start from several threads.
+# Placeholders a run of this process could not remove (another run of this
+# process still used the root), for the last one out: {root: [(records, journal)]}.
+_deferred: dict[str, list[tuple[list[Record], str]]] = {}
+_deferred_lock = threading.Lock()
 
 
 def _journal_dir(environ) -> str:
     return os.path.join(state_dir(environ), "placeholders")
 
 
-def _journal_path(environ) -> str:
-    return os.path.join(_journal_dir(environ), f"{os.getpid()}.txt")
+def _journal_path(environ, tag: str) -> str:
+    """One journal per run: ``PID.txt``, or ``PID.N.txt`` for the Nth of a process running several."""
+    return os.path.join(_journal_dir(environ), f"{tag}.txt")
 
 
-def lock_roots(roots) -> None:
-    """Hold a shared lock on every writable root for the life of this run.
+def lock_roots(roots) -> dict[str, int]:
+    """A shared lock on every writable root, held for the life of the run; returns {root: fd}.
 
     Every run takes it, whether or not it created placeholders, because it
-    relies on placeholders that other runs may have created.
+    relies on placeholders that other runs may have created.  Each run has its
+    own descriptors (flock locks belong to open files), so runs in one process
+    (the service's sessions) count as separate users too.
     """
+    held: dict[str, int] = {}
     for root in roots:
-        if root in _held_locks:
+        if root in held:
             continue
         try:
             fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue
         fcntl.flock(fd, fcntl.LOCK_SH)
-        _held_locks[root] = fd
+        held[root] = fd
+    return held
 
 
-def release() -> None:
-    for fd in _held_locks.values():
-        os.close(fd)
-    _held_locks.clear()
-
-
-def _try_exclusive(workspace: str) -> int | None:
+def _try_exclusive(workspace: str, held_locks: dict[str, int]) -> int | None:
     """An exclusive lock on the workspace if no other run holds it, else None."""
-    held = _held_locks.pop(workspace, None)
+    held = held_locks.pop(workspace, None)
     try:
         fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -83,7 +88,7 @@ def _try_exclusive(workspace: str) -> int | None:
     return fd
 
 
-def create(ops, roots, *, environ=os.environ) -> list[Record]:
+def create(ops, roots, *, environ=os.environ, tag: str | None = None) -> list[Record]:
     """Create the placeholders of ``ops`` (Placeholder operations); journal them.
 
     ``roots`` are the writable roots; call ``lock_roots(roots)`` first, and
@@ -92,7 +97,7 @@ def create(ops, roots, *, environ=os.environ) -> list[Record]:
     if not ops:
         return []
     records: list[Record] = []
-    journal = _journal_path(environ)
+    journal = _journal_path(environ, tag or str(os.getpid()))
     os.makedirs(os.path.dirname(journal), mode=0o700, exist_ok=True)
     with open(journal, "w", encoding="utf-8") as out:
         for op in sorted(ops, key=lambda o: o.path):
@@ -145,28 +150,54 @@ def _root_of(path: str, roots) -> str:
     return best
 
 
-def remove(records: list[Record], *, environ=os.environ) -> None:
-    """Remove our placeholders if we are the last run using their directories."""
-    by_root: dict[str, list[Record]] = {}
+def remove(records: list[Record], held_locks: dict[str, int], *, environ=os.environ, tag: str | None = None) -> None:
+    """Remove our placeholders if we are the last run using their directories; let go of our locks."""
+    by_root: dict[str, list[Record]] = {root: [] for root in held_locks}
     for record in records:
         by_root.setdefault(record[4], []).append(record)
+    journal = _journal_path(environ, tag or str(os.getpid()))
     leftover = False
     for root, items in by_root.items():
-        fd = _try_exclusive(root)
-        if fd is None:
-            leftover = True  # Another run still uses them; it or recover() cleans up.
+        with _deferred_lock:
+            waiting = root in _deferred
+        if not items and not waiting:
             continue
+        fd = _try_exclusive(root, held_locks)
+        if fd is None:
+            if not items:
+                continue
+            # Another run still uses them.  If it is in this process, it removes
+            # them when it leaves last; else recover() does, once we are gone.
+            leftover = True
+            with _deferred_lock:
+                _deferred.setdefault(root, []).append((items, journal))
+            continue
+        with _deferred_lock:
+            earlier = _deferred.pop(root, [])
         try:
-            for path, kind, dev, ino, item_root in sorted(items, reverse=True):
-                _remove_one(path, kind, dev, ino, item_root)
+            for batch, _ in [(items, journal), *earlier]:
+                for path, kind, dev, ino, item_root in sorted(batch, reverse=True):
+                    _remove_one(path, kind, dev, ino, item_root)
         finally:
             os.close(fd)
-    release()
+        for _, other in earlier:
+            _unlink_journal_if_settled(other)
+    for fd in held_locks.values():
+        os.close(fd)
+    held_locks.clear()
     if not leftover:
-        try:
-            os.unlink(_journal_path(environ))
-        except FileNotFoundError:
-            pass
+        _unlink_journal_if_settled(journal)
+
+
+def _unlink_journal_if_settled(journal: str) -> None:
+    """Remove a journal unless some of its placeholders still wait for another run to leave."""
+    with _deferred_lock:
+        if any(j == journal for batches in _deferred.values() for _, j in batches):
+            return
+    try:
+        os.unlink(journal)
+    except FileNotFoundError:
+        pass
 
 
 def _remove_one(path: str, kind: str, dev: int, ino: int, root: str) -> None:
@@ -194,10 +225,11 @@ def recover(*, environ=os.environ) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        stem, _, ext = name.partition(".")
-        if ext != "txt" or not stem.isdigit() or int(stem) == os.getpid():
+        stem, _, ext = name.rpartition(".")
+        pid = stem.split(".", 1)[0]
+        if ext != "txt" or not pid.isdigit() or not stem.replace(".", "").isdigit() or int(pid) == os.getpid():
             continue
-        if _alive(int(stem)):
+        if _alive(int(pid)):
             continue
         path = os.path.join(directory, name)
         try:
@@ -213,7 +245,7 @@ def recover(*, environ=os.environ) -> None:
                 continue
             by_root.setdefault(parts[0], []).append((parts[4], parts[1], int(parts[2]), int(parts[3]), parts[0]))
         for root, items in by_root.items():
-            fd = _try_exclusive(root)
+            fd = _try_exclusive(root, {})
             if fd is None:
                 done = False
                 continue
@@ -247,10 +279,17 @@ class Guard:
 
         self._environ = environ
         roots = [op.path for op in plan.of(P.Writable)]
-        lock_roots(roots)
-        self._records: list[Record] | None = create(plan.of(P.Placeholder), roots, environ=environ)
+        self._tag = f"{os.getpid()}.{next(_serial)}"
+        self._locks = lock_roots(roots)
+        try:
+            self._records: list[Record] | None = create(plan.of(P.Placeholder), roots, environ=environ,
+                                                        tag=self._tag)
+        except BaseException:
+            for fd in self._locks.values():
+                os.close(fd)
+            raise
 
     def close(self) -> None:
         if self._records is not None:
-            remove(self._records, environ=self._environ)
+            remove(self._records, self._locks, environ=self._environ, tag=self._tag)
             self._records = None
