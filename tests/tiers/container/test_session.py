@@ -95,3 +95,38 @@ def test_a_killed_command_is_gone_inside_the_sandbox(env, workspace):
         session.close()
     assert status != 0
     assert "sleep 300" not in out, out
+
+
+def test_commands_keep_their_words_env_cwd_and_streams(env, workspace):
+    """Fast path (a spare shell becomes the command) and slow path (runsc exec) must be indistinguishable."""
+    from blastwall.tiers._lifecycle import reap
+
+    (workspace / "sub").mkdir()
+    os.chown(workspace / "sub", 1000, 1000)
+    session = _boot(env, workspace, {"sandbox": {"tier": "container"}})
+    tricky = ["it's", "$(touch /home/user/pwned)", "a;b", "`id`", "*", "-n", "tab\there", "new\nline"]
+    results = []
+    try:
+        for words in (tricky[:-1], tricky):  # The newline forces the slow path.
+            time.sleep(0.3)  # Let the session refill its spare.
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            pid = session.exec(["python3", "-c", "import json, os, sys; print(json.dumps([sys.argv[1:], "
+                                "os.getcwd(), os.environ.get('GREETING')])); print('oops', file=sys.stderr); "
+                                "sys.exit(7)", *words], env={"GREETING": "hi 'there' $HOME"},
+                               cwd="/home/user/sub", stdin=devnull, stdout=out_w, stderr=err_w)
+            for fd in (out_w, err_w, devnull):
+                os.close(fd)
+            status = reap(pid)
+            with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
+                results.append((status, out.read().decode(), err.read().decode()))
+    finally:
+        session.close()
+    import json
+
+    for (status, out, err), words in zip(results, (tricky[:-1], tricky)):
+        assert status == 7
+        assert json.loads(out) == [words, "/home/user/sub", "hi 'there' $HOME"]
+        assert err == "oops\n"
+    assert not (workspace / "pwned").exists()
