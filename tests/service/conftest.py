@@ -267,8 +267,9 @@ def destroy_service(svc: Service) -> None:
 
 
 @pytest.fixture(scope="module")
-def service(service_images):
-    svc = make_service(service_images)
+def service(service_images, request):
+    """One service for the module; a module's ``SERVICE_ARGS`` are added to `blastwall serve`."""
+    svc = make_service(service_images, args=getattr(request.module, "SERVICE_ARGS", ()))
     svc.start()
     yield svc
     destroy_service(svc)
@@ -276,3 +277,10 @@ def service(service_images):
 
 def container_ids(svc: Service, before=()) -> list[str]:
     return [c for c in svc.containers() if c not in before]
+
+
+def requires_gvisor(test):
+    """``needs_gvisor`` as a decorator, for modules where only some tests need the container tier."""
+    for mark in needs_gvisor:
+        test = mark(test)
+    return test
