@@ -425,20 +425,25 @@ class ContainerSession:
         if self._lifeline is not None:
             os.close(self._lifeline)  # The init exits; the sandbox stops and `runsc run` removes it.
             self._lifeline = None
+        torn_down = False
         if self._runner is not None:
-            if not _wait_exit(self._runner, 10.0):
+            torn_down = _wait_exit(self._runner, 10.0)
+            if not torn_down:
                 try:
                     os.killpg(self._runner, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            reap_quietly(self._runner)
+            from blastwall.tiers._lifecycle import reap
+
+            # `runsc run` exits 0 only after removing the sandbox it ran.
+            torn_down = reap(self._runner) == 0 and torn_down
             self._runner = None
         for pid in list(self._execs):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self._dir is not None and self._runsc is not None and self._state():
+        if self._dir is not None and self._runsc is not None and not torn_down and self._state():
             # Still known to runsc (the teardown above did not finish): force it.
             subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force", self.id],
                            capture_output=True, timeout=60)
