@@ -51,6 +51,7 @@ MAX_COMMANDS_KEPT = 64        # finished background commands remembered per sand
 MAX_ARGV_BYTES = 256 << 10
 MAX_ENV_VALUE = 64 << 10
 KILL_GRACE = 5.0              # seconds to wait for a killed command's runsc exec
+QUIET_AFTER_EXIT = 0.3        # seconds of silence after which a finished command's open pipes are let go
 
 
 def _killpg(pid: int, sig: int) -> None:
@@ -168,12 +169,28 @@ class Command:
                         selector.unregister(key.fd)
                 if pidfd is None:
                     self._try_reap()
-            # The command has exited: what it wrote is in the pipes already.  Take
-            # that and stop; whatever still holds the pipes open is not this command.
-            for fd, name in self._fds.items():
-                for _ in range(256):
-                    if self._read(fd, name, decoders) != "data":
-                        break
+            # The command has exited.  Its output may still be arriving (the
+            # sandbox's copies of the pipes close a moment after the exit is
+            # reported): read until EOF, or until the pipes stay quiet for
+            # QUIET_AFTER_EXIT, for whatever still holds them open (a process
+            # the command left running) is not this command.
+            hard_stop = time.time() + 5.0
+            quiet_until = time.time() + QUIET_AFTER_EXIT
+            while any(key.data != "exit" for key in selector.get_map().values()) and time.time() < hard_stop:
+                got = False
+                for key, _mask in selector.select(timeout=0.05):
+                    if key.data == "exit":
+                        selector.unregister(key.fd)
+                        continue
+                    state = self._read(key.fd, key.data, decoders)
+                    if state == "eof":
+                        selector.unregister(key.fd)
+                    elif state == "data":
+                        got = True
+                if got:
+                    quiet_until = time.time() + QUIET_AFTER_EXIT
+                elif time.time() >= quiet_until:
+                    break
             for name, decoder in decoders.items():
                 tail = decoder.decode(b"", final=True)
                 if tail:
