@@ -103,6 +103,10 @@ def _assert_gone(session_id: str, env) -> None:
     assert not [o for o in owners if o.endswith(session_id)]
     for top in ("memory", "pids", "cpu"):
         assert not os.path.exists(f"/sys/fs/cgroup/{top}/blastwall/{session_id}")
+    with open("/proc/self/mountinfo") as f:
+        assert name not in f.read()  # No mount (netns bind mount, runsc's) is left either.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert session_id not in ps  # Nor any runsc, gofer or sandbox process.
 
 
 class Listener:
@@ -262,3 +266,33 @@ def test_one_shot_run_with_network(home, workspace, scratch, image_cache, gw_sta
     assert [q[1] for q in up.requests] == ["/hello"]
     state = os.path.join(gw_state, "blastwall", "containers")
     assert not [d for d in os.listdir(state) if d.startswith("blastwall-")]
+
+
+def test_another_sessions_credential_is_worthless(home, workspace, scratch, env):
+    """B's gateway swaps B's placeholder for the real key; A, given B's placeholder, sends only a string."""
+    from tests.egress.upstreams import AsgiUpstream
+
+    real_key = "sk-real-0123456789abcdef0123456789abcdef"
+    api = AsgiUpstream(str(scratch), names=("api.test",))
+    network = {"resolve": {"api.test": "127.0.0.1"}, "trusted_addresses": ["127.0.0.1/32"], "upstream_ca": api.ca,
+               "rules": [{"host": "api.test", "paths": ["/**"]}]}
+    with_key = {"sandbox": {"tier": "container"},
+                "network": dict(network, rules=[{"host": "api.test", "paths": ["/**"], "credential": "API_KEY"}]),
+                "credentials": {"API_KEY": {"from": "env:API_KEY", "hosts": ["api.test"], "header": "x-api-key"}}}
+    b_ws = scratch / "b-ws"
+    b_ws.mkdir()
+    b = _session(dict(env, API_KEY=real_key), b_ws, with_key)
+    a = _session(env, workspace, {"sandbox": {"tier": "container"}, "network": network})
+    try:
+        stolen = b.egress_env["API_KEY"]
+        assert stolen != real_key and len(stolen) == len(real_key)
+        url = f"https://api.test:{api.port}/echo-key"
+        _, by_b = _exec(b, f'curl -sS -m 10 -H "x-api-key: $API_KEY" {url}')
+        _, by_a = _exec(a, f"curl -sS -m 10 -H 'x-api-key: {stolen}' {url}")
+    finally:
+        a.close()
+        b.close()
+        api.close()
+    keys = [req[2].get("x-api-key") for req in api.requests]
+    assert keys == [real_key, stolen], (keys, by_a, by_b)  # A's request carried B's placeholder, not B's key.
+    assert real_key not in by_a and real_key not in by_b  # Echoes come back scrubbed.
