@@ -120,15 +120,23 @@ def check_runsc() -> list[Check]:
     if path is None:
         return [Check("container", "gVisor (runsc)", False, "not installed", "sudo apt-get install runsc")]
     out = [Check("container", "gVisor (runsc)", True, f"{path}: {_version([path, '--version'])}")]
-    from blastwall.tiers.container import probe_platform
+    from blastwall.errors import ContainmentError
+    from blastwall.tiers.container import detect_platform
 
     if os.geteuid() != 0:
         out.append(Check("container", "runsc platform", False, "not probed: the container tier needs root here",
                          "run blastwall as root for the container tier"))
-    elif probe_platform(path, "ptrace"):
-        out.append(Check("container", "runsc platform", True, "ptrace: a sandbox ran `true`"))
     else:
-        out.append(Check("container", "runsc platform", False, "ptrace: runsc could not run a sandbox"))
+        try:
+            platform = detect_platform()
+        except ContainmentError as exc:
+            out.append(Check("container", "runsc platform", False, str(exc), getattr(exc, "fix", "") or ""))
+        else:
+            out.append(Check("container", "runsc platform", True, f"{platform}: a sandbox ran `true`"))
+    nft = _first(["/usr/sbin/nft", "/sbin/nft"])
+    out.append(Check("container", "nftables (session networks)", nft is not None,
+                     nft or "not installed: container sessions with network access are refused",
+                     "" if nft else "sudo apt-get install nftables"))
     from blastwall.tiers.container.images import list_images
 
     images = list_images()

@@ -25,7 +25,11 @@ import signal
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 
-__all__ = ["ContainerSandbox", "find_runsc", "probe_platform"]
+__all__ = ["ContainerSandbox", "detect_platform", "find_runsc", "probe_platform"]
+
+# Fastest first.  kvm is not tried: in nested virtual machines it can hang
+# instead of failing; choose it with BLASTWALL_RUNSC_PLATFORM=kvm.
+PLATFORMS = ("systrap", "ptrace")
 
 # What this tier enforces, and how; everything else refuses the plan.
 HANDLED = frozenset({
@@ -68,10 +72,45 @@ def probe_platform(runsc: str, platform: str, timeout: float = 20.0) -> bool:
     return result.returncode == 0
 
 
+def detect_platform(environ=os.environ) -> str:
+    """The gVisor platform to use: $BLASTWALL_RUNSC_PLATFORM, else the first of PLATFORMS that runs here.
+
+    The answer is remembered per runsc binary (path, size, mtime) in the state
+    directory, so only the first sandbox after an upgrade pays for the probe.
+    """
+    chosen = environ.get("BLASTWALL_RUNSC_PLATFORM")
+    if chosen:
+        if chosen not in ("systrap", "ptrace", "kvm"):
+            raise Unsupported(f"BLASTWALL_RUNSC_PLATFORM={chosen!r} is not a gVisor platform",
+                              fix="use systrap, ptrace or kvm")
+        return chosen
+    from blastwall.policy.load import state_dir
+
+    runsc = find_runsc()
+    st = os.stat(runsc)
+    key = f"{runsc}:{st.st_size}:{int(st.st_mtime)}"
+    memo = os.path.join(state_dir(environ), "runsc-platform")
+    try:
+        with open(memo) as f:
+            remembered_key, _, remembered = f.read().strip().rpartition("=")
+        if remembered_key == key and remembered in PLATFORMS:
+            return remembered
+    except OSError:
+        pass
+    for platform in PLATFORMS:
+        if probe_platform(runsc, platform):
+            os.makedirs(os.path.dirname(memo), mode=0o700, exist_ok=True)
+            with open(memo, "w") as f:
+                f.write(f"{key}={platform}\n")
+            return platform
+    raise EnforcementError("Can't run a gVisor sandbox with any platform here (tried systrap and ptrace)",
+                           fix="run `blastwall doctor`; check that runsc works: sudo runsc do true")
+
+
 class ContainerSandbox:
     """One command in an ephemeral gVisor sandbox."""
 
-    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, platform: str = "ptrace") -> None:
+    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, platform: str | None = None) -> None:
         self.plan = plan
         self.image = image
         self._environ = environ
@@ -138,6 +177,7 @@ class ContainerSandbox:
             raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
                               fix="run as root, or use --tier process")
         self._runsc = find_runsc()
+        self.platform = self.platform or detect_platform(self._environ)
         from blastwall.tiers.container.images import rootfs
 
         self._rootfs = rootfs(self.image, self._environ)

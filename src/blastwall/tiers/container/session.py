@@ -77,7 +77,7 @@ class ContainerSession:
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
                  mount_at: str = "/home/user", user: tuple[int, int] = (1000, 1000), label: str = "",
-                 platform: str = "ptrace", broker=None, home: str | None = None) -> None:
+                 platform: str | None = None, broker=None, home: str | None = None) -> None:
         self.plan = plan
         self.image = image
         self.workspace = os.path.realpath(workspace or plan.workspace)
@@ -115,7 +115,7 @@ class ContainerSession:
     # -- boot ------------------------------------------------------------------------------
     def boot(self) -> None:
         """Start the sandbox (idle init) and, if the plan allows hosts, its network; all or nothing."""
-        from blastwall.tiers.container import HANDLED, REFUSED, find_runsc
+        from blastwall.tiers.container import HANDLED, REFUSED, detect_platform, find_runsc
 
         for op in self.plan.operations:
             kind = type(op)
@@ -129,6 +129,7 @@ class ContainerSession:
             raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
                               fix="run as root, or use --tier process")
         self._runsc = find_runsc()
+        self.platform = self.platform or detect_platform(self._environ)
         try:
             self._boot()
         except BaseException:
