@@ -78,7 +78,7 @@ class Service:
         self.data = root / "data"
         self.db = self.data / "service.sqlite"
         self.audit_db = root / "audit.sqlite"
-        self.state = root / "state"
+        self.state = root / "st"  # Short: the gateway's unix socket paths live under it.
         # BLASTWALL_DEBUG: `kill -USR1` dumps the service's threads into its log (see wait_clean).
         self.env = bw_env(self.home, {"XDG_CACHE_HOME": str(images), "XDG_STATE_HOME": str(self.state),
                                       "BLASTWALL_AUDIT_DB": str(self.audit_db), "BLASTWALL_DEBUG": "1"})
@@ -256,7 +256,7 @@ class Service:
 
 def make_service(images: Path, *, args=()) -> Service:
     BASE.mkdir(parents=True, exist_ok=True)
-    root = BASE / f"service-{uuid.uuid4().hex[:10]}"
+    root = BASE / f"s-{uuid.uuid4().hex[:8]}"
     root.mkdir()
     return Service(root, images, args=args)
 

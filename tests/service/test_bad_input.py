@@ -196,6 +196,9 @@ def test_bad_create_requests_change_nothing(service, victim, body, status, code,
     assert "Traceback" not in r.text and "/home" not in r.text
     assert [s["id"] for s in service.call("GET", "/v1/sandboxes", key).json()["sandboxes"]] == listed
     assert snapshot(service) == before
+    if status in (403, 422) and code != "invalid_request":
+        refused = service.audit_rows()[-1]
+        assert (refused["command"], refused["decision"], refused["rule"]) == ("create", "deny", code)
 
 
 @requires_gvisor

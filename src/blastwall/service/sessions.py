@@ -553,6 +553,16 @@ class Manager:
                client: str = "") -> Sandbox:
         if self._stopping.is_set():
             raise Unavailable("the service is shutting down", code="shutting_down")
+        try:
+            return self._create(tenant, policy=policy, image=image, tier=tier, resources=resources, ttl=ttl,
+                                client=client)
+        except (Unprocessable, Forbidden, QuotaExceeded) as exc:
+            # Refusals are decisions too: the security team sees what was asked and why not.
+            self.audit("create", tenant.name, decision="deny", rule=exc.code,
+                       reason=f"{exc.message[:500]} (from {client})", strict=False)
+            raise
+
+    def _create(self, tenant, *, policy, image, tier, resources, ttl, client: str) -> Sandbox:
         merged, wanted, ttl, is_default = self.resolve_request(tenant, policy=policy, image=image, tier=tier,
                                                                resources=resources, ttl=ttl)
         ceiling = tenant.ceiling

@@ -1,0 +1,75 @@
+"""Network access through the service: each tenant gets only its ceiling's hosts, each session only its own
+gateway identity.
+
+The operator's base policy (``serve --policy``) points the test names at a
+loopback upstream; tenants may only *ask* for hosts within their ceilings.
+Session B holding session A's proxy credentials (read from inside A, as an
+injected agent would) gets nothing with them: not through A's listener, not
+through its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from tests.egress.upstreams import Upstream
+from tests.service.conftest import destroy_service, make_service, needs_gvisor
+
+pytestmark = [*needs_gvisor,
+              pytest.mark.skipif(shutil.which("nft", path="/usr/sbin:/sbin") is None,
+                                 reason="nftables is not installed")]
+
+
+@pytest.fixture(scope="module")
+def net(service_images, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("egress")
+    up = Upstream(str(directory))
+    base = directory / "base.toml"
+    base.write_text('[network]\nresolve = { "api.test" = "127.0.0.1", "other.test" = "127.0.0.1" }\n'
+                    'trusted_addresses = ["127.0.0.1/32"]\n')
+    svc = make_service(service_images, args=["--policy", str(base)])
+    svc.env["BLASTWALL_GATEWAY_IDLE"] = "30"
+    svc.start()
+    yield svc, up
+    destroy_service(svc)
+    up.close()
+
+
+def test_tenants_get_their_ceilings_hosts_and_sessions_their_own_identity(net):
+    svc, up = net
+    key_a = svc.tenant(allow_domains=["api.test"])
+    key_b = svc.tenant(allow_domains=["other.test"])
+    r = svc.call("POST", "/v1/sandboxes", key_a, json={"policy": {"network": {"allow": ["other.test"]}}})
+    assert r.status_code == 403  # Another tenant's grant is not this tenant's.
+    a = svc.create(key_a, policy={"network": {"allow": ["api.test"]}})["id"]
+    b = svc.create(key_b, policy={"network": {"allow": ["other.test"]}})["id"]
+    try:
+        port = up.http_port
+        out, err, _ = svc.run(key_a, a, f"curl -sS -m 10 http://api.test:{port}/from-a; echo; "
+                                        f"curl -sS -m 10 http://other.test:{port}/a-to-other; echo; "
+                                        "echo PROXY=$HTTP_PROXY")
+        assert "hello from upstream" in out, out + err
+        proxy_a = out.split("PROXY=", 1)[1].strip()
+        assert proxy_a, out
+        # B replays A's proxy URL (token and address), then A's token on its own listener.
+        out_b, _, _ = svc.run(key_b, b, "echo PROXY=$HTTP_PROXY")
+        proxy_b = out_b.split("PROXY=", 1)[1].strip()
+        token_a = proxy_a.split("//", 1)[1].split("@", 1)[0] if "@" in proxy_a else ""
+        own_listener = proxy_b.split("@", 1)[1] if "@" in proxy_b else proxy_b.split("//", 1)[1]
+        out, err, _ = svc.run(key_b, b, f"curl -sS -m 5 -x {proxy_a} http://api.test:{port}/replay-a; echo rc=$?; "
+                                        f"curl -sS -m 5 -x http://{token_a}@{own_listener} "
+                                        f"http://api.test:{port}/replay-b; echo rc=$?")
+        assert "hello from upstream" not in out, out + err
+        # A's listener is not even reachable from B's namespace; B's own gateway refuses A's token.
+        assert "Failed to connect" in err and "proxy credentials required" in out, out + err
+        paths = [r[1] for r in up.requests]
+        assert "/from-a" in paths
+        assert not {"/a-to-other", "/replay-a", "/replay-b"} & set(paths), paths
+    finally:
+        svc.call("DELETE", f"/v1/sandboxes/{a}", key_a)
+        svc.call("DELETE", f"/v1/sandboxes/{b}", key_b)
+    time.sleep(0.5)
+    assert svc.leftovers(sandboxes=[a, b]) == {}
