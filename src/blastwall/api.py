@@ -105,8 +105,13 @@ def plan_for(
     workspace: str | None = None,
     cwd: str | None = None,
     environ=os.environ,
+    disposable_workspace: bool = False,
 ) -> P.Plan:
-    """Compile ``policy`` for the invoking user, this machine and ``workspace``."""
+    """Compile ``policy`` for the invoking user, this machine and ``workspace``.
+
+    ``disposable_workspace``: the workspace dies with the sandbox and the host
+    never trusts its files (the service's sandboxes); see ``plan.Host``.
+    """
     cwd = cwd or os.getcwd()
     workspace = os.path.abspath(workspace) if workspace else cwd
     from blastwall.policy.load import _home
@@ -120,6 +125,7 @@ def plan_for(
         protected=protected_paths(environ),
         runtime=runtime_paths(),
         hidden=(state_dir(environ),),
+        disposable_workspace=disposable_workspace,
     )
     return P.compile_plan(policy, host)
 

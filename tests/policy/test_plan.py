@@ -82,6 +82,18 @@ def test_existing_mandatory_paths_become_read_only():
     assert f"{WS}/.git/modules" in {op.path for op in plan.of(P.Placeholder)}
 
 
+def test_disposable_workspace_has_no_mandatory_denies_but_keeps_the_rest():
+    """The service's workspaces die with their sandbox; the host never trusts their files."""
+    fs = FakeFS(dirs=[WS, f"{WS}/.git/hooks", "/srv/other"], files=[f"{WS}/.git/config", f"{WS}/secret.txt"])
+    plan = compile_({"filesystem": {"allow_write": [".", "/srv/other"], "deny_write": ["notes.txt"],
+                                    "deny_read": ["secret.txt"]}}, fs=fs, disposable_workspace=True)
+    guarded = {op.path for op in plan.of(P.ReadOnly)} | {op.path for op in plan.of(P.Placeholder)}
+    assert not any(p.startswith(WS + "/.") for p in guarded)
+    assert f"{WS}/notes.txt" in guarded  # The policy's own deny_write still holds,
+    assert "/srv/other/.git" in guarded  # and other writable roots keep their mandatory denies.
+    assert f"{WS}/secret.txt" in {op.path for op in plan.of(P.Hide)}  # and deny_read.
+
+
 def test_deny_wins_over_allow_write():
     plan = compile_({"filesystem": {"allow_write": [".", "~/.aws"]}})
     assert f"{HOME}/.aws" not in {op.path for op in plan.of(P.Writable)}

@@ -75,6 +75,19 @@ def test_envs_cwd_and_the_services_environment_stays_out(service):
     service.call("DELETE", f"/v1/sandboxes/{sid}", key)
 
 
+def test_the_sandboxs_home_is_its_own(service):
+    """A disposable workspace has no mandatory write-denies: git init, ~/.config, ~/.bashrc work."""
+    key = service.tenant()
+    sid = service.create(key)["id"]
+    try:
+        out, err, code = service.run(key, sid, "git init -q . && mkdir -p ~/.config/app && echo x > ~/.config/app/rc "
+                                               "&& echo 'alias ll=true' >> ~/.bashrc && echo ok")
+        assert (out, code) == ("ok\n", 0), err
+        assert (service.workspace(sid) / ".git" / "HEAD").exists()
+    finally:
+        service.call("DELETE", f"/v1/sandboxes/{sid}", key)
+
+
 def test_output_is_streamed_as_it_comes(service):
     import requests
 

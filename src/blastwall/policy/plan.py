@@ -278,9 +278,18 @@ class FileProbe:
 
 
 class Host:
-    """The invoking user and machine: everything the compiler reads besides the policy."""
+    """The invoking user and machine: everything the compiler reads besides the policy.
 
-    __slots__ = ("home", "uid", "workspace", "cwd", "environ", "protected", "runtime", "hidden", "probe")
+    ``disposable_workspace``: the workspace is destroyed with its sandbox and
+    nothing on the host ever runs or reads its files as configuration (the
+    service's per-sandbox directories).  The mandatory write-denies protect
+    the host from files planted for it to trust later; in such a workspace
+    they have nothing to protect, and would only break the sandbox's own home
+    (``git init``, ``~/.config``, ``~/.bashrc``).
+    """
+
+    __slots__ = ("home", "uid", "workspace", "cwd", "environ", "protected", "runtime", "hidden", "probe",
+                 "disposable_workspace")
 
     def __init__(
         self,
@@ -294,6 +303,7 @@ class Host:
         runtime: tuple[str, ...] = (),
         hidden: tuple[str, ...] = (),
         probe: FileProbe | None = None,
+        disposable_workspace: bool = False,
     ) -> None:
         object.__setattr__(self, "home", home)
         object.__setattr__(self, "uid", uid)
@@ -304,6 +314,7 @@ class Host:
         object.__setattr__(self, "runtime", runtime)
         object.__setattr__(self, "hidden", hidden)
         object.__setattr__(self, "probe", probe or FileProbe())
+        object.__setattr__(self, "disposable_workspace", disposable_workspace)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("a Host is immutable")
@@ -437,6 +448,8 @@ def compile_plan(policy, host: Host) -> Plan:
 
     home = probe.realpath(host.home)
     for root in roots:
+        if host.disposable_workspace and root == workspace:
+            continue
         entries = _defaults.MANDATORY_WRITE_DENY
         if is_within(home, root):
             entries = entries + _defaults.MANDATORY_HOME_WRITE_DENY

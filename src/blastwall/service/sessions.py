@@ -51,7 +51,7 @@ MAX_COMMANDS_KEPT = 64        # finished background commands remembered per sand
 MAX_ARGV_BYTES = 256 << 10
 MAX_ENV_VALUE = 64 << 10
 KILL_GRACE = 5.0              # seconds to wait for a killed command's runsc exec
-QUIET_AFTER_EXIT = 0.3        # seconds of silence after which a finished command's open pipes are let go
+QUIET_AFTER_EXIT = 1.0        # seconds of silence after which a finished command's open pipes are let go
 
 
 def _killpg(pid: int, sig: int) -> None:
@@ -618,7 +618,10 @@ class Manager:
 
         os.mkdir(sandbox.workspace, 0o700)
         os.chown(sandbox.workspace, *SANDBOX_USER)
-        plan = api.plan_for(policy, workspace=sandbox.workspace, cwd=sandbox.workspace, environ=self._plan_environ())
+        # Disposable: the workspace dies with the sandbox and the host never runs
+        # or trusts its files, so the sandbox's home is its own (git init, ~/.config).
+        plan = api.plan_for(policy, workspace=sandbox.workspace, cwd=sandbox.workspace, environ=self._plan_environ(),
+                            disposable_workspace=True)
         session = ContainerSession(plan, image=sandbox.image, environ=self.config.environ,
                                    workspace=sandbox.workspace, mount_at=MOUNT_AT, user=SANDBOX_USER,
                                    label=sandbox.label)
