@@ -199,10 +199,11 @@ def test_killed_service_is_reaped_at_restart(service_images):
         containers = svc.containers()
         assert len(containers) == 2
         svc.kill()
-        # The sandboxes outlive a SIGKILLed service (they run detached) ...
-        assert svc.runsc_processes() and all(svc.workspace(i).exists() for i in ids)
+        # Nothing cleaned up after the SIGKILL (the containers may be going down on
+        # their own: their lifeline was the dead process) ...
+        assert all(svc.workspace(i).exists() for i in ids)
         svc.start()
-        # ... and are gone before the new one answers.
+        # ... and all of it is gone before the new one answers.
         assert svc.leftovers(containers) == {}
         assert all(svc.call("GET", f"/v1/sandboxes/{i}", key).status_code == 404 for i in ids)
         reaped = [r for r in svc.audit_rows() if r["command"] == "reap"]
