@@ -157,6 +157,28 @@ def test_background_command_status_and_kill(service):
     service.call("DELETE", f"/v1/sandboxes/{sid}", key)
 
 
+def test_memory_bomb_stops_only_its_own_sandbox(service):
+    import requests
+
+    key = service.tenant()
+    neighbour = service.create(key)["id"]
+    before = service.containers()
+    sid = service.create(key, resources={"memory": "128M"})["id"]
+    new = container_ids(service, before)
+    r = requests.post(f"{service.url}/v1/sandboxes/{sid}/commands", headers={"Authorization": f"Bearer {key}"},
+                      json={"cmd": "python3 -c 'x = bytearray(1 << 30)'; echo survived"}, timeout=60)
+    events = [json.loads(line) for line in r.text.splitlines()]
+    assert events[-1]["exit_code"] >= 128 and events[-1].get("sandbox_stopped") is True, events
+    assert "survived" not in r.text
+    # The dead sandbox is destroyed (on the host too) and says so; the neighbour runs on.
+    assert service.wait_clean(new, [sid]) == {}
+    assert service.call("GET", f"/v1/sandboxes/{sid}", key).status_code == 404
+    assert service.run(key, neighbour, "echo fine") == ("fine\n", "", 0)
+    reasons = [r["reason"] for r in service.audit_rows() if sid in r["session"] and r["decision"] == "destroy"]
+    assert reasons and "stopped by itself" in reasons[0]
+    service.call("DELETE", f"/v1/sandboxes/{neighbour}", key)
+
+
 def test_ttl_expiry_destroys_the_sandbox_on_the_host(service):
     key = service.tenant()
     before = service.containers()

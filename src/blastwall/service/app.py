@@ -190,6 +190,11 @@ async def _stream(command):
         while True:
             event = await run_in_threadpool(_next_event, command)
             if event is None:
+                if command.done.is_set() and command.events.empty():
+                    # Ended without a last event (its pump failed): say how it ended anyway.
+                    finished = True
+                    yield json.dumps({"exit_code": command.exit_code, "timed_out": command.timed_out}) + "\n"
+                    return
                 continue
             kind, payload = event
             if kind == "exit":

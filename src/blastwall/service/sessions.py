@@ -117,6 +117,7 @@ class Command:
         self.timed_out = False
         self.killed = False
         self.abandoned = False
+        self.sandbox_stopped = False
         self.done = threading.Event()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -208,9 +209,15 @@ class Command:
                 self._try_reap(block=True)
             if self.timed_out:
                 self.exit_code = 124
+            final = {"exit_code": self.exit_code, "timed_out": self.timed_out}
+            # 128 and up without our kill: the command was killed, or the whole
+            # sandbox went down (a memory bomb takes gVisor with it).  Say which.
+            if not self.killed and (self.exit_code or 0) >= 128 and not self.sandbox.check_alive():
+                final["sandbox_stopped"] = True
+                self.sandbox_stopped = True
             self.sandbox.command_finished(self)
             self.done.set()
-            self._put(("exit", {"exit_code": self.exit_code, "timed_out": self.timed_out}))
+            self._put(("exit", final))
 
     def _read(self, fd: int, name: str, decoders) -> str:
         """Read what is there: "data", "empty" (nothing now) or "eof"."""
@@ -286,6 +293,7 @@ class Command:
     def status(self) -> dict:
         return {"id": self.id, "state": "exited" if self.done.is_set() else "running",
                 "exit_code": self.exit_code if self.done.is_set() else None, "timed_out": self.timed_out,
+                "sandbox_stopped": self.sandbox_stopped,
                 "stdout": self.stdout.decode("utf-8", "replace"), "stderr": self.stderr.decode("utf-8", "replace"),
                 "truncated": self.truncated, "started_at": self.started}
 
@@ -309,6 +317,17 @@ class Sandbox:
         self.state = "booting"
         self.lock = threading.Lock()
         self.commands: dict[str, Command] = {}
+        self.on_stopped = None  # Set by the manager: destroy a sandbox that went down by itself.
+
+    def check_alive(self) -> bool:
+        """False (and the sandbox on its way out) if its gVisor kernel is gone."""
+        try:
+            alive = self.session is not None and self.session.alive()
+        except Exception:  # noqa: BLE001 - cannot tell: assume it lives; the TTL ends it anyway
+            return True
+        if not alive and self.state == "running" and self.on_stopped is not None:
+            threading.Thread(target=self.on_stopped, args=(self,), daemon=True).start()
+        return alive
 
     @property
     def label(self) -> str:
@@ -607,9 +626,13 @@ class Manager:
                 raise
             self.audit("create", tenant.name, sandbox.id, decision="failed", reason=_reason(exc), strict=False)
             raise _translate(exc) from None
+        sandbox.on_stopped = self._stopped
         with sandbox.lock:
             sandbox.state = "running"
         return sandbox
+
+    def _stopped(self, sandbox: Sandbox) -> None:
+        self._destroy(sandbox, reason="the sandbox stopped by itself (its memory limit, or a crash)")
 
     def _boot(self, sandbox: Sandbox, policy) -> None:
         """Workspace, plan, row, boot: in that order, so a crash at any point leaves something to reap."""
@@ -631,9 +654,12 @@ class Manager:
         session.boot()
 
     def _teardown(self, sandbox: Sandbox) -> None:
-        """Everything of ``sandbox`` gone: commands, container, workspace, row."""
-        for command in list(sandbox.commands.values()):
-            command.abandoned = True
+        """Everything of ``sandbox`` gone: commands, container, workspace, row.
+
+        Its commands end with the container; their pumps still deliver each
+        one's last event to a client that is reading (only a client that went
+        away abandons a command).
+        """
         if sandbox.session is not None:
             try:
                 sandbox.session.close()
@@ -711,6 +737,12 @@ class Manager:
                                   stream=not background, cap=self.config.output_cap)
             except ContainmentError as exc:
                 raise _translate(exc) from None
+            except (OSError, RuntimeError) as exc:
+                if not sandbox.check_alive():
+                    raise NotFound(f"the sandbox {sandbox.id} stopped by itself (its memory limit, or a crash) "
+                                   "and was destroyed; create another") from None
+                log.error("sandbox %s: starting a command failed: %r", sandbox.id, exc)
+                raise Unavailable("the command could not be started; the operator's log has the cause") from None
             # Registered before its pump starts, so that it is counted while it
             # runs and its end always finds it.
             sandbox.commands[command.id] = command
