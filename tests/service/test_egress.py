@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.conftest import kill_gateway
 from tests.egress.upstreams import Upstream
 from tests.service.conftest import destroy_service, make_service, needs_gvisor
 
@@ -34,6 +35,8 @@ def net(service_images, tmp_path_factory):
     svc.env["BLASTWALL_GATEWAY_IDLE"] = "30"
     svc.start()
     yield svc, up
+    svc.stop()
+    kill_gateway(svc.state)  # Started on demand by the sessions; it would idle on for a while.
     destroy_service(svc)
     up.close()
 

@@ -920,7 +920,7 @@ def _workspace_path(path: object) -> str:
             raise BadRequest(f"{path[:200]!r} is not inside {MOUNT_AT}", code="invalid_path")
         relative = path[len(prefix):]
     parts = [p for p in relative.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts or relative.startswith("/"):
+    if not parts or ".." in parts:
         raise BadRequest(f"{path[:200]!r} is not a file path inside {MOUNT_AT}", code="invalid_path")
     return "/".join(parts)
 
