@@ -378,8 +378,8 @@ class Manager:
         """Lock the data directory, reap what a previous process left, start the reaper and the pool."""
         import fcntl
 
+        self._check_data_dir()
         os.makedirs(self.config.sandboxes_dir, mode=0o700, exist_ok=True)
-        os.chmod(self.config.data_dir, 0o700)
         os.chmod(self.config.sandboxes_dir, 0o700)
         fd = os.open(os.path.join(self.config.data_dir, "service.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -406,6 +406,26 @@ class Manager:
             thread.start()
             self._threads.append(thread)
 
+    def _check_data_dir(self) -> None:
+        """The data directory is ours alone: made 0700 if new; an existing one must not be writable by others.
+
+        (Never chmod'ed: ``--data-dir /var/lib`` must not change /var/lib.)
+        """
+        import stat
+
+        directory = self.config.data_dir
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(directory, mode=0o700)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise ContainmentError(f"Refusing to use {directory} as the service's data directory: it is not a "
+                                   "directory of this user that only this user can write",
+                                   fix=f"use a new directory (--data-dir), or chmod go-w {directory}")
+
     def close(self) -> None:
         """Destroy every sandbox (they are ephemeral: a stopped service keeps none).  Idempotent."""
         if self._stopping.is_set() and self._audit is None:
@@ -417,8 +437,12 @@ class Manager:
         with self._lock:
             victims = list(self._sandboxes.values()) + list(self._warm)
             self._warm.clear()
-        for sandbox in victims:
-            self._destroy(sandbox, reason="service stopped")
+        workers = [threading.Thread(target=self._destroy, args=(s,), kwargs={"reason": "service stopped"})
+                   for s in victims]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
         if self._audit is not None:
             with self._audit_lock:
                 self._audit.close()
