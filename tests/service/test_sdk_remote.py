@@ -62,9 +62,9 @@ def test_create_run_files_and_context_manager(service):
 def test_environment_configures_the_remote_backend(service):
     key = service.tenant()
     env = {"BLASTWALL_API_URL": service.url, "BLASTWALL_API_KEY": key}
-    with Sandbox.create(environ=env) as sbx:
+    with Sandbox.create(environ=env, envs={"GREETING": "hello"}) as sbx:
         assert sbx.sandbox_id.startswith("sbx_")
-        assert sbx.commands.run("echo remote").stdout == "remote\n"
+        assert sbx.commands.run("echo remote $GREETING").stdout == "remote hello\n"
 
 
 @requires_gvisor

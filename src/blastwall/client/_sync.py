@@ -127,8 +127,8 @@ class Sandbox:
     @classmethod
     def create(cls, template: str | None = None, *, image: str | None = None, policy=None, resources=None,
                timeout: int | None = None, ttl: int | None = None, api_url=UNSET, api_key=UNSET,
-               tier: str | None = None, policy_file: str | None = None, workspace: str | None = None,
-               allow_domains=(), environ=None) -> "Sandbox":
+               envs: dict[str, str] | None = None, tier: str | None = None, policy_file: str | None = None,
+               workspace: str | None = None, allow_domains=(), environ=None) -> "Sandbox":
         """A new sandbox.
 
         Remote when ``api_url`` is given, or left unset and ``BLASTWALL_API_URL``
@@ -136,9 +136,19 @@ class Sandbox:
         always means local.  ``template``/``image``: the image; ``policy``: a
         policy layer (TOML text or a dict); ``resources``: ``{"memory": "1G",
         "cpus": 1, "pids": 256}``; ``timeout``/``ttl``: seconds the remote
-        sandbox lives.  ``tier``, ``policy_file`` and ``workspace`` are local only.
+        sandbox lives; ``envs``: variables every command gets (the policy's
+        ``environment.set``).  ``tier``, ``policy_file`` and ``workspace`` are
+        local only.
         """
         environ = os.environ if environ is None else environ
+        if envs:
+            _check_envs(envs)
+            if policy is not None and not isinstance(policy, dict):
+                raise InvalidRequestError("give envs inside the policy ([environment] set) when the policy is TOML text")
+            policy = dict(policy or {})
+            environment = dict(policy.get("environment", {}))
+            environment["set"] = {**environment.get("set", {}), **envs}
+            policy["environment"] = environment
         url = environ.get("BLASTWALL_API_URL") or None if api_url is UNSET else api_url
         image = image if image is not None else template
         if timeout is not None and ttl is not None and timeout != ttl:
