@@ -32,7 +32,7 @@ def serve(*, listen: str, config, db_path: str, tls_cert: str | None = None, tls
     import uvicorn
 
     from blastwall.service.app import create_app
-    from blastwall.service.sessions import Manager
+    from blastwall.service.sessions import Manager, prepare_data_dir
     from blastwall.service.store import Store
 
     host, port = parse_listen(listen)
@@ -45,6 +45,7 @@ def serve(*, listen: str, config, db_path: str, tls_cert: str | None = None, tls
     if host not in ("127.0.0.1", "::1", "localhost") and not tls_cert:
         log.warning("listening on %s without TLS: API keys cross the network in clear text "
                     "(use --tls-cert/--tls-key, or a TLS-terminating proxy)", host)
+    prepare_data_dir(config.data_dir)  # Before anything is created in it.
     store = Store(db_path)
     manager = Manager(config, store)
     try:

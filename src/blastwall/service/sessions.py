@@ -39,7 +39,7 @@ from blastwall.service.ceiling import (CeilingExceeded, Resources, TenantPolicyE
 from blastwall.service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
     ServiceError, Unavailable, Unprocessable
 
-__all__ = ["Config", "Manager"]
+__all__ = ["Config", "Manager", "prepare_data_dir"]
 
 log = logging.getLogger("blastwall.service")
 
@@ -87,6 +87,24 @@ class Config:
     @property
     def sandboxes_dir(self) -> str:
         return os.path.join(self.data_dir, "sandboxes")
+
+
+def prepare_data_dir(directory: str) -> None:
+    """The data directory is the service's alone: made 0700 if new; an existing one must not be writable by others.
+
+    Never chmod'ed: ``--data-dir /var/lib`` must not change /var/lib.
+    """
+    import stat
+
+    try:
+        os.makedirs(directory, mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise ContainmentError(f"Refusing to use {directory} as the service's data directory: it is not a "
+                               "directory of this user that only this user can write",
+                               fix=f"use a new directory (--data-dir), or chmod go-w {directory}")
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -378,7 +396,7 @@ class Manager:
         """Lock the data directory, reap what a previous process left, start the reaper and the pool."""
         import fcntl
 
-        self._check_data_dir()
+        prepare_data_dir(self.config.data_dir)
         os.makedirs(self.config.sandboxes_dir, mode=0o700, exist_ok=True)
         os.chmod(self.config.sandboxes_dir, 0o700)
         fd = os.open(os.path.join(self.config.data_dir, "service.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -405,26 +423,6 @@ class Manager:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-
-    def _check_data_dir(self) -> None:
-        """The data directory is ours alone: made 0700 if new; an existing one must not be writable by others.
-
-        (Never chmod'ed: ``--data-dir /var/lib`` must not change /var/lib.)
-        """
-        import stat
-
-        directory = self.config.data_dir
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            os.makedirs(directory, mode=0o700)
-        info = os.lstat(directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-            raise ContainmentError(f"Refusing to use {directory} as the service's data directory: it is not a "
-                                   "directory of this user that only this user can write",
-                                   fix=f"use a new directory (--data-dir), or chmod go-w {directory}")
 
     def close(self) -> None:
         """Destroy every sandbox (they are ephemeral: a stopped service keeps none).  Idempotent."""
