@@ -50,6 +50,7 @@ def serve(*, listen: str, config, db_path: str, tls_cert: str | None = None, tls
     manager = Manager(config, store)
     try:
         manager.start()
+        _warn_without_default_image(config, log)
         app = create_app(manager, store)
         server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
@@ -61,3 +62,13 @@ def serve(*, listen: str, config, db_path: str, tls_cert: str | None = None, tls
     finally:
         manager.close()
         store.close()
+
+
+def _warn_without_default_image(config, log) -> None:
+    """Every create would fail with 503 without it: say so once, at start, with the fix."""
+    from blastwall.tiers.container.images import rootfs
+
+    try:
+        rootfs("default", config.environ)
+    except ContainmentError:
+        log.warning("the default image is not built: sandboxes cannot start (run `blastwall image build`)")
