@@ -118,9 +118,6 @@ def test_timeout_kills_the_command_and_says_124(service):
         service.call("DELETE", f"/v1/sandboxes/{sid}", key)
 
 
-@pytest.mark.xfail(reason="ContainerSession.signal_exec signals the command's own pid, not its process group "
-                          "(each runsc exec is a session leader inside), so its children outlive a kill; "
-                          "tiers/container/session.py", strict=False)
 def test_timeout_kills_the_commands_children_too(service):
     key = service.tenant()
     sid = service.create(key)["id"]

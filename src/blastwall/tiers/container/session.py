@@ -34,7 +34,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # the owner closes it (or dies), the init exits, gVisor stops every process of
 # the sandbox and the foreground `runsc run` tears the sandbox down itself,
 # which is much faster than `runsc delete --force` on a running one.
-IDLE_INIT = ["sh", "-c", "echo ready; read _"]
+# While it waits, `wait` also reaps the orphans re-parented to it (killed
+# commands' children), so that no zombie lingers.
+IDLE_INIT = ["sh", "-c", "exec 3<&0; read _ <&3 & echo ready; wait"]
 # A spare reads one line we wrote (every word quoted) and becomes that command.
 SPARE = 'IFS= read -r line || exit 125; eval "$line"'
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
@@ -389,17 +391,35 @@ class ContainerSession:
                     pass
 
     def signal_exec(self, pid: int, sig: int = signal.SIGKILL) -> None:
-        """Signal a running command inside the sandbox (and its ``runsc exec``)."""
+        """Signal a running command inside the sandbox: its process group (its children too), then itself."""
         import subprocess
 
         pidfile = self._execs.get(pid)
-        if pidfile and self._dir is not None and self._runsc is not None:
+        if pidfile and self._dir is not None and self._runsc is not None and self.booted:
             try:
                 with open(pidfile) as f:
                     inner = int(f.read().strip())
             except (OSError, ValueError):
                 inner = None
             if inner:
+                # Each command leads its own process group inside; runsc signals
+                # one pid only, so the group is signalled from inside, as the
+                # command's own user (the shell's kill builtin: no binary needed).
+                devnull = os.open(os.devnull, os.O_RDWR)
+                try:
+                    killer = self._start_exec(["sh", "-c", f"kill -{int(sig)} -{inner}"], self._env({}), "/",
+                                              {0: devnull, 1: devnull, 2: devnull})
+                finally:
+                    os.close(devnull)
+                if not _wait_exit(killer, 10.0):
+                    try:
+                        os.killpg(killer, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                from blastwall.tiers._lifecycle import reap_quietly
+
+                reap_quietly(killer)
+                self.finished(killer)
                 subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "kill", f"--pid={inner}",
                                 self.id, str(int(sig))], capture_output=True, timeout=30)
         try:
