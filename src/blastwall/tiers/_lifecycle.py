@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
+__all__ = ["owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
            "wait_exit"]
 
 # The exit status of a run killed at its [resources] timeout, as timeout(1) reports it.
@@ -152,3 +152,30 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # Field 22: start time, in clock ticks since boot.
+    except (OSError, IndexError):
+        return None
+
+
+def owner_record(pid: int | None = None) -> str:
+    """"PID STARTTIME" of this process: names it even after its pid is reused."""
+    pid = pid or os.getpid()
+    return f"{pid} {_start_time(pid) or 0}"
+
+
+def owner_alive(record: str) -> bool:
+    """True while the process an ``owner_record`` names still runs (a reused pid does not count)."""
+    parts = record.split()
+    if not parts or not parts[0].isdigit() or int(parts[0]) <= 0:
+        return False
+    pid = int(parts[0])
+    if not alive(pid):
+        return False
+    if len(parts) < 2 or parts[1] == "0":
+        return True  # An old record without a start time: the pid is all we know.
+    return _start_time(pid) == parts[1]

@@ -24,6 +24,7 @@ import signal
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
+from blastwall.tiers._lifecycle import owner_record
 
 __all__ = ["ContainerSandbox", "detect_platform", "find_runsc", "probe_platform"]
 
@@ -130,7 +131,7 @@ class ContainerSandbox:
         import subprocess
 
         from blastwall.policy.load import state_dir
-        from blastwall.tiers._lifecycle import alive
+        from blastwall.tiers._lifecycle import owner_alive
         from blastwall.tiers.process import placeholders
 
         placeholders.recover(environ=environ)
@@ -144,10 +145,10 @@ class ContainerSandbox:
             directory = os.path.join(base, name)
             try:
                 with open(os.path.join(directory, "owner")) as f:
-                    owner = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and alive(owner):
+                    owner = f.read()
+            except OSError:
+                owner = ""
+            if owner_alive(owner):
                 continue
             try:
                 runsc = runsc or find_runsc()
@@ -207,7 +208,7 @@ class ContainerSandbox:
         os.makedirs(os.path.join(self._dir, "bundle"), mode=0o700)
         os.makedirs(os.path.join(self._dir, "runsc"), mode=0o700)
         with open(os.path.join(self._dir, "owner"), "w") as f:
-            f.write(str(os.getpid()))
+            f.write(owner_record())
         config = oci_config(rootfs=self._rootfs, argv=command, env=env, cwd=chdir.path, uid=os.getuid(),
                             gid=os.getgid(), mounts=mounts, resources=(self.plan.of(P.Resources) or [None])[0],
                             cgroups_path=f"/blastwall/{self._id}")

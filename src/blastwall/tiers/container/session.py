@@ -26,6 +26,7 @@ import threading
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
+from blastwall.tiers._lifecycle import owner_record
 
 __all__ = ["ContainerSession", "map_path", "session_mounts"]
 
@@ -154,7 +155,7 @@ class ContainerSession:
         os.makedirs(os.path.join(self._dir, "bundle"), mode=0o700)
         os.makedirs(os.path.join(self._dir, "runsc"), mode=0o700)
         with open(os.path.join(self._dir, "owner"), "w") as f:
-            f.write(str(os.getpid()))
+            f.write(owner_record())
         mounts = session_mounts(self.plan, self.workspace, self.mount_at)
         netns = None
         egress = self.plan.of(P.Egress)
