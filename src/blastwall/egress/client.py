@@ -293,3 +293,25 @@ def register(rules: dict, command: str, environ=os.environ, *, broker=None, work
     except (OSError, ValueError, KeyError) as exc:
         sock.close()
         raise EnforcementError(f"Can't register with the egress gateway: {exc}") from None
+
+
+# Where common clients look for extra CA certificates (the gateway's, when it decrypts).
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO",
+                "PIP_CERT")
+
+
+def proxy_environment(host: str, token: str, ports: dict[str, int], *, ca: str | None = None) -> dict[str, str]:
+    """Variables that point every common client at a session's gateway listeners (``ports``: http, socks)."""
+    http = f"http://blastwall:{token}@{host}:{ports['http']}"
+    socks = f"socks5h://blastwall:{token}@{host}:{ports['socks']}"
+    env = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        env[name] = env[name.lower()] = http
+    env["ALL_PROXY"] = env["all_proxy"] = socks
+    env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
+    env["npm_config_proxy"] = env["npm_config_https_proxy"] = http
+    env["NODE_USE_ENV_PROXY"] = "1"
+    env["BLASTWALL_PROXY"] = http
+    if ca:
+        env.update({name: ca for name in CA_VARIABLES})
+    return env

@@ -39,7 +39,7 @@ import ipaddress
 import os
 import subprocess
 
-__all__ = ["Net", "create", "destroy", "firewall", "leftovers", "proxy_environment", "runsc_wrapper", "sweep"]
+__all__ = ["Net", "create", "destroy", "firewall", "leftovers", "runsc_wrapper", "sweep"]
 
 NETWORK = ipaddress.ip_network("10.201.0.0/16")
 # Machine-wide (addresses are), and on tmpfs: it forgets what a reboot forgets.
@@ -274,22 +274,3 @@ def runsc_wrapper(directory: str) -> list[str]:
     """The argv prefix that runs ``runsc run`` with /proc/sys/net hidden (see the module docstring)."""
     unshare = _find(UNSHARE_CANDIDATES, "util-linux")
     return [unshare, "--mount", "--propagation", "private", SH, "-c", _HIDE_NET_SYSCTLS, "sh", directory]
-
-
-def proxy_environment(host_ip: str, token: str, ports: dict[str, int], *, ca: str | None) -> dict[str, str]:
-    """Variables that point common clients at the session's gateway listeners."""
-    http = f"http://blastwall:{token}@{host_ip}:{ports['http']}"
-    socks = f"socks5h://blastwall:{token}@{host_ip}:{ports['socks']}"
-    env = {}
-    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
-        env[name] = env[name.lower()] = http
-    env["ALL_PROXY"] = env["all_proxy"] = socks
-    env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
-    env["npm_config_proxy"] = env["npm_config_https_proxy"] = http
-    env["NODE_USE_ENV_PROXY"] = "1"
-    env["BLASTWALL_PROXY"] = http
-    if ca:
-        from blastwall.tiers.process import CA_VARIABLES
-
-        env.update({name: ca for name in CA_VARIABLES})
-    return env

@@ -256,9 +256,9 @@ class ContainerSession:
         mounts.append(("file-ro", resolv, "/etc/resolv.conf"))
         if self._gateway.ca_bundle:
             mounts.append(("file-ro", self._gateway.ca_bundle, "/etc/ssl/certs/ca-certificates.crt"))
-        self.egress_env = _raw_net.proxy_environment(self._net.host_ip, self._gateway.token, self._gateway.tcp_ports,
-                                                      ca="/etc/ssl/certs/ca-certificates.crt"
-                                                      if self._gateway.ca_bundle else None)
+        self.egress_env = client.proxy_environment(self._net.host_ip, self._gateway.token, self._gateway.tcp_ports,
+                                                   ca="/etc/ssl/certs/ca-certificates.crt"
+                                                   if self._gateway.ca_bundle else None)
         self.egress_env.update(self._gateway.placeholders)
         return self._net.netns_path, mounts
 

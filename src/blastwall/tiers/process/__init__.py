@@ -37,10 +37,7 @@ REFUSED: dict = {}
 # Inside the sandbox's own network namespace the gateway appears on these ports.
 PROXY_PORT = 3128
 SOCKS_PORT = 1080
-NO_PROXY = "localhost,127.0.0.1,::1"
 CA_BUNDLE = "/dev/.blastwall/ca-bundle.pem"
-CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO",
-                "PIP_CERT")
 
 # Descriptor numbers inside bubblewrap (see start()).
 _FD_REAL_STDERR = 3
@@ -199,14 +196,15 @@ class ProcessSandbox:
 
             self._gateway = client.register(egress[0].rules(), " ".join(command)[:2048], self._environ,
                                             broker=self._broker, workspace=self.plan.workspace)
-            env.update(_proxy_environment(self._gateway.token))
+            env.update(client.proxy_environment("127.0.0.1", self._gateway.token,
+                                                {"http": PROXY_PORT, "socks": SOCKS_PORT}))
             # Credentials: the sandbox sees a placeholder; the gateway swaps in the value.
             env.update(self._gateway.placeholders)
             if self._gateway.ca_bundle:
                 # The gateway's CA (certificate only) plus the system's, for the
                 # hosts it decrypts to apply HTTP rules and credentials.
                 mounts.append(("ro-bind-at", self._gateway.ca_bundle, CA_BUNDLE))
-                env.update({name: CA_BUNDLE for name in CA_VARIABLES})
+                env.update({name: CA_BUNDLE for name in client.CA_VARIABLES})
         (landlock,) = self.plan.of(P.LandlockWrites)
         (chdir,) = self.plan.of(P.Chdir)
         launcher = [self._launcher, "--stderr-fd", str(_FD_REAL_STDERR), "--ready-fd", str(_FD_READY)]
@@ -387,19 +385,6 @@ class _LauncherRefused(EnforcementError):
         self.already_reported = True
 
 
-def _proxy_environment(token: str) -> dict[str, str]:
-    """Variables that point every common client at the gateway inside the sandbox."""
-    http = f"http://blastwall:{token}@127.0.0.1:{PROXY_PORT}"
-    socks = f"socks5h://blastwall:{token}@127.0.0.1:{SOCKS_PORT}"
-    env = {}
-    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
-        env[name] = env[name.lower()] = http
-    env["ALL_PROXY"] = env["all_proxy"] = socks
-    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
-    env["npm_config_proxy"] = env["npm_config_https_proxy"] = http
-    env["NODE_USE_ENV_PROXY"] = "1"
-    env["BLASTWALL_PROXY"] = http
-    return env
 
 
 def _read_child_pid(fd: int, *, timeout: float) -> int | None:
