@@ -299,7 +299,8 @@ class ContainerSession:
     def _start_exec(self, args: list[str], env: dict[str, str], cwd: str, layout: dict[int, int]) -> int:
         from blastwall.tiers._lifecycle import spawn
 
-        assert self._dir is not None and self._runsc is not None
+        if self._dir is None or self._runsc is None:
+            raise RuntimeError("the session is closed")
         serial = next(self._serial)
         spec = os.path.join(self._dir, f"exec-{serial}.json")
         process = {
@@ -352,7 +353,7 @@ class ContainerSession:
     def _refill(self) -> None:
         try:
             spare = self._make_spare()
-        except (OSError, RuntimeError):
+        except Exception:  # noqa: BLE001 - closed meanwhile, or runsc refused: no spare, commands use runsc exec
             return
         if spare is None:
             return
