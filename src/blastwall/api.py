@@ -180,10 +180,16 @@ def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = N
         ContainerSandbox.recover(environ=environ)
         plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
         return ContainerSandbox(plan, image=policy.sandbox.image, environ=environ)
+    if tier == "vm":
+        from blastwall.tiers.vm import VmSandbox
+
+        VmSandbox.recover(environ=environ)
+        plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
+        return VmSandbox(plan, image=policy.sandbox.image, environ=environ)
     if tier != "process":
         raise Unsupported(
             f"Can't use the {tier} tier: it is not available in this version",
-            fix="use --tier process or --tier container",
+            fix="use --tier process, --tier container or --tier vm",
         )
     from blastwall.tiers.process import ProcessSandbox
 

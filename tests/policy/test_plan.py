@@ -209,3 +209,10 @@ def test_home_only_write_denies_apply_where_the_root_is_home():
     fs = FakeFS(dirs=[HOME])
     plan = compile_(workspace=HOME, fs=fs)
     assert f"{HOME}/.gitconfig" in {op.path for op in plan.of(P.Placeholder)}
+
+
+def test_every_operation_type_is_handled_or_refused_by_the_vm_tier():
+    from blastwall.tiers import vm
+
+    for kind in P.OPERATION_TYPES:
+        assert (kind in vm.HANDLED) != (kind in vm.REFUSED), kind.__name__

@@ -146,34 +146,55 @@ def check_runsc() -> list[Check]:
     return out
 
 
-def check_qemu() -> Check:
-    path = _first(["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"])
-    if path is None:
-        return Check("vm", "QEMU", False, "not installed", "sudo apt-get install qemu-system-x86")
-    return Check("vm", "QEMU", True, f"{path}: {_version([path, '--version'])}")
+def check_vm() -> list[Check]:
+    """QEMU, the guest kernel and busybox, then which accelerator actually boots a guest.
 
+    A /dev/kvm that opens and creates a VM can still hang or fail on the first
+    guest instruction (nested virtualisation): KVM counts only if a probe guest
+    boots and prints its marker within a bounded time.
+    """
+    from blastwall.errors import ContainmentError
+    from blastwall.tiers import vm
+    from blastwall.tiers.vm import guest
 
-def check_kvm() -> Check:
-    import fcntl
-
-    KVM_GET_API_VERSION = 0xAE00
-    KVM_CREATE_VM = 0xAE01
+    out = []
     try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return Check("vm", "KVM", False, "no /dev/kvm: the VM tier will use software emulation (slow)",
-                     "enable virtualisation in firmware, load kvm_intel/kvm_amd")
-    except OSError as exc:
-        return Check("vm", "KVM", False, f"/dev/kvm cannot be opened: {exc.strerror}", "add the user to the kvm group")
+        qemu = vm.find_qemu()
+    except ContainmentError as exc:
+        return [Check("vm", "QEMU", False, "not installed", exc.fix or "")]
+    out.append(Check("vm", "QEMU", True, f"{qemu}: {_version([qemu, '--version'])}"))
+    ready = True
     try:
-        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
-        vm = fcntl.ioctl(fd, KVM_CREATE_VM, 0)
-        os.close(vm)
-    except OSError as exc:
-        return Check("vm", "KVM", False, f"/dev/kvm opens but cannot create a VM: {exc.strerror}")
-    finally:
-        os.close(fd)
-    return Check("vm", "KVM", True, f"API version {version}; a VM could be created (booting a guest is not probed yet)")
+        kernel, version = guest.find_kernel()
+        out.append(Check("vm", "guest kernel", True, f"{kernel} (modules {version})"))
+    except ContainmentError as exc:
+        out.append(Check("vm", "guest kernel", False, exc.message, exc.fix or ""))
+        ready = False
+    try:
+        out.append(Check("vm", "busybox (initramfs)", True, guest.find_busybox()))
+    except ContainmentError as exc:
+        out.append(Check("vm", "busybox (initramfs)", False, "not installed", exc.fix or ""))
+        ready = False
+    why = vm.kvm_opens()
+    report = vm.accel_report() if ready else {}
+    if why is None and ready:
+        why = report["kvm"]
+    if why is None and ready:
+        out.append(Check("vm", "KVM", True, "a KVM guest booted"))
+    elif ready and os.path.exists("/dev/kvm"):
+        out.append(Check("vm", "KVM", False, f"{why}; the VM tier uses software emulation (slow)",
+                         "check nested virtualisation on the host; BLASTWALL_VM_ACCEL=tcg skips the probe"))
+    else:
+        out.append(Check("vm", "KVM", False, f"{why or 'not probed'}: the VM tier uses software emulation (slow)",
+                         "enable virtualisation in firmware, load kvm_intel/kvm_amd"))
+    if ready and why is not None:
+        tcg = report.get("tcg")
+        out.append(Check("vm", "software emulation (tcg)", tcg is None, tcg or "a tcg guest booted"))
+    if ready:
+        usable = [a for a in vm.ACCELERATORS if report.get(a) is None]
+        out.append(Check("vm", "accelerator", bool(usable), usable[0] if usable else "none boots a guest",
+                         "" if usable else "run `blastwall doctor` as root; check the kernel and QEMU"))
+    return out
 
 
 def checks() -> list[Check]:
@@ -182,8 +203,7 @@ def checks() -> list[Check]:
     out.append(check_landlock())
     out.extend(check_egress())
     out.extend(check_runsc())
-    out.append(check_qemu())
-    out.append(check_kvm())
+    out.extend(check_vm())
     return out
 
 

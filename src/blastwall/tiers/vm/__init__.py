@@ -1,0 +1,284 @@
+"""The VM tier: each run in a QEMU microVM with its own kernel, destroyed when it ends.
+
+``VmSandbox(plan)`` has the verbs every tier shares; ``session.VmSession`` is
+the VM itself (boot once, run many commands, close).  The guest runs Debian's
+packaged kernel and the container tier's image as a read-only disk under an
+in-memory writable layer; of the host it sees only the workspace (one 9p
+share); the command runs as an unprivileged user (no capabilities, no new
+privileges) and is driven by a small agent over a virtio-serial port: no
+network service in the guest is involved in control.
+
+What is a security boundary here: the hypervisor (KVM, or QEMU's software
+emulation), QEMU's own seccomp filter (``-sandbox on``), the guest kernel
+between the command and everything the guest has, and the absence of any
+network device (``-nic none``).  Network access through the egress gateway
+is not available in this tier yet: a plan that allows hosts is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from blastwall.errors import EnforcementError, Unsupported
+from blastwall.policy import plan as P
+
+__all__ = ["ACCELERATORS", "HANDLED", "REFUSED", "VmSandbox", "accel_report", "check_plan", "detect_accel", "find_qemu",
+           "kvm_opens", "probe_accel"]
+
+ACCELERATORS = ("kvm", "tcg")
+PROBE_TIMEOUT = 15.0  # A KVM guest that works prints its marker within a second or two.
+PROBE_MARKER = "blastwall-probe-ok"
+
+# What this tier enforces, and how; everything else refuses the plan.
+HANDLED = frozenset({
+    P.ReadOnlyRoot,  # the image as a read-only disk, an in-memory overlay on top
+    P.PrivateDev, P.PrivateProc, P.PrivateTmp,  # the guest's own devtmpfs, procfs and tmpfs
+    P.Writable,  # the workspace, the one 9p share (a plan writing elsewhere is refused in check_plan)
+    P.ReadOnly, P.Placeholder, P.Hide,  # inside the workspace: read-only binds and empty mounts made by the agent
+    P.Chdir, P.Environment,
+    P.IsolateNetwork,  # -nic none: the guest has no network device at all
+    P.DenySyscalls,  # the guest's kernel is not the host's: its syscalls never reach the host kernel
+    P.LandlockWrites,  # outside the workspace, writes land in the throw-away layer
+    P.Resources,  # memory: the VM's memory; timeout: a Deadline; cpus/pids refused in check_plan
+})
+REFUSED = {
+    P.AllowUnixSockets: "host unix sockets cannot be shared into a VM",
+    P.RequireLandlock: "Landlock is a process-tier layer; the hypervisor is the VM tier's boundary",
+    P.Egress: "network access through the egress gateway is not available in the VM tier yet",
+}
+
+
+def check_plan(plan: P.Plan) -> None:
+    """Raise Unsupported unless this tier enforces every operation of ``plan`` exactly."""
+    for op in plan.operations:
+        kind = type(op)
+        if kind in REFUSED:
+            raise Unsupported(f"Refusing the plan: {REFUSED[kind]}",
+                              fix="use --tier container or --tier process for this policy")
+        if kind not in HANDLED:
+            raise Unsupported(f"Refusing the plan: the VM tier cannot enforce {kind.__name__}")
+    workspace = os.path.realpath(plan.workspace)
+    others = [op.path for op in plan.of(P.Writable) if os.path.realpath(op.path) != workspace]
+    if others:
+        raise Unsupported(f"Refusing the plan: the VM tier shares only the workspace, not {others[0]}",
+                          fix="remove the path from filesystem.allow_write, or use another tier")
+    for op in plan.of(P.Resources):
+        if op.cpus is not None or op.pids is not None:
+            raise Unsupported("Refusing the plan: the VM tier does not limit cpus or pids yet",
+                              fix="remove cpus and pids from [resources], or use --tier container")
+
+
+def find_qemu() -> str:
+    from blastwall.tiers.vm._raw_qemu import QEMU_CANDIDATES
+
+    for path in QEMU_CANDIDATES:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise EnforcementError("Can't find QEMU (qemu-system-x86_64)", fix="sudo apt-get install qemu-system-x86")
+
+
+def kvm_opens() -> str | None:
+    """None if /dev/kvm opens read-write and creates a VM; else why not."""
+    import fcntl
+
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"/dev/kvm: {exc.strerror}"
+    try:
+        os.close(fcntl.ioctl(fd, 0xAE01, 0))  # KVM_CREATE_VM
+    except OSError as exc:
+        return f"/dev/kvm opens but cannot create a VM: {exc.strerror}"
+    finally:
+        os.close(fd)
+    return None
+
+
+def probe_accel(accel: str, environ=os.environ, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None if a guest boots with ``accel`` here (its init prints a marker); else what went wrong.
+
+    A /dev/kvm that opens and creates a VM can still fail to run a guest (nested
+    virtualisation without the features a guest needs): only a boot tells.
+    """
+    import subprocess
+    import tempfile
+
+    from blastwall.tiers.vm._raw_qemu import qemu_argv
+    from blastwall.tiers.vm.guest import clock_args, find_kernel, probe_initramfs
+
+    if accel == "kvm":
+        why = kvm_opens()
+        if why:
+            return why
+    qemu = find_qemu()
+    kernel, _ = find_kernel(environ)
+    initrd = probe_initramfs(environ)
+    with tempfile.TemporaryDirectory(prefix="blastwall-probe-") as tmp:
+        log = os.path.join(tmp, "console.log")
+        argv = qemu_argv(qemu=qemu, accel=accel, kernel=kernel, initrd=initrd,
+                         cmdline=" ".join(["console=ttyS0", "quiet", "panic=-1", *clock_args(accel)]), root_disk=None, share=None, control=None,
+                         console_log=log, memory_mb=128, cpus=1, guestfwd=None)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            return f"QEMU did not start: {exc.strerror}"
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return f"a {accel} guest did not boot within {timeout:.0f} s"
+        try:
+            with open(log, "rb") as f:
+                console = f.read().decode("utf-8", "replace")
+        except OSError:
+            console = ""
+    if PROBE_MARKER in console:
+        return None
+    last = (out.decode("utf-8", "replace").strip().splitlines() or console.strip().splitlines() or ["no output"])[-1]
+    return f"a {accel} guest did not boot: {last[:200]}"
+
+
+def accel_report(environ=os.environ) -> dict[str, str | None]:
+    """For each accelerator, None if a guest boots with it here, else why not; remembered.
+
+    What boots is a property of the machine (its CPU, /dev/kvm, QEMU and the
+    kernel), so as root the answer is kept in /run/blastwall (forgotten at
+    reboot); otherwise in the user's state directory.  Keyed by the QEMU binary,
+    the kernel and whether /dev/kvm exists: only the first VM after a change
+    pays for the probes.  TCG is probed only when KVM fails.
+    """
+    import json
+
+    from blastwall.policy.load import state_dir
+    from blastwall.tiers.vm.guest import find_kernel
+
+    qemu = find_qemu()
+    _, version = find_kernel(environ)
+    st = os.stat(qemu)
+    key = f"{qemu}:{st.st_size}:{int(st.st_mtime)}:{version}:{os.path.exists('/dev/kvm')}"
+    base = "/run/blastwall" if os.geteuid() == 0 else state_dir(environ)
+    memo = os.path.join(base, "vm-accel.json")
+    try:
+        with open(memo) as f:
+            remembered = json.load(f)
+        if isinstance(remembered, dict) and remembered.get("key") == key:
+            return {"kvm": remembered.get("kvm"), "tcg": remembered.get("tcg")}
+    except (OSError, ValueError):
+        pass
+    report: dict[str, str | None] = {"kvm": probe_accel("kvm", environ)}
+    report["tcg"] = probe_accel("tcg", environ) if report["kvm"] is not None else None
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    tmp = f"{memo}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"key": key, **report}, f)
+    os.replace(tmp, memo)
+    return report
+
+
+def detect_accel(environ=os.environ) -> str:
+    """$BLASTWALL_VM_ACCEL, else KVM if a guest boots with it here, else software emulation (tcg)."""
+    chosen = environ.get("BLASTWALL_VM_ACCEL")
+    if chosen:
+        if chosen not in ACCELERATORS:
+            raise Unsupported(f"BLASTWALL_VM_ACCEL={chosen!r} is not an accelerator", fix="use kvm or tcg")
+        return chosen
+    report = accel_report(environ)
+    for accel in ACCELERATORS:
+        if report[accel] is None:
+            return accel
+    raise EnforcementError(f"Can't boot a VM here: {report['tcg']}", fix="run `blastwall doctor`")
+
+
+class VmSandbox:
+    """One command in a VM booted for it (``blastwall run --tier vm``, the SDK's local backend)."""
+
+    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ) -> None:
+        self.plan = plan
+        self.image = image
+        self._environ = environ
+        self._session = None
+        self._command = None
+        self.deadline = None
+        self.accel: str | None = None
+
+    @staticmethod
+    def recover(*, environ=os.environ) -> None:
+        """The reaper: kill VMs whose owner died (and the placeholders of runs killed with SIGKILL)."""
+        from blastwall.tiers.process import placeholders
+        from blastwall.tiers.vm.session import VmSession
+
+        placeholders.recover(environ=environ)
+        VmSession.recover(environ=environ)
+
+    def prepare(self) -> None:
+        check_plan(self.plan)
+        find_qemu()
+        from blastwall.tiers.container.images import rootfs
+        from blastwall.tiers.vm.guest import find_busybox, find_kernel
+
+        find_kernel(self._environ)
+        find_busybox()
+        rootfs(self.image, self._environ)
+        self.accel = detect_accel(self._environ)
+
+    def start(self, command: list[str], *, stdin: int = 0, stdout: int = 1, stderr: int = 2,
+              ctty: bool = False) -> None:
+        """Boot the VM and start ``command`` in it; ``ctty`` is accepted for the pty relay (the guest has none)."""
+        from blastwall.tiers._lifecycle import start_deadline
+        from blastwall.tiers.vm.session import VmSession
+
+        (chdir,) = self.plan.of(P.Chdir)
+        memory = 512
+        for op in self.plan.of(P.Resources):
+            if op.memory_bytes:
+                memory = max(128, op.memory_bytes // (1 << 20))
+        # The workspace keeps its host path inside, so that paths in arguments mean the same thing.
+        self._session = VmSession(self.plan, image=self.image, environ=self._environ, workspace=self.plan.workspace,
+                                  mount_at=os.path.realpath(self.plan.workspace), user=(os.getuid(), os.getgid()),
+                                  accel=self.accel, memory_mb=memory)
+        self._session.boot()
+        self._command = self._session.exec(command, cwd=chdir.path, stdin=None if _is_devnull(stdin) else stdin,
+                                           stdout=stdout, stderr=stderr)
+        self.deadline = start_deadline(self.plan, self.kill)
+
+    def wait(self) -> int:
+        if self._command is None:
+            raise RuntimeError("start() must be called first")
+        status = self._command.wait()
+        return self.deadline.status(status) if self.deadline is not None else status
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the command; SIGKILL takes the whole VM with it (the run's status is then 137)."""
+        if self._command is None or self._session is None:
+            return
+        if sig != signal.SIGKILL:
+            self._command.kill(sig)
+            return
+        self._command.killed = True
+        self._session.kill_vm()
+
+    def close(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> "VmSandbox":
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _is_devnull(fd: int) -> bool:
+    import stat
+
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return True
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)

@@ -1,0 +1,65 @@
+"""HAZMAT: QEMU command lines for the VM tier.
+
+Only the VM tier may import this module.  ``qemu_argv`` assembles the command
+line of one VM from decisions already made (kernel, initramfs, root disk,
+the one shared directory, the control socket, the network); it decides no
+policy.
+
+Misuse looks like: a second ``-fsdev``/``-virtfs`` (more of the host visible
+than the workspace), the root disk without ``readonly=on``, ``-netdev user``
+without ``restrict=on`` (the guest could reach the host's loopback and the
+internet through slirp) or with ``hostfwd``, a monitor or QMP socket the
+guest's side could reach, or dropping ``-sandbox on`` (QEMU's own seccomp
+filter, which keeps a compromised QEMU from spawning or escalating).
+"""
+
+from __future__ import annotations
+
+__all__ = ["QEMU_CANDIDATES", "qemu_argv"]
+
+QEMU_CANDIDATES = ("/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64")
+
+
+def qemu_argv(*, qemu: str, accel: str, kernel: str, initrd: str, cmdline: str, root_disk: str | None,
+              share: str | None, control: str | None, console_log: str, memory_mb: int, cpus: int,
+              guestfwd: str | None) -> list[str]:
+    """One microVM.
+
+    ``accel``: "kvm" or "tcg".  ``root_disk``: attached read-only as the
+    first virtio-blk disk.  ``share``: the one host directory the guest sees
+    (9p tag ``ws``).  ``control``: the unix socket path QEMU listens on for
+    the control port.  ``guestfwd``: None for no network device at all, else
+    the ``guestfwd=`` value of a restricted user network.
+    """
+    if accel not in ("kvm", "tcg"):
+        raise ValueError(f"unknown accelerator {accel!r}")
+    argv = [qemu, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-M", "microvm,x-option-roms=off,rtc=on,isa-serial=on,acpi=on",
+            "-accel", accel if accel == "kvm" else "tcg,thread=single",
+            "-cpu", "host" if accel == "kvm" else "max",
+            "-m", str(memory_mb), "-smp", str(cpus),
+            "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
+            "-chardev", f"file,id=con,path={console_log}", "-serial", "chardev:con",
+            # QEMU's own seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    if root_disk is not None:
+        argv += ["-drive", f"id=root,file={_escape(root_disk)},format=raw,if=none,readonly=on,cache=unsafe",
+                 "-device", "virtio-blk-device,drive=root"]
+    if share is not None:
+        argv += ["-fsdev", f"local,id=ws,path={_escape(share)},security_model=passthrough",
+                 "-device", "virtio-9p-device,fsdev=ws,mount_tag=ws"]
+    if control is not None:
+        argv += ["-device", "virtio-serial-device",
+                 "-chardev", f"socket,id=ctl,path={_escape(control)},server=on,wait=off",
+                 "-device", "virtserialport,chardev=ctl,name=blastwall"]
+    if guestfwd is None:
+        argv += ["-nic", "none"]
+    else:
+        argv += ["-netdev", f"user,id=net,restrict=on,ipv6=off,guestfwd={guestfwd}",
+                 "-device", "virtio-net-device,netdev=net"]
+    return argv
+
+
+def _escape(value: str) -> str:
+    """QEMU option values escape a comma by doubling it."""
+    return value.replace(",", ",,")

