@@ -177,11 +177,14 @@ def _spawn(directory: str, environ) -> None:
     idle = environ.get("BLASTWALL_GATEWAY_IDLE", "300")
     log = open(os.path.join(directory, "gateway.log"), "ab")
     env = {k: v for k, v in environ.items()}
-    subprocess.Popen(
-        [sys.executable, "-m", "blastwall.egress.gateway", directory, idle],
+    # Through a shell that backgrounds it and exits: the gateway is nobody's
+    # child, so a long-lived caller (the service) never collects its zombie.
+    starter = subprocess.Popen(
+        ["/bin/sh", "-c", '"$@" &', "sh", sys.executable, "-m", "blastwall.egress.gateway", directory, idle],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, close_fds=True,
     )
     log.close()
+    starter.wait()
 
 
 def _control(environ):

@@ -214,13 +214,14 @@ def test_sessions_cannot_reach_the_host_or_each_other(home, workspace, scratch, 
         a.close()
         b.close()
         listener.close()
+        server_log.close()
     assert "OPEN" not in out, out
     assert out.count("closed ") == len(targets), out
     assert "stolen-token 407" in out, out  # Another session's token is worth nothing at this session's gateway.
     assert listener.hits == 0
     assert "200" in inside_b
-    server_log.seek(0)
-    assert b"GET" not in server_log.read().replace(b"GET / HTTP/1.1\" 200", b"")  # Only B's own request.
+    log = (scratch / "b-server.log").read_bytes()
+    assert b"GET" not in log.replace(b"GET / HTTP/1.1\" 200", b"")  # Only B's own request.
     _assert_gone(a.id, env)
     _assert_gone(b.id, env)
 
