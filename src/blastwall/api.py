@@ -185,7 +185,7 @@ def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = N
 
         VmSandbox.recover(environ=environ)
         plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
-        return VmSandbox(plan, image=policy.sandbox.image, environ=environ)
+        return VmSandbox(plan, image=policy.sandbox.image, environ=environ, broker=broker)
     if tier != "process":
         raise Unsupported(
             f"Can't use the {tier} tier: it is not available in this version",

@@ -11,8 +11,11 @@ network service in the guest is involved in control.
 What is a security boundary here: the hypervisor (KVM, or QEMU's software
 emulation), QEMU's own seccomp filter (``-sandbox on``), the guest kernel
 between the command and everything the guest has, and the absence of any
-network device (``-nic none``).  Network access through the egress gateway
-is not available in this tier yet: a plan that allows hosts is refused.
+network device (``-nic none``) -- or, when the plan allows hosts, QEMU's
+user network with ``restrict=on`` whose only exits are two forwards to the
+run's own session sockets on the egress gateway (the HTTP proxy and SOCKS5):
+no route, no DNS, no host address.  Nothing in the guest can change that:
+it is QEMU's command line.
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ HANDLED = frozenset({
     P.DenySyscalls,  # the guest's kernel is not the host's: its syscalls never reach the host kernel
     P.LandlockWrites,  # outside the workspace, writes land in the throw-away layer
     P.Resources,  # memory: the VM's memory; timeout: a Deadline; cpus/pids refused in check_plan
+    P.Egress,  # QEMU user networking, restrict=on, forwards only to the session's gateway sockets (session.py)
 })
 REFUSED = {
     P.AllowUnixSockets: "host unix sockets cannot be shared into a VM",
     P.RequireLandlock: "Landlock is a process-tier layer; the hypervisor is the VM tier's boundary",
-    P.Egress: "network access through the egress gateway is not available in the VM tier yet",
 }
 
 
@@ -194,8 +197,9 @@ def detect_accel(environ=os.environ) -> str:
 class VmSandbox:
     """One command in a VM booted for it (``blastwall run --tier vm``, the SDK's local backend)."""
 
-    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ) -> None:
+    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, broker=None) -> None:
         self.plan = plan
+        self._broker = broker
         self.image = image
         self._environ = environ
         self._session = None
@@ -237,7 +241,8 @@ class VmSandbox:
         # The workspace keeps its host path inside, so that paths in arguments mean the same thing.
         self._session = VmSession(self.plan, image=self.image, environ=self._environ, workspace=self.plan.workspace,
                                   mount_at=os.path.realpath(self.plan.workspace), user=(os.getuid(), os.getgid()),
-                                  accel=self.accel, memory_mb=memory)
+                                  accel=self.accel, memory_mb=memory, label=" ".join(command)[:2048],
+                                  broker=self._broker)
         self._session.boot()
         self._command = self._session.exec(command, cwd=chdir.path, stdin=None if _is_devnull(stdin) else stdin,
                                            stdout=stdout, stderr=stderr)

@@ -5,7 +5,7 @@ line of one VM from decisions already made (kernel, initramfs, root disk,
 the one shared directory, the control socket, the network); it decides no
 policy.
 
-Misuse looks like: a second ``-fsdev``/``-virtfs`` (more of the host visible
+Misuse looks like: a ``guestfwd`` command built from anything but fixed paths, a second ``-fsdev``/``-virtfs`` (more of the host visible
 than the workspace), the root disk without ``readonly=on``, ``-netdev user``
 without ``restrict=on`` (the guest could reach the host's loopback and the
 internet through slirp) or with ``hostfwd``, a monitor or QMP socket the
@@ -22,14 +22,16 @@ QEMU_CANDIDATES = ("/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x8
 
 def qemu_argv(*, qemu: str, accel: str, kernel: str, initrd: str, cmdline: str, root_disk: str | None,
               share: str | None, control: str | None, console_log: str, memory_mb: int, cpus: int,
-              guestfwd: str | None) -> list[str]:
+              guestfwd: list[str] | None) -> list[str]:
     """One microVM.
 
     ``accel``: "kvm" or "tcg".  ``root_disk``: attached read-only as the
     first virtio-blk disk.  ``share``: the one host directory the guest sees
     (9p tag ``ws``).  ``control``: the unix socket path QEMU listens on for
     the control port.  ``guestfwd``: None for no network device at all, else
-    the ``guestfwd=`` value of a restricted user network.
+    the ``guestfwd=`` values of a restricted user network: each forwards
+    one guest address:port to a command QEMU starts per connection (which is
+    why QEMU's seccomp filter then allows spawning, and only then).
     """
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"unknown accelerator {accel!r}")
@@ -41,7 +43,10 @@ def qemu_argv(*, qemu: str, accel: str, kernel: str, initrd: str, cmdline: str, 
             "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
             "-chardev", f"file,id=con,path={console_log}", "-serial", "chardev:con",
             # QEMU's own seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
-            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+            # With forwards, QEMU must start their commands, whose set-up calls setsid (a set*id call
+            # to the filter; "children" does not let it through in QEMU 7.2), so both are allowed then.
+            "-sandbox", "on,obsolete=deny,resourcecontrol=deny,"
+            + ("spawn=allow,elevateprivileges=allow" if guestfwd else "spawn=deny,elevateprivileges=deny")]
     if root_disk is not None:
         argv += ["-drive", f"id=root,file={_escape(root_disk)},format=raw,if=none,readonly=on,cache=unsafe",
                  "-device", "virtio-blk-device,drive=root"]
@@ -55,7 +60,11 @@ def qemu_argv(*, qemu: str, accel: str, kernel: str, initrd: str, cmdline: str, 
     if guestfwd is None:
         argv += ["-nic", "none"]
     else:
-        argv += ["-netdev", f"user,id=net,restrict=on,ipv6=off,guestfwd={guestfwd}",
+        if not guestfwd:
+            raise ValueError("a user network needs at least one guest forward")
+        forwards = "".join(f",guestfwd={_escape(g)}" for g in guestfwd)
+        # restrict=on: the guest reaches nothing of the host or beyond except the forwards.
+        argv += ["-netdev", f"user,id=net,restrict=on,ipv6=off,net=10.0.2.0/24{forwards}",
                  "-device", "virtio-net-device,netdev=net"]
     return argv
 

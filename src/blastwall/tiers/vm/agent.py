@@ -113,6 +113,8 @@ def _setup(conf: dict[str, str]) -> tuple[int, int, str]:
         # msize: 512 KiB frames; cache=none keeps the host's view and the guest's the same.
         _mount(libc, "ws", mount_at, "9p", 0x2 | 0x4, "trans=virtio,version=9p2000.L,msize=524288,access=user,cache=none")
     _loopback_up()
+    if conf.get("net"):
+        _eth_up(conf["net"])
     home = mount_at or "/tmp"
     with open("/etc/passwd", "a") as f:
         f.write(f"{USER}:x:{uid}:{gid}::{home}:/bin/sh\n")
@@ -134,6 +136,20 @@ def _loopback_up() -> None:
         ifreq = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), 0x8913, ifreq))[1]  # SIOCGIFFLAGS
         fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1 | 0x40))  # SIOCSIFFLAGS: UP, RUNNING
+
+
+def _eth_up(address: str) -> None:
+    """eth0 at ``address``/24 and no route beyond: the gateway's forwards are on that network, nothing else is."""
+    import fcntl
+    import socket
+
+    def sockaddr(ip: str) -> bytes:
+        return struct.pack("HH4s8x", socket.AF_INET, 0, socket.inet_aton(ip))
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), 0x8916, struct.pack("16s", b"eth0") + sockaddr(address))  # SIOCSIFADDR
+        fcntl.ioctl(s.fileno(), 0x891C, struct.pack("16s", b"eth0") + sockaddr("255.255.255.0"))  # SIOCSIFNETMASK
+        fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"eth0", 0x1 | 0x40))  # SIOCSIFFLAGS: UP, RUNNING
 
 
 def _find_port() -> str:
@@ -300,7 +316,8 @@ class Agent:
         if pid == 0:
             os.close(r)
             try:
-                self._demote("user")()
+                if h.get("user") != "root":  # Root only for the host's own set-up (the gateway's CA).
+                    self._demote("user")()
                 if h["op"] == "read":
                     with open(h["path"], "rb") as f:
                         out = f.read(MAX_DATA)

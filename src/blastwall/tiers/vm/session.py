@@ -30,6 +30,13 @@ from blastwall.policy import plan as P
 
 __all__ = ["Command", "VmSession", "VmStopped"]
 
+# The guest's only network, when the plan allows hosts: slirp's 10.0.2.0/24 with
+# restrict=on, the guest at GUEST_IP, and the gateway's session sockets forwarded
+# from GATEWAY_IP (HTTP proxy and SOCKS5).  No route, no DNS, nothing else.
+GUEST_IP = "10.0.2.15"
+GATEWAY_IP = "10.0.2.100"
+GATEWAY_PORTS = {"http": 3128, "socks": 1080}
+GUEST_CA = "/etc/ssl/certs/ca-certificates.crt"
 BOOT_TIMEOUT = 180.0  # Software emulation on a busy two-core machine.
 STOP_TIMEOUT = 10.0
 
@@ -94,7 +101,7 @@ class VmSession:
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
                  mount_at: str = "/home/user", user: tuple[int, int] = (1000, 1000), accel: str | None = None,
-                 memory_mb: int = 512, cpus: int = 1) -> None:
+                 memory_mb: int = 512, cpus: int = 1, label: str = "", broker=None) -> None:
         self.plan = plan
         self.image = image
         self.workspace = os.path.realpath(workspace or plan.workspace)
@@ -106,6 +113,10 @@ class VmSession:
         self.id = f"blastwall-vm-{secrets.token_hex(6)}"
         self.booted = False
         self.boot_seconds: float | None = None
+        self.label = label
+        self.egress_env: dict[str, str] = {}
+        self._broker = broker
+        self._gateway = None
         self._environ = environ
         self._dir: str | None = None
         self._qemu: int | None = None
@@ -172,6 +183,7 @@ class VmSession:
         disk = root_disk(self.image, self._environ)
         self.accel = self.accel or detect_accel(self._environ)
         self._guard = Guard(self.plan, environ=self._environ)  # Placeholders exist before the guest sees the share.
+        guestfwd = self._egress()
         base = os.path.join(state_dir(self._environ), "vms")
         os.makedirs(base, mode=0o700, exist_ok=True)
         self._dir = os.path.join(base, self.id)
@@ -182,10 +194,11 @@ class VmSession:
         cmdline = " ".join(["console=ttyS0", *(["bw.debug=1"] if self._environ.get("BLASTWALL_VM_DEBUG") else ["quiet"]),
                             "panic=-1", "reboot=t", *clock_args(self.accel),
                             f"bw.ws={self.mount_at.encode().hex()}", f"bw.uid={int(self.user[0])}",
-                            f"bw.gid={int(self.user[1])}", "bw.hostname=blastwall"])
+                            f"bw.gid={int(self.user[1])}", "bw.hostname=blastwall",
+                            *([f"bw.net={GUEST_IP}"] if guestfwd else [])])
         argv = qemu_argv(qemu=qemu, accel=self.accel, kernel=kernel, initrd=initrd, cmdline=cmdline, root_disk=disk,
                          share=self.workspace, control=control, console_log=os.path.join(self._dir, "console.log"),
-                         memory_mb=self.memory_mb, cpus=self.cpus, guestfwd=None)
+                         memory_mb=self.memory_mb, cpus=self.cpus, guestfwd=guestfwd)
         log = os.open(os.path.join(self._dir, "qemu.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
@@ -208,6 +221,38 @@ class VmSession:
                 raise EnforcementError(f"Can't boot the VM ({self.accel}): {self._why()}",
                                        fix="run `blastwall doctor`; BLASTWALL_VM_ACCEL=tcg forces software emulation")
         self._mounts()
+        if self._gateway is not None and self._gateway.ca_bundle:
+            # The gateway decrypts ruled hosts: its CA (with the usual ones) replaces the guest's bundle.
+            with open(self._gateway.ca_bundle, "rb") as f:
+                error, _ = self._request({"op": "write", "path": GUEST_CA, "user": "root"}, f.read())
+            if error:
+                raise EnforcementError(f"Can't install the gateway's CA in the VM: {error}")
+
+    def _egress(self) -> list[str] | None:
+        """Register with the gateway; the guest forwards to its session sockets (None: no network at all)."""
+        import shlex
+
+        from blastwall.egress import client
+        from blastwall.tiers.process._raw_netns import find_socat
+
+        egress = self.plan.of(P.Egress)
+        if not egress:
+            return None
+        socat = find_socat()
+        if socat is None:
+            raise EnforcementError("Can't give the VM its network: socat is not installed",
+                                   fix="sudo apt-get install socat")
+        self._gateway = client.register(egress[0].rules(), self.label or self.id, self._environ, broker=self._broker,
+                                        workspace=self.workspace)
+        forwards = []
+        for kind, path in (("http", self._gateway.http_path), ("socks", self._gateway.socks_path)):
+            # QEMU starts this per guest connection: stdio to the session's own socket on the gateway.
+            command = f"{shlex.quote(socat)} STDIO {shlex.quote('UNIX-CONNECT:' + path)}"
+            forwards.append(f"tcp:{GATEWAY_IP}:{GATEWAY_PORTS[kind]}-cmd:{command}")
+        self.egress_env = client.proxy_environment(GATEWAY_IP, self._gateway.token, GATEWAY_PORTS,
+                                                   ca=GUEST_CA if self._gateway.ca_bundle else None)
+        self.egress_env.update(self._gateway.placeholders)
+        return forwards
 
     def _connect(self, path: str) -> socket.socket:
         from blastwall.tiers._lifecycle import exited
@@ -334,6 +379,7 @@ class VmSession:
         self._commands[cid] = command
         (env_op,) = self.plan.of(P.Environment)
         variables = {k: v for k, v in env_op.variables if k not in ("PATH", "HOME", "USER", "LOGNAME")}
+        variables.update(self.egress_env)
         variables.update(env or {})
         self._send({"op": "exec", "id": cid, "argv": list(argv), "env": variables, "cwd": cwd or self.mount_at,
                     "user": "root" if root else "user", "stdin": stdin is not None})
@@ -399,6 +445,9 @@ class VmSession:
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(5)
             self._reader = None
+        if self._gateway is not None:
+            self._gateway.close()  # The gateway ends the session and removes its sockets.
+            self._gateway = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
