@@ -206,6 +206,8 @@ class VmSandbox:
         self._command = None
         self.deadline = None
         self.accel: str | None = None
+        self.egress_summary: dict | None = None
+        self.gateway_lost = False
 
     @staticmethod
     def recover(*, environ=os.environ) -> None:
@@ -268,7 +270,11 @@ class VmSandbox:
         if self.deadline is not None:
             self.deadline.cancel()
         if self._session is not None:
+            networked = self._session.egress_env != {}
             self._session.close()
+            # What `blastwall run` reports on one line: the gateway's refusals, or that it was lost.
+            self.egress_summary = self._session.egress_summary
+            self.gateway_lost = networked and self.egress_summary is None
             self._session = None
 
     def __enter__(self) -> "VmSandbox":

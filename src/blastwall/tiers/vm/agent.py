@@ -248,10 +248,17 @@ class Agent:
         env["BLASTWALL_SANDBOX"] = "vm"
         try:
             self.spawn_lock.acquire()
+            kwargs: dict = {}
+            if h.get("user") != "root" and self.uid != 0:
+                # setgroups, setresgid, setresuid done by the child's C code (vfork: much cheaper than a
+                # Python preexec_fn under emulation); no-new-privileges is the agent's own, inherited.
+                kwargs = {"user": self.uid, "group": self.gid, "extra_groups": []}
+            elif h.get("user") != "root":
+                kwargs = {"preexec_fn": self._demote("user")}
             proc = subprocess.Popen(h["argv"], env=env, cwd=h.get("cwd") or self.home,
                                     stdin=subprocess.PIPE if h.get("stdin") else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                    preexec_fn=self._demote(h.get("user", "user")), close_fds=True)
+                                    close_fds=True, **kwargs)
         except OSError as exc:
             self.send({"ev": "out", "id": cid, "fd": 2}, f"blastwall: Can't run {h['argv'][0]}: {exc.strerror}\n".encode())
             self.send({"ev": "exit", "id": cid, "status": 127 if isinstance(exc, FileNotFoundError) else 126})
@@ -409,6 +416,9 @@ def main() -> None:
     port = os.open(_find_port(), os.O_RDWR)
     debug("port open")
     agent = Agent(port, uid, gid, home)
+    # No process the agent starts, root's included, can gain privileges through exec (setuid, file caps).
+    if _libc().prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError("can't set no-new-privileges")
     import threading
 
     threading.Thread(target=_reap_orphans, args=(agent,), daemon=True).start()

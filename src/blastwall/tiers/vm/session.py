@@ -115,6 +115,7 @@ class VmSession:
         self.boot_seconds: float | None = None
         self.label = label
         self.egress_env: dict[str, str] = {}
+        self.egress_summary: dict | None = None
         self._broker = broker
         self._gateway = None
         self._environ = environ
@@ -446,6 +447,7 @@ class VmSession:
             self._reader.join(5)
             self._reader = None
         if self._gateway is not None:
+            self.egress_summary = self._gateway.summary()  # What it refused (None: the gateway was gone).
             self._gateway.close()  # The gateway ends the session and removes its sockets.
             self._gateway = None
         if self._dir is not None:
