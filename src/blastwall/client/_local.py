@@ -1,4 +1,8 @@
-"""The local backend: a workspace on this machine; each command in a new sandbox of the policy's tier."""
+"""The local backend: a workspace on this machine; each command in a new sandbox of the policy's tier.
+
+The VM tier is the exception: one VM per SDK sandbox, booted on the first
+command and kept warm for the next ones until ``kill()``.
+"""
 
 from __future__ import annotations
 
@@ -72,6 +76,8 @@ class LocalBackend:
         self.sandbox_id = os.path.basename(workspace)
         self._owns = owns_workspace
         self._environ = environ
+        self._vm = None  # The VM tier: one VM for the SDK sandbox, kept warm between commands.
+        self._vm_lock = threading.Lock()
 
     @classmethod
     def create(cls, *, tier=None, policy_file=None, workspace=None, allow_domains=(), policy=None, resources=None,
@@ -126,6 +132,9 @@ class LocalBackend:
     def _run(self, argv: list[str], cwd: str, timeout: float, handle) -> CommandResult:
         from blastwall import api
 
+        if self.policy.sandbox.tier == "vm":
+            return self._run_in_vm(argv, cwd, timeout, handle)
+
         box = api.sandbox(self.policy, workspace=self.workspace, cwd=cwd, environ=self._environ)
         if handle is not None:
             handle._box = box
@@ -154,6 +163,42 @@ class LocalBackend:
             stderr = err.read().decode("utf-8", "replace")
         return CommandResult(stdout, stderr, 124 if timed_out else status)
 
+    def _warm_vm(self):
+        """The sandbox's VM, booted on first use (again if it stopped); its policy is fixed at boot."""
+        from blastwall import api
+        from blastwall.tiers.vm import VmSandbox
+        from blastwall.tiers.vm.session import VmSession
+
+        with self._vm_lock:
+            if self._vm is not None and self._vm.alive():
+                return self._vm
+            if self._vm is not None:
+                self._vm.close()
+                self._vm = None
+            VmSandbox.recover(environ=self._environ)
+            plan = api.plan_for(self.policy, workspace=self.workspace, cwd=self.workspace, environ=self._environ)
+            vm = VmSession(plan, image=self.policy.sandbox.image, environ=self._environ, workspace=self.workspace,
+                           mount_at=self.workspace, user=(os.getuid(), os.getgid()), label=self.sandbox_id)
+            vm.boot()
+            self._vm = vm
+            return vm
+
+    def _run_in_vm(self, argv: list[str], cwd: str, timeout: float, handle) -> CommandResult:
+        vm = self._warm_vm()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            command = vm.exec(argv, cwd=cwd, stdout=out.fileno(), stderr=err.fileno())
+            if handle is not None:
+                handle._box = command
+            try:
+                status = command.wait(timeout)
+            except TimeoutError:
+                command.kill()
+                command.wait(30)
+                status = 124
+            out.seek(0)
+            err.seek(0)
+            return CommandResult(out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"), status)
+
     # -- files ------------------------------------------------------------------------------------
     def write(self, path: str, data: bytes) -> None:
         try:
@@ -169,5 +214,9 @@ class LocalBackend:
 
     # -- life ---------------------------------------------------------------------------------------
     def kill(self) -> None:
+        with self._vm_lock:
+            if self._vm is not None:
+                self._vm.close()
+                self._vm = None
         if self._owns:
             shutil.rmtree(self.workspace, ignore_errors=True)
