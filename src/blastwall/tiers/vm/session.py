@@ -63,22 +63,40 @@ class Command:
     def __init__(self, session: "VmSession", cid: int, stdout: int, stderr: int) -> None:
         self.session = session
         self.id = cid
-        self.fds = {1: stdout, 2: stderr}
+        # Our own copies: the caller may close its descriptors once the command started (the pty relay
+        # does, and waits for every copy of the pty's slave to close); ours close when the command ends.
+        self.fds = {1: os.dup(stdout), 2: os.dup(stderr)}
+        self._fds_lock = threading.Lock()
         self.status: int | None = None
         self.lost = False
         self.killed = False  # By us (a deadline, the caller): a status, not an error.
         self.done = threading.Event()
 
     def output(self, fd: int, data: bytes) -> None:
-        target = self.fds.get(fd)
-        if target is None or target < 0:
-            return
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(target, view):]
-        except OSError:
-            self.fds[fd] = -1  # The reader went away: drop the rest, keep the channel going.
+        with self._fds_lock:
+            target = self.fds.get(fd, -1)
+            if target < 0:
+                return
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(target, view):]
+            except OSError:
+                os.close(target)
+                self.fds[fd] = -1  # The reader went away: drop the rest, keep the channel going.
+
+    def finish(self, status: int | None) -> None:
+        """The command ended (``status``) or the VM did (None): close our descriptors, wake the waiters."""
+        with self._fds_lock:
+            for fd, target in list(self.fds.items()):
+                if target >= 0:
+                    os.close(target)
+                self.fds[fd] = -1
+        if status is None:
+            self.lost = True
+        else:
+            self.status = status
+        self.done.set()
 
     def wait(self, timeout: float | None = None) -> int:
         """The command's exit status; raises VmStopped if the VM stopped first."""
@@ -316,8 +334,7 @@ class VmSession:
         finally:
             self.stopped.set()
             for command in list(self._commands.values()):
-                command.lost = True
-                command.done.set()
+                command.finish(None)
             for event, _ in list(self._results.values()):
                 event.set()
 
@@ -331,8 +348,7 @@ class VmSession:
         elif event == "exit" and isinstance(cid, int) and cid in self._commands:
             command = self._commands.pop(cid)
             status = header.get("status")
-            command.status = status if isinstance(status, int) and 0 <= status <= 255 else 255
-            command.done.set()
+            command.finish(status if isinstance(status, int) and 0 <= status <= 255 else 255)
         elif event == "result" and isinstance(cid, int) and cid in self._results:
             waiter, box = self._results[cid]
             error = header.get("error")
@@ -387,14 +403,18 @@ class VmSession:
         if stdin is not None:
             threading.Thread(target=self._pump_stdin, args=(cid, os.dup(stdin), command), daemon=True).start()
         if self.stopped.is_set():
-            command.lost = True
-            command.done.set()
+            self._commands.pop(cid, None)
+            command.finish(None)
         return command
 
     def _pump_stdin(self, cid: int, fd: int, command: Command) -> None:
+        import select
+
         try:
             while not command.done.is_set():
                 try:
+                    if not select.select([fd], [], [], 0.2)[0]:
+                        continue  # Look again whether the command ended: then this copy must close.
                     data = os.read(fd, 65536)
                 except OSError:
                     data = b""
