@@ -84,10 +84,12 @@ def test_bad_command_line(home, workspace, args, expect):
     assert_did_not_run(workspace)
 
 
-@pytest.mark.parametrize("tier", ["vm"])
-def test_unavailable_tier_is_refused(home, workspace, tier):
+@pytest.mark.parametrize("tier", ["container", "vm"])
+def test_tier_without_its_image_is_refused_with_a_fix(home, workspace, tier):
     r = blastwall(["run", "--tier", tier, "--", "touch", MARKER], home=home, cwd=workspace)
-    assert r.returncode == 125 and tier in r.stderr
+    assert r.returncode == 125, r.stderr
+    assert "image" in r.stderr and "fix:" in r.stderr, r.stderr
+    assert_no_traceback(r)
     assert_did_not_run(workspace)
 
 
