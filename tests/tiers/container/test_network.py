@@ -297,3 +297,17 @@ def test_another_sessions_credential_is_worthless(home, workspace, scratch, env)
     keys = [req[2].get("x-api-key") for req in api.requests]
     assert keys == [real_key, stolen], (keys, by_a, by_b)  # A's request carried B's placeholder, not B's key.
     assert real_key not in by_a and real_key not in by_b  # Echoes come back scrubbed.
+
+
+def test_missing_nftables_refuses_the_session_and_leaves_nothing(home, workspace, env, monkeypatch):
+    """No firewall, no network: the session is refused with a fix, never started without one."""
+    from blastwall.errors import EnforcementError
+    from blastwall.tiers.container import _raw_net
+
+    monkeypatch.setattr(_raw_net, "NFT_CANDIDATES", (str(workspace / "no-such-nft"),))
+    with pytest.raises(EnforcementError) as refused:
+        _session(env, workspace, _policy())
+    assert "nftables" in str(refused.value)
+    assert not [d for d in os.listdir(_state(env)) if d.startswith("blastwall-")]
+    assert not [f for f in os.listdir(_raw_net.SLOTS_DIR)
+                if open(os.path.join(_raw_net.SLOTS_DIR, f)).read().startswith(_state(env))]

@@ -244,10 +244,18 @@ class ContainerSession:
         from blastwall.tiers.container import _raw_net
 
         assert self._dir is not None
-        self._net = _raw_net.create(self.id, self._dir)
+        try:
+            self._net = _raw_net.create(self.id, self._dir)
+        except OSError as exc:
+            raise EnforcementError(f"Can't set up the session's network: {exc.strerror or exc}",
+                                   fix="run `blastwall doctor` (nftables, iproute2)") from None
         self._gateway = client.register(egress.rules(), self.label or self.id, self._environ, broker=self._broker,
                                         workspace=self.workspace, listen=self._net.host_ip)
-        _raw_net.firewall(self._net, tcp_ports=self._gateway.tcp_ports, dns_port=self._gateway.dns_port)
+        try:
+            _raw_net.firewall(self._net, tcp_ports=self._gateway.tcp_ports, dns_port=self._gateway.dns_port)
+        except OSError as exc:
+            raise EnforcementError(f"Can't open the session's firewall to its gateway: {exc.strerror or exc}",
+                                   fix="run `blastwall doctor`") from None
         mounts = []
         resolv = os.path.join(self._dir, "resolv.conf")
         with open(resolv, "w") as f:
