@@ -300,7 +300,10 @@ class ContainerSession:
         if line is not None and _is_devnull(stdin):
             spare = self._take_spare()
             if spare is not None:
-                return self._run_on_spare(spare, line, stdout, stderr)
+                try:
+                    return self._run_on_spare(spare, line, stdout, stderr)
+                except BrokenPipeError:
+                    pass  # The spare was killed (the user's `kill -9 -1` reaches it): runsc exec instead.
         return self._start_exec(list(argv), self._env(env or {}), cwd or self.mount_at,
                                 {0: stdin, 1: stdout, 2: stderr})
 
@@ -352,10 +355,18 @@ class ContainerSession:
         return pid, in_w, out_r, err_r
 
     def _take_spare(self):
+        from blastwall.tiers._lifecycle import exited
+
         with self._spare_lock:
             spare, self._spare = self._spare, None
-        if spare is not None:
-            threading.Thread(target=self._refill, daemon=True).start()
+        if spare is None:
+            return None
+        threading.Thread(target=self._refill, daemon=True).start()
+        if exited(spare[0]):
+            # Killed by one of the session's own commands (same user: `kill -9 -1`).
+            # One killed in the instant before we write reports 137 for the command.
+            self._discard(spare)
+            return None
         return spare
 
     def _refill(self) -> None:
@@ -384,8 +395,10 @@ class ContainerSession:
         pid, in_w, out_r, err_r = spare
         try:
             os.write(in_w, line.encode() + b"\n")
-        finally:
-            os.close(in_w)  # The command's stdin: end of file, like /dev/null.
+        except BrokenPipeError:
+            self._discard((pid, in_w, out_r, err_r))
+            raise
+        os.close(in_w)  # The command's stdin: end of file, like /dev/null.
         for source, target in ((out_r, stdout), (err_r, stderr)):
             threading.Thread(target=_relay, args=(source, os.dup(target)), daemon=True).start()
         return pid
