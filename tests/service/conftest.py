@@ -50,7 +50,7 @@ def service_images(request):
     except pytest.FixtureLookupError:
         pass
     if shutil.which("mmdebstrap") is None:
-        pytest.skip("mmdebstrap is not installed (needed to build the container image)")
+        pytest.skip(reason="mmdebstrap is not installed (needed to build the container image)")
     cache = BASE / f"service-images-{os.getpid()}"
     cache.mkdir(parents=True, exist_ok=True)
     home = BASE / f"service-image-home-{os.getpid()}"

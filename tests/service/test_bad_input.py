@@ -57,7 +57,7 @@ def snapshot(service) -> dict:
 def victim(service):
     """A tenant and its sandbox, with a host file outside the workspace next to it."""
     if os.geteuid() != 0:
-        pytest.skip("the container tier needs root on this machine")
+        pytest.skip(reason="the container tier needs root on this machine")
     key = service.tenant(allow_domains=["*.example.com"], max_memory="1G", max_ttl=600)
     sid = service.create(key)["id"]
     outside = service.workspace(sid).parent / "outside.txt"

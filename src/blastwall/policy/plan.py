@@ -345,6 +345,13 @@ def is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
+def relocate(path: str, root: str, to: str) -> str:
+    """``path`` with its ``root`` prefix replaced by ``to`` (where a tier mounts ``root``); else unchanged."""
+    if not is_within(path, root):
+        return path
+    return to if path == root else to.rstrip("/") + path[len(root.rstrip("/")):]
+
+
 def compile_plan(policy, host: Host) -> Plan:
     """Compile ``policy`` for ``host`` into a Plan.  Pure but for the probe's reads."""
     probe = host.probe

@@ -161,7 +161,7 @@ def test_transparent_redirection_decides_by_sni_and_host(home, workspace, scratc
     try:
         up = Upstream(str(scratch), host=address, ports=(80, 443))
     except OSError as exc:
-        pytest.skip(f"can't listen on {address}:80/443 for the upstream: {exc}")
+        pytest.skip(reason=f"can't listen on {address}:80/443 for the upstream: {exc}")
     shutil.copy(up.ca, workspace / "ca.pem")
     session = _session(env, workspace, _policy(address=address))
     try:

@@ -233,7 +233,7 @@ def test_cpus_sets_the_quota_and_throttles(home, workspace, image_cache, scratch
     status, _, err = run.finish()
     assert status == 0, err[-2000:]
     if used0 is None or used1 is None:
-        pytest.skip("no cpuacct controller to measure CPU time with")
+        pytest.skip(reason="no cpuacct controller to measure CPU time with")
     share = (used1 - used0) / 1e9 / (wall1 - wall0)
     assert 0.2 < share < 0.65, share  # Half a CPU, give or take the scheduler.
     assert_gone(run)

@@ -108,6 +108,26 @@ def detect_platform(environ=os.environ) -> str:
                            fix="run `blastwall doctor`; check that runsc works: sudo runsc do true")
 
 
+def delete_state(directory: str, container_id: str, *, runsc: str | None) -> None:
+    """Remove what a sandbox leaves on the host: runsc's record (forcing the sandbox down, when ``runsc``
+    is given), its cgroup (runsc removes it unless the sandbox was killed) and its state directory.
+
+    Never raises: it runs at close and in the reaper, after the sandbox's processes were killed.
+    """
+    import subprocess
+
+    from blastwall.tiers.container import cgroups
+
+    if runsc is not None:
+        try:
+            subprocess.run([runsc, f"--root={os.path.join(directory, 'runsc')}", "delete", "--force",
+                            container_id], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    cgroups.remove(f"/blastwall/{container_id}")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 class ContainerSandbox:
     """One command in an ephemeral gVisor sandbox."""
 
@@ -128,8 +148,6 @@ class ContainerSandbox:
     @staticmethod
     def recover(*, environ=os.environ) -> None:
         """The reaper: delete sandboxes whose `blastwall run` died without cleaning up."""
-        import subprocess
-
         from blastwall.policy.load import state_dir
         from blastwall.tiers._lifecycle import owner_alive
         from blastwall.tiers.process import placeholders
@@ -152,14 +170,9 @@ class ContainerSandbox:
                 continue
             try:
                 runsc = runsc or find_runsc()
-                subprocess.run([runsc, f"--root={os.path.join(directory, 'runsc')}", "delete", "--force", name],
-                               capture_output=True, timeout=30)
-            except (EnforcementError, OSError, subprocess.TimeoutExpired):
+            except EnforcementError:
                 pass
-            from blastwall.tiers.container import cgroups
-
-            cgroups.remove(f"/blastwall/{name}")
-            shutil.rmtree(directory, ignore_errors=True)
+            delete_state(directory, name, runsc=runsc)
         if os.geteuid() == 0:
             from blastwall.tiers.container import _raw_net, cgroups
 
@@ -196,7 +209,9 @@ class ContainerSandbox:
         from blastwall.tiers.process.placeholders import Guard
 
         self._guard = Guard(self.plan, environ=self._environ)
-        mounts = self._mounts([op.path for op in self.plan.of(P.Writable)])
+        from blastwall.tiers.container.session import session_mounts
+
+        mounts = session_mounts(self.plan, self.plan.workspace, self.plan.workspace)
         (env_op,) = self.plan.of(P.Environment)
         env = dict(env_op.variables)
         env["BLASTWALL_SANDBOX"] = "container"
@@ -244,20 +259,6 @@ class ContainerSandbox:
         self.deadline = start_deadline(self.plan, self.kill)
         return self._pid
 
-    def _mounts(self, roots: list[str]) -> list[tuple[str, ...]]:
-        mounts: list[tuple[str, ...]] = []
-        for op in self.plan.operations:
-            kind = type(op)
-            if kind is P.PrivateTmp:
-                mounts.append(("tmpfs", op.path))
-            elif kind is P.Writable:
-                mounts.append(("bind-rw", op.path))
-            elif kind in (P.ReadOnly, P.Placeholder) and _inside(op.path, roots):
-                mounts.append(("bind-ro", op.path))
-            elif kind is P.Hide and _inside(op.path, roots):
-                mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path))
-        return mounts
-
     # -- wait / close -------------------------------------------------------------
     def wait(self) -> int:
         if self._pid is None:
@@ -281,8 +282,6 @@ class ContainerSandbox:
 
     def close(self) -> None:
         """Kill and delete the sandbox; remove its bundle, state and placeholders."""
-        import subprocess
-
         if self.deadline is not None:
             self.deadline.cancel()
         if self._session is not None:
@@ -295,16 +294,8 @@ class ContainerSandbox:
             self.kill()
             reap_quietly(self._pid)
             self._pid = None
-        if self._dir is not None and self._runsc is not None:
-            try:
-                subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force",
-                                self._id], capture_output=True, timeout=30)
-            except subprocess.TimeoutExpired:
-                pass  # The sandbox's processes are dead (killed above); what is left is state on disk.
-            from blastwall.tiers.container import cgroups
-
-            cgroups.remove(f"/blastwall/{self._id}")  # runsc removes it, unless the sandbox was killed.
-            shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            delete_state(self._dir, self._id, runsc=self._runsc)
             self._dir = None
         if self._guard is not None:
             self._guard.close()
@@ -316,7 +307,3 @@ class ContainerSandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _inside(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)

@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import secrets
-import shutil
 import signal
 import threading
 
@@ -28,7 +27,7 @@ from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 from blastwall.tiers._lifecycle import owner_record
 
-__all__ = ["ContainerSession", "map_path", "session_mounts"]
+__all__ = ["ContainerSession", "session_mounts"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The init says it is up, then waits on its stdin: the session's lifeline.  When
@@ -44,34 +43,31 @@ NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 BOOT_TIMEOUT = 60.0
 
 
-def map_path(path: str, workspace: str, mount_at: str) -> str:
-    """Where host ``path`` appears inside: under ``mount_at`` if it is in the workspace, else unchanged."""
-    if path == workspace:
-        return mount_at
-    if path.startswith(workspace.rstrip("/") + "/"):
-        return mount_at.rstrip("/") + path[len(workspace.rstrip("/")):]
-    return path
-
-
-def _inside(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-
 def session_mounts(plan: P.Plan, workspace: str, mount_at: str) -> list[tuple[str, ...]]:
-    """The plan's mounts as (kind, host source, destination inside)."""
+    """The plan's mounts as (kind, host source, destination inside); the workspace appears at ``mount_at``.
+
+    Of the read-only and hidden paths only those inside a bound root matter:
+    nothing else of the host is in the sandbox.
+    """
     roots = [op.path for op in plan.of(P.Writable)]
+
+    def inside(path: str) -> bool:
+        return any(P.is_within(path, root) for root in roots)
+
+    def map_path(path: str) -> str:
+        return P.relocate(path, workspace, mount_at)
+
     mounts: list[tuple[str, ...]] = []
     for op in plan.operations:
         kind = type(op)
         if kind is P.PrivateTmp:
             mounts.append(("tmpfs", op.path, op.path))
         elif kind is P.Writable:
-            mounts.append(("bind-rw", op.path, map_path(op.path, workspace, mount_at)))
-        elif kind in (P.ReadOnly, P.Placeholder) and _inside(op.path, roots):
-            mounts.append(("bind-ro", op.path, map_path(op.path, workspace, mount_at)))
-        elif kind is P.Hide and _inside(op.path, roots):
-            mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path,
-                           map_path(op.path, workspace, mount_at)))
+            mounts.append(("bind-rw", op.path, map_path(op.path)))
+        elif kind in (P.ReadOnly, P.Placeholder) and inside(op.path):
+            mounts.append(("bind-ro", op.path, map_path(op.path)))
+        elif kind is P.Hide and inside(op.path):
+            mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path, map_path(op.path)))
     return mounts
 
 
@@ -456,9 +452,8 @@ class ContainerSession:
     # -- close ------------------------------------------------------------------------------
     def close(self) -> None:
         """Destroy the sandbox and everything it had; safe to call more than once."""
-        import subprocess
-
         from blastwall.tiers._lifecycle import reap_quietly
+        from blastwall.tiers.container import delete_state
 
         self.booted = False
         with self._spare_lock:
@@ -487,10 +482,11 @@ class ContainerSession:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self._dir is not None and self._runsc is not None and not torn_down and self._state():
-            # Still known to runsc (the teardown above did not finish): force it.
-            subprocess.run([self._runsc, f"--root={os.path.join(self._dir, 'runsc')}", "delete", "--force", self.id],
-                           capture_output=True, timeout=60)
+        # Still known to runsc (the teardown above did not finish)? Then it is forced down first.
+        forced = self._runsc if self._dir is not None and not torn_down and self._state() else None
+        if forced is not None:
+            delete_state(self._dir, self.id, runsc=forced)
+            self._dir = None
 
         for pid in list(self._execs):
             reap_quietly(pid)
@@ -504,10 +500,7 @@ class ContainerSession:
             _raw_net.destroy(self._net)
             self._net = None
         if self._dir is not None:
-            from blastwall.tiers.container import cgroups
-
-            cgroups.remove(f"/blastwall/{self.id}")
-            shutil.rmtree(self._dir, ignore_errors=True)
+            delete_state(self._dir, self.id, runsc=None)
             self._dir = None
         if self._guard is not None:
             self._guard.close()

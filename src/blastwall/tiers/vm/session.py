@@ -45,18 +45,6 @@ class VmStopped(EnforcementError):
     """The VM stopped (crashed, killed) while a command was running."""
 
 
-def _inside(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-
-def map_path(path: str, workspace: str, mount_at: str) -> str:
-    if path == workspace:
-        return mount_at
-    if path.startswith(workspace.rstrip("/") + "/"):
-        return mount_at.rstrip("/") + path[len(workspace.rstrip("/")):]
-    return path
-
-
 class Command:
     """A command running in the guest: ``wait()`` for its status, ``kill()`` to signal it."""
 
@@ -306,10 +294,11 @@ class VmSession:
         ro, hide_dir, hide_file = [], [], []
         for op in self.plan.operations:
             kind = type(op)
-            if kind in (P.ReadOnly, P.Placeholder) and _inside(op.path, [self.workspace]):
-                ro.append(map_path(op.path, self.workspace, self.mount_at))
-            elif kind is P.Hide and _inside(op.path, [self.workspace]):
-                (hide_dir if op.kind == "dir" else hide_file).append(map_path(op.path, self.workspace, self.mount_at))
+            if kind in (P.ReadOnly, P.Placeholder) and P.is_within(op.path, self.workspace):
+                ro.append(P.relocate(op.path, self.workspace, self.mount_at))
+            elif kind is P.Hide and P.is_within(op.path, self.workspace):
+                (hide_dir if op.kind == "dir" else hide_file).append(P.relocate(op.path, self.workspace,
+                                                                                  self.mount_at))
         if not (ro or hide_dir or hide_file):
             return
         error, _ = self._request({"op": "mounts", "ro": ro, "hide_dir": hide_dir, "hide_file": hide_file})
