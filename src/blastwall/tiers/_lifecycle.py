@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
+__all__ = ["is_devnull", "owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
            "wait_exit"]
 
 # The exit status of a run killed at its [resources] timeout, as timeout(1) reports it.
@@ -179,3 +179,14 @@ def owner_alive(record: str) -> bool:
     if len(parts) < 2 or parts[1] == "0":
         return True  # An old record without a start time: the pid is all we know.
     return _start_time(pid) == parts[1]
+
+
+def is_devnull(fd: int) -> bool:
+    """True if ``fd`` is /dev/null (the character device 1:3), whatever path opened it."""
+    import stat
+
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)

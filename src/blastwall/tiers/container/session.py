@@ -25,7 +25,7 @@ import threading
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
-from blastwall.tiers._lifecycle import owner_record
+from blastwall.tiers._lifecycle import is_devnull, owner_record
 
 __all__ = ["ContainerSession", "session_mounts"]
 
@@ -293,7 +293,7 @@ class ContainerSession:
         if not self.booted or self._dir is None or self._runsc is None:
             raise RuntimeError("boot() must succeed first")
         line = _command_line(argv, env or {}, cwd or self.mount_at)
-        if line is not None and _is_devnull(stdin):
+        if line is not None and is_devnull(stdin):
             spare = self._take_spare()
             if spare is not None:
                 try:
@@ -558,16 +558,6 @@ def _command_line(argv: list[str], env: dict[str, str], cwd: str) -> str | None:
     parts += [f"export {shlex.quote(f'{k}={v}')}" for k, v in env.items()]
     parts.append("exec " + " ".join(shlex.quote(w) for w in argv))
     return "; ".join(parts)
-
-
-def _is_devnull(fd: int) -> bool:
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return False
-    import stat
-
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
 
 
 def _relay(source: int, target: int) -> None:

@@ -246,7 +246,9 @@ class VmSandbox:
                                   accel=self.accel, memory_mb=memory, label=" ".join(command)[:2048],
                                   broker=self._broker)
         self._session.boot()
-        self._command = self._session.exec(command, cwd=chdir.path, stdin=None if _is_devnull(stdin) else stdin,
+        from blastwall.tiers._lifecycle import is_devnull
+
+        self._command = self._session.exec(command, cwd=chdir.path, stdin=None if is_devnull(stdin) else stdin,
                                            stdout=stdout, stderr=stderr)
         self.deadline = start_deadline(self.plan, self.kill)
 
@@ -283,13 +285,3 @@ class VmSandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _is_devnull(fd: int) -> bool:
-    import stat
-
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return True
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
