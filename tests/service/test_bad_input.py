@@ -169,8 +169,10 @@ CREATE_BODIES = [
      422, "invalid_policy", "credentials"),
     ({"policy": "[environment]\npass = [\"AWS_SECRET_ACCESS_KEY\"]\n"}, 422, "invalid_policy", "environment.pass"),
     ({"policy": {"network": {"trusted_addresses": ["10.0.0.0/8"]}}}, 422, "invalid_policy", "trusted_addresses"),
-    ({"tier": "process"}, 422, "invalid_policy", "container tier only"),
-    ({"policy": "[sandbox]\ntier = \"vm\"\n"}, 422, "invalid_policy", "container tier only"),
+    ({"tier": "process"}, 422, "invalid_policy", "container or vm tier, not 'process'"),
+    ({"policy": "[sandbox]\ntier = \"process\"\n"}, 422, "invalid_policy", "not 'process'"),
+    ({"tier": "vm"}, 403, "ceiling_exceeded", "the vm tier is not allowed for this tenant"),  # VMs are opt-in.
+    ({"policy": "[sandbox]\ntier = \"vm\"\n"}, 403, "ceiling_exceeded", "vm tier"),
     ({"resources": {"memory": "lots"}}, 422, "invalid_request", "memory"),
     ({"resources": {"gpus": 1}}, 422, "invalid_request", ""),
     ({"image": "../../etc"}, 422, "invalid_policy", "image"),

@@ -75,7 +75,8 @@ def policy(document=None):
     from blastwall.policy.model import parse_layer
 
     layers = [tenant_layer(document)] if document else []
-    layers.append(parse_layer({"sandbox": {"tier": "container"}}, "service"))
+    if not (document or {}).get("sandbox", {}).get("tier"):
+        layers.append(parse_layer({"sandbox": {"tier": "container"}}, "service"))
     return merge(layers)
 
 
@@ -87,6 +88,7 @@ def policy(document=None):
     (None, Resources(8 << 30, 1.0, 512), 60, "resources.memory"),
     (None, Resources(512 << 20, 4.0, 512), 60, "resources.cpus"),
     (None, DEFAULTS, 7200, "ttl"),
+    ({"sandbox": {"tier": "vm"}}, DEFAULTS, 60, "sandbox.tier"),  # Not in the default ceiling's tiers.
 ])
 def test_ceiling_refuses_more(document, resources, ttl, field):
     with pytest.raises(CeilingExceeded) as info:
@@ -98,6 +100,14 @@ def test_ceiling_refuses_more(document, resources, ttl, field):
 def test_ceiling_allows_what_it_grants():
     ceiling(allow_domains=["*.example.com", "pypi.org:443"], max_memory="1G").check(
         policy({"network": {"allow": ["api.example.com", "pypi.org:443"]}}), DEFAULTS, 300)
+    ceiling(tiers=["container", "vm"]).check(policy({"sandbox": {"tier": "vm"}}), DEFAULTS, 300)
+    ceiling(tiers=["vm"]).check(policy({"sandbox": {"tier": "vm"}}), DEFAULTS, 300)
+
+
+@pytest.mark.parametrize("tiers", ["vm", ["process"], ["container", 1], {"container": True}])
+def test_ceiling_tiers_are_service_tiers(tiers):
+    with pytest.raises(ValueError, match="tiers"):
+        Ceiling.from_dict({"tiers": tiers})
 
 
 def test_ceiling_from_dict_refuses_nonsense():

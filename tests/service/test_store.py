@@ -105,6 +105,13 @@ def test_tenant_cli(home, workspace, scratch):
     assert bad.returncode == 2 and "--max-memory" in bad.stderr and "Traceback" not in bad.stderr
     bad = blastwall(["tenant", "add", "y", "--db", db, "--allow-domain", "http://evil"], home=home, cwd=workspace)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "tiers=container " in listed.stdout  # VMs are opt-in ...
+    r = blastwall(["tenant", "add", "vms", "--db", db, "--tier", "container", "--tier", "vm"], home=home, cwd=workspace)
+    assert r.returncode == 0, r.stderr
+    assert "vms  active" in blastwall(["tenant", "list", "--db", db], home=home, cwd=workspace).stdout \
+        and "tiers=container,vm " in blastwall(["tenant", "list", "--db", db], home=home, cwd=workspace).stdout
+    bad = blastwall(["tenant", "add", "z", "--db", db, "--tier", "process"], home=home, cwd=workspace)
+    assert bad.returncode == 2 and "tiers" in bad.stderr and "Traceback" not in bad.stderr  # ... and never the process tier.
     revoked = blastwall(["tenant", "revoke", "--db", db, key.rsplit("_", 1)[0]], home=home, cwd=workspace)
     assert revoked.returncode == 0 and "revoked key" in revoked.stdout
     store = Store(db)

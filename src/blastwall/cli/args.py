@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
               "serve the multi-tenant sandbox HTTP API"),
     "tenant add": ({"--db": (True, False), "--max-sessions": (True, False), "--max-memory": (True, False),
                     "--max-cpus": (True, False), "--max-ttl": (True, False), "--allow-domain": (True, True),
-                    "--image": (True, True), "--expires": (True, False)}, "one",
+                    "--image": (True, True), "--tier": (True, True), "--expires": (True, False)}, "one",
                    "add a tenant of the service and print its first API key"),
     "tenant key": ({"--db": (True, False), "--expires": (True, False)}, "one", "issue another API key for a tenant"),
     "tenant list": ({"--db": (True, False), "--json": (False, False)}, "none", "list tenants and their keys"),
@@ -78,7 +78,8 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
                        [--max-upload SIZE] [--default-ttl DURATION] [--max-sandboxes N] [--memory SIZE]
                        [--cpus N] [--tls-cert FILE --tls-key FILE] [--log-level LEVEL]
        blastwall tenant add NAME [--max-sessions N] [--max-memory SIZE] [--max-cpus N] [--max-ttl DURATION]
-                            [--allow-domain HOST]... [--image NAME]... [--expires DURATION|DATE] [--db FILE]
+                            [--allow-domain HOST]... [--image NAME]... [--tier container|vm]...
+                            [--expires DURATION|DATE] [--db FILE]
        blastwall tenant key NAME [--expires DURATION|DATE] | list [--json] | revoke NAME|KEY-ID  [--db FILE]
        blastwall version
 

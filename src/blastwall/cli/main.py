@@ -658,6 +658,7 @@ def cmd_tenant_add(parsed) -> int:
         "max_ttl": _option(parsed, "--max-ttl", lambda v: parse_duration(v, "duration")),
         "allow_domains": parsed.get("--allow-domain"),
         "images": parsed.get("--image"),
+        "tiers": parsed.get("--tier"),
     }
     try:
         ceiling = Ceiling.from_dict({k: v for k, v in fields.items() if v is not None})
@@ -724,6 +725,7 @@ def cmd_tenant_list(parsed) -> int:
         state = f"revoked {when(tenant['revoked'])}" if tenant["revoked"] else "active"
         sys.stdout.write(f"{tenant['name']}  {state}  sessions<={c['max_sessions']} "
                          f"memory<={format_size(c['max_memory'])} cpus<={c['max_cpus']:g} ttl<={c['max_ttl']}s "
+                         f"tiers={','.join(c.get('tiers', ['container']))} "
                          f"images={','.join(c['images']) or '-'} domains={','.join(c['allow_domains']) or '-'}\n")
         for key in tenant["keys"]:
             if key["revoked"]:

@@ -125,10 +125,12 @@ class RemoteBackend:
 
     @classmethod
     def create(cls, *, api_url: str, api_key: str, image=None, policy=None, resources=None, ttl=None,
-               allow_domains=()) -> "RemoteBackend":
+               allow_domains=(), tier=None) -> "RemoteBackend":
         body: dict = {}
         if image is not None:
             body["image"] = image
+        if tier is not None:
+            body["tier"] = tier
         if allow_domains:
             if policy is not None and not isinstance(policy, dict):
                 raise ValueError("give allow_domains inside the policy when the policy is TOML text")

@@ -113,8 +113,9 @@ class Sandbox:
 
     Local backend: a workspace on this machine (``workspace``, default a new
     private directory removed at kill); each command runs in a new sandbox of
-    the policy's tier over it.  Remote backend (``api_url``): one container
-    sandbox of a ``blastwall serve`` service that lives until ``kill()`` or its
+    the policy's tier over it.  Remote backend (``api_url``): one sandbox of a
+    ``blastwall serve`` service (a gVisor container, or a VM with
+    ``tier="vm"`` where the tenant may) that lives until ``kill()`` or its
     TTL, with its workspace at ``/home/user``.
     """
 
@@ -137,8 +138,8 @@ class Sandbox:
         policy layer (TOML text or a dict); ``resources``: ``{"memory": "1G",
         "cpus": 1, "pids": 256}``; ``timeout``/``ttl``: seconds the remote
         sandbox lives; ``envs``: variables every command gets (the policy's
-        ``environment.set``).  ``tier``, ``policy_file`` and ``workspace`` are
-        local only.
+        ``environment.set``); ``tier``: the tier (remote: "container" or
+        "vm").  ``policy_file`` and ``workspace`` are local only.
         """
         environ = os.environ if environ is None else environ
         if envs:
@@ -157,14 +158,15 @@ class Sandbox:
         if url:
             from blastwall.client._remote import RemoteBackend
 
-            local_only = [name for name, value in (("tier", tier), ("policy_file", policy_file),
-                                                  ("workspace", workspace)) if value is not None]
-            if local_only and not (local_only == ["tier"] and tier == "container"):
+            local_only = [name for name, value in (("policy_file", policy_file), ("workspace", workspace))
+                          if value is not None]
+            if local_only:
                 raise InvalidRequestError(f"{', '.join(local_only)}: only for the local backend (api_url=None)")
             key = environ.get("BLASTWALL_API_KEY", "") if api_key is UNSET else api_key
             try:
                 backend = RemoteBackend.create(api_url=url, api_key=key, image=image, policy=policy,
-                                               resources=resources, ttl=lifetime, allow_domains=allow_domains)
+                                               resources=resources, ttl=lifetime, allow_domains=allow_domains,
+                                               tier=tier)
             except ValueError as exc:
                 raise InvalidRequestError(str(exc)) from None
             return cls(backend)

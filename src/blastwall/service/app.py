@@ -45,7 +45,7 @@ class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str | None = Field(None, max_length=64, description="image name (default: the tenant's first)")
     template: str | None = Field(None, max_length=64, description="E2B's name for image")
-    tier: str | None = Field(None, description="only 'container' is served")
+    tier: str | None = Field(None, description="'container' (the default) or 'vm', where the tenant's ceiling allows it")
     policy: str | dict | None = Field(None, description="a policy layer: TOML text or the same as a JSON object")
     resources: ResourcesIn | None = None
     ttl: int | None = Field(None, description="seconds until the sandbox is destroyed (default 300)")

@@ -15,7 +15,9 @@ resources.  Two separate questions are asked of it, in this order:
    Narrowing keys (``*.deny``, ``filesystem.deny_*``) are always fine.
 2. ``Ceiling.check``: is what it asks within the operator's grant for this
    tenant?  Every allowed host (and every rule's host) must be covered by one
-   of the ceiling's domains; the image must be one of its images; memory,
+   of the ceiling's domains; the tier and the image must be among its
+   tiers and images (VMs are opt-in: a ceiling allows the container tier
+   unless the operator adds ``vm``); memory,
    CPUs and TTL must not exceed its maxima.
 
 Both raise (``TenantPolicyError`` -> 422, ``CeilingExceeded`` -> 403); neither
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from blastwall.errors import PolicyError
 
-__all__ = ["Ceiling", "CeilingExceeded", "Resources", "TenantPolicyError", "covers", "format_size",
+__all__ = ["SERVICE_TIERS", "Ceiling", "CeilingExceeded", "Resources", "TenantPolicyError", "covers", "format_size",
            "parse_duration", "parse_size", "tenant_layer"]
 
 # (section, key) a tenant may set.  Everything else is refused by name.
@@ -50,6 +52,10 @@ _WHY_NOT = {
     ("sandbox", "require"): "the container tier's boundary is gVisor",
     ("resources", "timeout"): "a service sandbox lives for its TTL (the request's ttl)",
 }
+
+# The tiers a service runs: each sandbox is a gVisor container or a QEMU VM (the process
+# tier shares the service host's kernel and filesystem view with the tenant: never served).
+SERVICE_TIERS = ("container", "vm")
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
                "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
@@ -226,15 +232,17 @@ class Resources:
 class Ceiling:
     """The most a tenant may ask for, set by the operator (``blastwall tenant add``)."""
 
-    __slots__ = ("max_sessions", "max_memory", "max_cpus", "max_ttl", "allow_domains", "images")
+    __slots__ = ("max_sessions", "max_memory", "max_cpus", "max_ttl", "allow_domains", "images", "tiers")
 
     DEFAULTS = {"max_sessions": 10, "max_memory": 4 << 30, "max_cpus": 2.0, "max_ttl": 3600,
-                "allow_domains": (), "images": ("default",)}
+                "allow_domains": (), "images": ("default",), "tiers": ("container",)}
 
     def __init__(self, *, max_sessions: int, max_memory: int, max_cpus: float, max_ttl: int,
-                 allow_domains: tuple[str, ...], images: tuple[str, ...]) -> None:
+                 allow_domains: tuple[str, ...], images: tuple[str, ...],
+                 tiers: tuple[str, ...] = ("container",)) -> None:
         values = {"max_sessions": max_sessions, "max_memory": max_memory, "max_cpus": max_cpus,
-                  "max_ttl": max_ttl, "allow_domains": tuple(allow_domains), "images": tuple(images)}
+                  "max_ttl": max_ttl, "allow_domains": tuple(allow_domains), "images": tuple(images),
+                  "tiers": tuple(tiers)}
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -273,19 +281,25 @@ class Ceiling:
                 images.append(_image_name(item, "images", "ceiling"))
             except PolicyError:
                 raise ValueError(f"images: {item!r} is not an image name") from None
+        tiers = values["tiers"]
+        if isinstance(tiers, str) or not isinstance(tiers, (list, tuple)) \
+                or not all(isinstance(t, str) and t in SERVICE_TIERS for t in tiers):
+            raise ValueError(f"tiers: expected a list of {' and '.join(SERVICE_TIERS)}")
         return cls(max_sessions=sessions, max_memory=memory, max_cpus=float(cpus), max_ttl=ttl,
-                   allow_domains=tuple(dict.fromkeys(domains)), images=tuple(dict.fromkeys(images)))
+                   allow_domains=tuple(dict.fromkeys(domains)), images=tuple(dict.fromkeys(images)),
+                   tiers=tuple(dict.fromkeys(tiers)))
 
     def as_dict(self) -> dict:
         return {"max_sessions": self.max_sessions, "max_memory": self.max_memory, "max_cpus": self.max_cpus,
-                "max_ttl": self.max_ttl, "allow_domains": list(self.allow_domains), "images": list(self.images)}
+                "max_ttl": self.max_ttl, "allow_domains": list(self.allow_domains), "images": list(self.images),
+                "tiers": list(self.tiers)}
 
     def check(self, policy, resources: Resources, ttl: int) -> None:
         """Raise ``CeilingExceeded`` unless the merged ``policy``, ``resources`` and ``ttl`` are within this ceiling."""
         tier = policy.sandbox.tier
-        if tier != "container":
-            raise CeilingExceeded(f"the service runs sandboxes in the container tier only, not {tier!r}",
-                                  field="sandbox.tier")
+        if tier not in self.tiers:
+            raise CeilingExceeded(f"the {tier} tier is not allowed for this tenant (allowed: "
+                                  f"{', '.join(self.tiers) or 'none'})", field="sandbox.tier")
         image = policy.sandbox.image
         if image not in self.images:
             raise CeilingExceeded(f"image {image!r} is not allowed for this tenant (allowed: "

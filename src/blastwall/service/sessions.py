@@ -2,7 +2,8 @@
 
 One ``Manager`` per service process.  It owns:
 
-* the live sandboxes, each a ``ContainerSession`` (gVisor) over a private
+* the live sandboxes, each a ``ContainerSession`` (gVisor) or a ``VmSession``
+  (QEMU, for tenants whose ceiling allows the VM tier) over a private
   workspace directory mounted at ``/home/user`` inside, and bound to one
   tenant: every lookup is by (tenant, id), so another tenant's id is exactly
   as unknown as an id that never existed;
@@ -33,9 +34,9 @@ import signal
 import threading
 import time
 
-from blastwall.errors import ContainmentError, PolicyError
-from blastwall.service.ceiling import (CeilingExceeded, Resources, TenantPolicyError, format_size, parse_size,
-                                       tenant_layer)
+from blastwall.errors import ContainmentError, PolicyError, Unsupported
+from blastwall.service.ceiling import (SERVICE_TIERS, CeilingExceeded, Resources, TenantPolicyError, format_size,
+                                       parse_size, tenant_layer)
 from blastwall.service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
     ServiceError, Unavailable, Unprocessable
 
@@ -63,6 +64,78 @@ def _killpg(pid: int, sig: int) -> None:
 
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
+
+
+class _HostProcess:
+    """A container command: its ``runsc exec``, a child of this process (ContainerSession.exec)."""
+
+    def __init__(self, session, pid: int) -> None:
+        self.session = session
+        self.pid = pid
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:
+            self._pidfd = None
+
+    def exit_fd(self) -> int | None:
+        """Readable once the command ended; None: poll."""
+        return self._pidfd
+
+    def poll(self, *, block: bool = False) -> int | None:
+        """The exit code once the command ended (reaping it), else None."""
+        try:
+            pid, raw = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return 137  # Reaped by the session's close() (the sandbox was destroyed under it).
+        if pid == 0:
+            return None
+        status = os.waitstatus_to_exitcode(raw)
+        try:
+            self.session.finished(self.pid)
+        except Exception:  # noqa: BLE001
+            pass
+        return 128 - status if status < 0 else status
+
+    def kill(self) -> None:
+        self.session.signal_exec(self.pid, signal.SIGKILL)
+
+    def force(self) -> None:
+        """The command's ``runsc exec`` did not go: kill it on the host."""
+        _killpg(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class _GuestProcess:
+    """A VM command: a process in the guest, driven through its agent (VmSession.exec)."""
+
+    def __init__(self, command) -> None:
+        self.command = command
+
+    def exit_fd(self) -> int | None:
+        return self.command.fileno()
+
+    def poll(self, *, block: bool = False) -> int | None:
+        from blastwall.tiers.vm.session import VmStopped
+
+        if not self.command.done.wait(None if block else 0):
+            return None
+        try:
+            return self.command.wait(0)
+        except VmStopped:
+            return 128 + signal.SIGKILL  # The VM went down under it (the sandbox is found stopped).
+
+    def kill(self) -> None:
+        self.command.kill(signal.SIGKILL)
+
+    def force(self) -> None:
+        self.command.kill(signal.SIGKILL)  # There is no host process; the agent signals the group again.
+
+    def close(self) -> None:
+        self.command.release()
 
 
 class Config:
@@ -115,8 +188,9 @@ class Command:
     A streamed command hands its output to ``events`` (a bounded queue: a slow
     reader slows the command down rather than filling the service's memory);
     a background one keeps up to ``cap`` bytes of each stream.  The command
-    ends when its ``runsc exec`` exits (found through a pidfd), not at EOF:
-    a process the command left running inside may hold its pipes open.
+    ends when its process ends (its ``runsc exec``, found through a pidfd, or
+    the VM agent's word), not at EOF: a process the command left running
+    inside may hold its pipes open.
     """
 
     def __init__(self, sandbox: "Sandbox", argv: list[str], *, env: dict, cwd: str, timeout: float,
@@ -141,7 +215,9 @@ class Command:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self.pid = sandbox.session.exec(argv, env=env, cwd=cwd, stdin=devnull, stdout=out_w, stderr=err_w)
+            started = sandbox.session.exec(argv, env=env, cwd=cwd, stdin=devnull, stdout=out_w, stderr=err_w)
+            self.process = _HostProcess(sandbox.session, started) if isinstance(started, int) \
+                else _GuestProcess(started)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -155,19 +231,16 @@ class Command:
     def start(self) -> None:
         self._thread.start()
 
-    # The pump: the only reader of the pipes and the only reaper of the pid.
+    # The pump: the only reader of the pipes and the only one to collect the exit.
     def _pump(self) -> None:
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
         selector = selectors.DefaultSelector()
         for fd, name in self._fds.items():
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ, name)
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except OSError:
-            pidfd = None
-        if pidfd is not None:
-            selector.register(pidfd, selectors.EVENT_READ, "exit")
+        exit_fd = self.process.exit_fd()
+        if exit_fd is not None:
+            selector.register(exit_fd, selectors.EVENT_READ, "exit")
         deadline = self.started + self.timeout
         killed_at = None
         try:
@@ -179,14 +252,14 @@ class Command:
                 if self.killed and killed_at is None:
                     killed_at = now
                 if killed_at is not None and now - killed_at > KILL_GRACE:
-                    _killpg(self.pid, signal.SIGKILL)  # runsc exec itself did not go
+                    self.process.force()
                 for key, _mask in selector.select(timeout=0.2):
                     if key.data == "exit":
                         selector.unregister(key.fd)
                         self._try_reap(block=True)
                     elif self._read(key.fd, key.data, decoders) == "eof":
                         selector.unregister(key.fd)
-                if pidfd is None:
+                if exit_fd is None:
                     self._try_reap()
             # The command has exited.  Its output may still be arriving (the
             # sandbox's copies of the pipes close a moment after the exit is
@@ -220,11 +293,10 @@ class Command:
             selector.close()
             for fd in self._fds:
                 os.close(fd)
-            if pidfd is not None:
-                os.close(pidfd)
             if self.exit_code is None:
-                _killpg(self.pid, signal.SIGKILL)
+                self.process.force()
                 self._try_reap(block=True)
+            self.process.close()
             if self.timed_out:
                 self.exit_code = 124
             final = {"exit_code": self.exit_code, "timed_out": self.timed_out}
@@ -251,23 +323,9 @@ class Command:
         return "data"
 
     def _try_reap(self, *, block: bool = False) -> bool:
-        if self.exit_code is not None:
-            return True
-        try:
-            pid, raw = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            # Reaped by the session's close() (the sandbox was destroyed under it).
-            self.exit_code = 137
-            return True
-        if pid == 0:
-            return False
-        status = os.waitstatus_to_exitcode(raw)
-        self.exit_code = 128 - status if status < 0 else status
-        try:
-            self.sandbox.session.finished(self.pid)
-        except Exception:  # noqa: BLE001
-            pass
-        return True
+        if self.exit_code is None:
+            self.exit_code = self.process.poll(block=block)
+        return self.exit_code is not None
 
     def _deliver(self, name: str, text: str) -> None:
         if self.events is not None:
@@ -296,7 +354,7 @@ class Command:
             return
         self.killed = True
         try:
-            self.sandbox.session.signal_exec(self.pid, signal.SIGKILL)
+            self.process.kill()
         except Exception:  # noqa: BLE001 - the sandbox may be going away
             log.debug("command %s: kill failed", self.id, exc_info=True)
 
@@ -322,9 +380,10 @@ class Sandbox:
     """One tenant's sandbox: its session, workspace, deadline and commands."""
 
     def __init__(self, sandbox_id: str, tenant: str | None, *, image: str, resources: Resources, expires: float,
-                 workspace: str, allow: tuple[str, ...]) -> None:
+                 workspace: str, allow: tuple[str, ...], tier: str = "container") -> None:
         self.id = sandbox_id
         self.tenant = tenant
+        self.tier = tier
         self.image = image
         self.resources = resources
         self.created = time.time()
@@ -338,7 +397,7 @@ class Sandbox:
         self.on_stopped = None  # Set by the manager: destroy a sandbox that went down by itself.
 
     def check_alive(self) -> bool:
-        """False (and the sandbox on its way out) if its gVisor kernel is gone."""
+        """False (and the sandbox on its way out) if its gVisor kernel or its VM is gone."""
         try:
             alive = self.session is not None and self.session.alive()
         except Exception:  # noqa: BLE001 - cannot tell: assume it lives; the TTL ends it anyway
@@ -365,7 +424,7 @@ class Sandbox:
                 self.commands.pop(command.id, None)  # Streamed: its client has the output.
 
     def describe(self) -> dict:
-        return {"id": self.id, "state": self.state, "image": self.image, "tier": "container",
+        return {"id": self.id, "state": self.state, "image": self.image, "tier": self.tier,
                 "created_at": self.created, "expires_at": self.expires,
                 "ttl_remaining": max(0, round(self.expires - time.time(), 1)),
                 "resources": self.resources.as_dict(), "network": {"allow": list(self.allow)},
@@ -453,6 +512,7 @@ class Manager:
         """Destroy the containers, workspaces and rows a previous (crashed) service process left."""
         from blastwall.tiers._lifecycle import alive
         from blastwall.tiers.container.session import ContainerSession
+        from blastwall.tiers.vm.session import VmSession
 
         # We hold the data directory's lock, so the process that wrote these
         # rows has exited; it may still be a zombie for a moment, and the
@@ -462,10 +522,11 @@ class Manager:
         for owner in {row["owner"] for row in rows if row["owner"] != os.getpid()}:
             while alive(owner) and time.time() < deadline:
                 time.sleep(0.05)
-        try:
-            ContainerSession.recover(environ=self.config.environ)
-        except Exception:  # noqa: BLE001 - recovery must not keep the service down; say so
-            log.exception("reaping leftover containers failed")
+        for recover, what in ((ContainerSession.recover, "containers"), (VmSession.recover, "VMs")):
+            try:
+                recover(environ=self.config.environ)
+            except Exception:  # noqa: BLE001 - recovery must not keep the service down; say so
+                log.exception("reaping leftover %s failed", what)
         for row in rows:
             self._remove_workspace(row["workspace"])
             self.store.remove_sandbox(row["id"])
@@ -501,12 +562,14 @@ class Manager:
                                   code="audit_unavailable") from None
 
     # -- policy ------------------------------------------------------------------------------------
-    def _merge(self, layer, request_layer, resources: Resources | None = None):
+    def _merge(self, layer, request_layer, resources: Resources | None = None, tier: str = "container"):
         from blastwall.policy.model import SCHEMA, merge, parse_layer
 
         # The service's own top layer: only the workspace is writable, whatever
-        # the base policy or the tenant said, and the resources it granted.
-        forced: dict = {"filesystem": {"allow_write": ["."]}, "sandbox": {"tier": "container"}}
+        # the base policy or the tenant said, the tier the tenant asked for (a
+        # service tier; the base policy's own tier is for its local runs), and
+        # the resources it granted.
+        forced: dict = {"filesystem": {"allow_write": ["."]}, "sandbox": {"tier": tier}}
         if resources is not None and "resources" in SCHEMA:
             forced["resources"] = {"memory": resources.memory, "cpus": resources.cpus, "pids": resources.pids}
         layers = [*self._base_layers]
@@ -559,12 +622,15 @@ class Manager:
                 request_layer = tenant_layer(request_doc, "request")
             except TenantPolicyError as exc:
                 raise Unprocessable(exc.message) from None
-        for asked in (layer, request_layer):
+        tier = "container"
+        for asked in (layer, request_layer):  # The request's field over the request's policy.
             tier_value = asked.values.get(("sandbox", "tier")) if asked is not None else None
-            if tier_value is not None and tier_value[1] != "container":
-                raise Unprocessable(f"sandbox.tier: this service runs sandboxes in the container tier only, not "
-                                    f"{tier_value[1]!r}")
-        merged = self._merge(layer, request_layer)
+            if tier_value is not None:
+                tier = tier_value[1]
+        if tier not in SERVICE_TIERS:
+            raise Unprocessable(f"sandbox.tier: this service runs sandboxes in the {' or '.join(SERVICE_TIERS)} "
+                                f"tier, not {tier!r}")
+        merged = self._merge(layer, request_layer, tier=tier)
         # Resources: the service's defaults < the policies' [resources] < the request's.
         requested = {}
         if "resources" in merged.as_dict():
@@ -585,9 +651,16 @@ class Manager:
             tenant.ceiling.check(merged, wanted, ttl)
         except CeilingExceeded as exc:
             raise Forbidden(f"{exc.field}: {exc}") from None
-        is_default = (layer is None and merged.sandbox.image == "default" and wanted == self.config.default_resources
-                      and not self._default_has_egress)
-        return self._merge(layer, request_layer, wanted), wanted, ttl, is_default
+        if tier == "vm":
+            from blastwall.tiers.vm import check_resources
+
+            try:
+                check_resources(wanted.memory, wanted.cpus)
+            except Unsupported as exc:
+                raise Unprocessable(f"resources: {exc.message}") from None
+        is_default = (layer is None and tier == "container" and merged.sandbox.image == "default"
+                      and wanted == self.config.default_resources and not self._default_has_egress)
+        return self._merge(layer, request_layer, wanted, tier), wanted, ttl, is_default
 
     # -- create ----------------------------------------------------------------------------------
     def create(self, tenant, *, policy=None, image=None, tier=None, resources=None, ttl=None,
@@ -625,7 +698,8 @@ class Manager:
                 sandbox.expires = time.time() + ttl
             else:
                 sandbox = Sandbox(_new_id("sbx_"), tenant.name, image=merged.sandbox.image, resources=wanted,
-                                  expires=time.time() + ttl, workspace="", allow=tuple(merged.network.allow))
+                                  expires=time.time() + ttl, workspace="", allow=tuple(merged.network.allow),
+                                  tier=merged.sandbox.tier)
                 sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
             self._sandboxes[sandbox.id] = sandbox
         warm = sandbox.session is not None
@@ -633,7 +707,7 @@ class Manager:
             self._warm_wakeup.set()
         try:
             self.audit("create", tenant.name, sandbox.id, rule=f"key {tenant.key_id}",
-                       detail=f"image={sandbox.image} memory={format_size(wanted.memory)} cpus={wanted.cpus:g} "
+                       detail=f"tier={sandbox.tier} image={sandbox.image} memory={format_size(wanted.memory)} cpus={wanted.cpus:g} "
                               f"ttl={ttl}s allow={','.join(merged.network.allow) or '-'}",
                        reason=f"from {client}{' (warm)' if warm else ''}")
             if warm:
@@ -660,6 +734,7 @@ class Manager:
         """Workspace, plan, row, boot: in that order, so a crash at any point leaves something to reap."""
         from blastwall import api
         from blastwall.tiers.container.session import ContainerSession
+        from blastwall.tiers.vm.session import VmSession
 
         os.mkdir(sandbox.workspace, 0o700)
         os.chown(sandbox.workspace, *SANDBOX_USER)
@@ -667,9 +742,9 @@ class Manager:
         # or trusts its files, so the sandbox's home is its own (git init, ~/.config).
         plan = api.plan_for(policy, workspace=sandbox.workspace, cwd=sandbox.workspace, environ=self._plan_environ(),
                             disposable_workspace=True)
-        session = ContainerSession(plan, image=sandbox.image, environ=self.config.environ,
-                                   workspace=sandbox.workspace, mount_at=MOUNT_AT, user=SANDBOX_USER,
-                                   label=sandbox.label)
+        kind = VmSession if sandbox.tier == "vm" else ContainerSession
+        session = kind(plan, image=sandbox.image, environ=self.config.environ, workspace=sandbox.workspace,
+                       mount_at=MOUNT_AT, user=SANDBOX_USER, label=sandbox.label)
         sandbox.session = session
         self.store.add_sandbox(sandbox.id, tenant=sandbox.tenant or "", container=session.id,
                                workspace=sandbox.workspace, expires=sandbox.expires)

@@ -340,10 +340,15 @@ def test_missing_parts_fail_closed_with_a_fix(cli_env, workspace):
                   env={**cli_env, "BLASTWALL_VM_KERNEL": "0.0-none"})
     assert r.returncode == 125 and "Can't find a packaged kernel 0.0-none" in r.stderr and "fix" in r.stderr, r.stderr
     (workspace.parent / "config" / "blastwall").mkdir(parents=True)
-    (workspace.parent / "config" / "blastwall" / "policy.toml").write_text("[resources]\ncpus = 1\n")
+    (workspace.parent / "config" / "blastwall" / "policy.toml").write_text("[resources]\ncpus = 0.5\n")
     r = blastwall(["run", "--tier", "vm", "--", "true"], home=env_home(cli_env), cwd=workspace,
                   env={**cli_env, "XDG_CONFIG_HOME": str(workspace.parent / "config")})
-    assert r.returncode == 125 and "does not limit cpus" in r.stderr, r.stderr
+    assert r.returncode == 125 and "a VM gets whole CPUs" in r.stderr and "fix" in r.stderr, r.stderr
+    if os.geteuid() == 0:  # The one-shot run keeps the invoking uid: root's processes are not counted by NPROC.
+        (workspace.parent / "config" / "blastwall" / "policy.toml").write_text("[resources]\npids = 64\n")
+        r = blastwall(["run", "--tier", "vm", "--", "true"], home=env_home(cli_env), cwd=workspace,
+                      env={**cli_env, "XDG_CONFIG_HOME": str(workspace.parent / "config")})
+        assert r.returncode == 125 and "limits pids for an unprivileged guest user only" in r.stderr, r.stderr
     r = blastwall(["run", "--tier", "vm", "--", "true"], home=env_home(cli_env), cwd=workspace,
                   env={**cli_env, "BLASTWALL_VM_ACCEL": "hvf"})
     assert r.returncode == 125 and "not an accelerator" in r.stderr

@@ -26,12 +26,15 @@ import signal
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 
-__all__ = ["ACCELERATORS", "HANDLED", "REFUSED", "VmSandbox", "accel_report", "check_plan", "detect_accel", "find_qemu",
-           "kvm_opens", "probe_accel"]
+__all__ = ["ACCELERATORS", "HANDLED", "REFUSED", "VmSandbox", "accel_report", "check_plan", "check_resources",
+           "detect_accel", "find_qemu",
+           "kvm_opens", "probe_accel", "vm_resources"]
 
 ACCELERATORS = ("kvm", "tcg")
 PROBE_TIMEOUT = 15.0  # A KVM guest that works prints its marker within a second or two.
 PROBE_MARKER = "blastwall-probe-ok"
+DEFAULT_MEMORY = 512  # MiB, when the plan sets no memory
+MIN_MEMORY = 128 << 20  # The guest kernel, the agent and a command.
 
 # What this tier enforces, and how; everything else refuses the plan.
 HANDLED = frozenset({
@@ -43,7 +46,7 @@ HANDLED = frozenset({
     P.IsolateNetwork,  # -nic none: the guest has no network device at all
     P.DenySyscalls,  # the guest's kernel is not the host's: its syscalls never reach the host kernel
     P.LandlockWrites,  # outside the workspace, writes land in the throw-away layer
-    P.Resources,  # memory: the VM's memory; timeout: a Deadline; cpus/pids refused in check_plan
+    P.Resources,  # memory: the VM's RAM; cpus: whole vCPUs; pids: RLIMIT_NPROC of the guest's user; timeout: a Deadline
     P.Egress,  # QEMU user networking, restrict=on, forwards only to the session's gateway sockets (session.py)
 })
 REFUSED = {
@@ -67,9 +70,31 @@ def check_plan(plan: P.Plan) -> None:
         raise Unsupported(f"Refusing the plan: the VM tier shares only the workspace, not {others[0]}",
                           fix="remove the path from filesystem.allow_write, or use another tier")
     for op in plan.of(P.Resources):
-        if op.cpus is not None or op.pids is not None:
-            raise Unsupported("Refusing the plan: the VM tier does not limit cpus or pids yet",
-                              fix="remove cpus and pids from [resources], or use --tier container")
+        check_resources(op.memory_bytes, op.cpus)
+
+
+def check_resources(memory_bytes: int | None, cpus: float | None) -> None:
+    """Raise Unsupported unless a VM can have this memory and these CPUs (None: the default)."""
+    most = os.cpu_count() or 1
+    if cpus is not None and (cpus != int(cpus) or not 1 <= cpus <= most):
+        raise Unsupported(f"Refusing the plan: a VM gets whole CPUs, 1 to this machine's {most}, not {cpus:g}",
+                          fix="set resources.cpus to a whole number, or use --tier container for a fractional "
+                              "CPU quota")
+    if memory_bytes is not None and memory_bytes < MIN_MEMORY:
+        raise Unsupported(f"Refusing the plan: a VM needs at least {MIN_MEMORY >> 20} MiB of memory",
+                          fix=f"set resources.memory to {MIN_MEMORY >> 20}M or more")
+
+
+def vm_resources(plan: P.Plan) -> tuple[int, int, int | None]:
+    """(memory in MiB, vCPUs, pids or None) of the VM for ``plan`` (check_plan has accepted it)."""
+    memory, cpus, pids = DEFAULT_MEMORY, 1, None
+    for op in plan.of(P.Resources):
+        if op.memory_bytes is not None:
+            memory = op.memory_bytes >> 20
+        if op.cpus is not None:
+            cpus = int(op.cpus)
+        pids = op.pids
+    return memory, cpus, pids
 
 
 def find_qemu() -> str:
@@ -236,14 +261,10 @@ class VmSandbox:
         from blastwall.tiers.vm.session import VmSession
 
         (chdir,) = self.plan.of(P.Chdir)
-        memory = 512
-        for op in self.plan.of(P.Resources):
-            if op.memory_bytes:
-                memory = max(128, op.memory_bytes // (1 << 20))
         # The workspace keeps its host path inside, so that paths in arguments mean the same thing.
         self._session = VmSession(self.plan, image=self.image, environ=self._environ, workspace=self.plan.workspace,
                                   mount_at=os.path.realpath(self.plan.workspace), user=(os.getuid(), os.getgid()),
-                                  accel=self.accel, memory_mb=memory, label=" ".join(command)[:2048],
+                                  accel=self.accel, label=" ".join(command)[:2048],
                                   broker=self._broker)
         self._session.boot()
         from blastwall.tiers._lifecycle import is_devnull

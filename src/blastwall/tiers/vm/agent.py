@@ -10,7 +10,8 @@ length, JSON header, data``.  The guest has no network service for control,
 and nothing in the guest can change the VM's network: that lives in QEMU's
 command line and the host's egress gateway.
 
-Host -> guest: ``exec`` {id, argv, env, cwd, user: "user"|"root", stdin: bool},
+Host -> guest: ``hello`` (first: from then on, the host end closing powers the guest off),
+``exec`` {id, argv, env, cwd, user: "user"|"root", stdin: bool},
 ``stdin`` {id} + data (empty data: end of input), ``signal`` {id, sig},
 ``read`` {id, path}, ``write`` {id, path} + data, ``shutdown``.
 Guest -> host: ``ready`` {kernel}, ``out`` {id, fd} + data, ``exit`` {id, status},
@@ -359,13 +360,18 @@ class Agent:
         import threading
 
         reader = Reader()
+        attached = False
         while True:
             chunk = os.read(self.port, 65536)
             if not chunk:
+                if attached:
+                    # The host end closed: its session is over or its owner died.  Nothing may outlive it.
+                    _power_off()
                 import time
 
-                time.sleep(0.01)  # The host end is not connected (yet, or any more).
+                time.sleep(0.01)  # The host end is not connected yet.
                 continue
+            attached = True
             for h, data in reader.feed(chunk):
                 op = h.get("op")
                 if op == "exec":
@@ -379,8 +385,12 @@ class Agent:
                 elif op in ("read", "write"):
                     threading.Thread(target=self.file, args=(h, data), daemon=True).start()
                 elif op == "shutdown":
-                    os.sync()
-                    _libc().reboot(0x4321FEDC)  # RB_POWER_OFF; with -no-reboot QEMU exits.
+                    _power_off()
+
+
+def _power_off() -> None:
+    os.sync()
+    _libc().reboot(0x4321FEDC)  # RB_POWER_OFF; with -no-reboot QEMU exits.
 
 
 def _reap_orphans(agent: Agent) -> None:
@@ -416,6 +426,13 @@ def main() -> None:
     port = os.open(_find_port(), os.O_RDWR)
     debug("port open")
     agent = Agent(port, uid, gid, home)
+    if conf.get("pids"):
+        # The guest user's processes and threads at once (RLIMIT_NPROC counts per user, all of them):
+        # inherited by every command; root (the agent, its helpers) is exempt.
+        import resource
+
+        limit = int(conf["pids"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
     # No process the agent starts, root's included, can gain privileges through exec (setuid, file caps).
     if _libc().prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
         raise OSError("can't set no-new-privileges")

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 
-from blastwall.errors import EnforcementError
+from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 
 __all__ = ["Command", "VmSession", "VmStopped"]
@@ -59,6 +59,8 @@ class Command:
         self.lost = False
         self.killed = False  # By us (a deadline, the caller): a status, not an error.
         self.done = threading.Event()
+        # Made on demand (fileno): readable, at end of file, once the command ended or the VM did.
+        self._exit_r = self._exit_w = -1
 
     def output(self, fd: int, data: bytes) -> None:
         with self._fds_lock:
@@ -80,11 +82,33 @@ class Command:
                 if target >= 0:
                     os.close(target)
                 self.fds[fd] = -1
-        if status is None:
-            self.lost = True
-        else:
-            self.status = status
-        self.done.set()
+            if self._exit_w >= 0:
+                os.close(self._exit_w)
+                self._exit_w = -1
+            if status is None:
+                self.lost = True
+            else:
+                self.status = status
+            self.done.set()
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when the command ends (valid until ``release``)."""
+        with self._fds_lock:
+            if self._exit_r < 0:
+                self._exit_r, self._exit_w = os.pipe2(os.O_CLOEXEC)
+                if self.done.is_set():
+                    os.close(self._exit_w)
+                    self._exit_w = -1
+            return self._exit_r
+
+    def release(self) -> None:
+        """Close the exit descriptor (after the command ended, or when nobody will wait for it)."""
+        with self._fds_lock:
+            for name in ("_exit_r", "_exit_w"):
+                fd = getattr(self, name)
+                if fd >= 0:
+                    os.close(fd)
+                    setattr(self, name, -1)
 
     def wait(self, timeout: float | None = None) -> int:
         """The command's exit status; raises VmStopped if the VM stopped first."""
@@ -107,15 +131,17 @@ class VmSession:
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
                  mount_at: str = "/home/user", user: tuple[int, int] = (1000, 1000), accel: str | None = None,
-                 memory_mb: int = 512, cpus: int = 1, label: str = "", broker=None) -> None:
+                 label: str = "", broker=None) -> None:
+        from blastwall.tiers.vm import vm_resources
+
         self.plan = plan
         self.image = image
         self.workspace = os.path.realpath(workspace or plan.workspace)
         self.mount_at = mount_at
         self.user = user
         self.accel = accel
-        self.memory_mb = memory_mb
-        self.cpus = cpus
+        # The plan's [resources]: the VM's RAM, its vCPUs, and the guest user's process limit.
+        self.memory_mb, self.cpus, self.pids = vm_resources(plan)
         self.id = f"blastwall-vm-{secrets.token_hex(6)}"
         self.booted = False
         self.boot_seconds: float | None = None
@@ -142,7 +168,7 @@ class VmSession:
     def recover(*, environ=os.environ) -> None:
         """Kill the QEMU of sessions whose owner died; remove their state directories."""
         from blastwall.policy.load import state_dir
-        from blastwall.tiers._lifecycle import alive
+        from blastwall.tiers._lifecycle import owner_alive
 
         base = os.path.join(state_dir(environ), "vms")
         try:
@@ -151,8 +177,17 @@ class VmSession:
             return
         for name in names:
             directory = os.path.join(base, name)
-            owner = _read_int(os.path.join(directory, "owner"))
-            if owner and alive(owner):
+            try:
+                with open(os.path.join(directory, "owner")) as f:
+                    owner = f.read()
+            except OSError:
+                owner = ""
+            if owner_alive(owner):
+                continue
+            try:
+                if not owner and time.time() - os.stat(directory).st_mtime < 30:
+                    continue  # Being made right now: its owner is written next.
+            except OSError:
                 continue
             qemu = _read_int(os.path.join(directory, "qemu.pid"))
             if qemu and _is_our_qemu(qemu, directory):
@@ -167,6 +202,10 @@ class VmSession:
         from blastwall.tiers.vm import check_plan
 
         check_plan(self.plan)
+        if self.pids and self.user[0] == 0:
+            # The guest kernel exempts uid 0 from RLIMIT_NPROC, capabilities or not: the limit would not hold.
+            raise Unsupported("Refusing the plan: the VM tier limits pids for an unprivileged guest user only, and "
+                              "this run's user is root", fix="run as another user, or remove resources.pids")
         started = time.monotonic()
         try:
             self._boot()
@@ -178,10 +217,11 @@ class VmSession:
 
     def _boot(self) -> None:
         from blastwall.policy.load import state_dir
-        from blastwall.tiers._lifecycle import spawn
+        from blastwall.tiers._lifecycle import owner_record, spawn
         from blastwall.tiers.process.placeholders import Guard
         from blastwall.tiers.vm import detect_accel, find_qemu
         from blastwall.tiers.vm._raw_qemu import qemu_argv
+        from blastwall.tiers.vm.agent import pack
         from blastwall.tiers.vm.guest import clock_args, find_kernel, initramfs, root_disk
 
         qemu = find_qemu()
@@ -196,12 +236,13 @@ class VmSession:
         self._dir = os.path.join(base, self.id)
         os.makedirs(self._dir, mode=0o700)
         with open(os.path.join(self._dir, "owner"), "w") as f:
-            f.write(str(os.getpid()))
+            f.write(owner_record())
         control = os.path.join(self._dir, "control.sock")
         cmdline = " ".join(["console=ttyS0", *(["bw.debug=1"] if self._environ.get("BLASTWALL_VM_DEBUG") else ["quiet"]),
                             "panic=-1", "reboot=t", *clock_args(self.accel),
                             f"bw.ws={self.mount_at.encode().hex()}", f"bw.uid={int(self.user[0])}",
                             f"bw.gid={int(self.user[1])}", "bw.hostname=blastwall",
+                            *([f"bw.pids={int(self.pids)}"] if self.pids else []),
                             *([f"bw.net={GUEST_IP}"] if guestfwd else [])])
         argv = qemu_argv(qemu=qemu, accel=self.accel, kernel=kernel, initrd=initrd, cmdline=cmdline, root_disk=disk,
                          share=self.workspace, control=control, console_log=os.path.join(self._dir, "console.log"),
@@ -209,9 +250,13 @@ class VmSession:
         log = os.open(os.path.join(self._dir, "qemu.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
-            # QEMU dies with its owner (PR_SET_PDEATHSIG); the reaper covers the rest.
+            # Lifelines: the control socket is this process's (when it dies, the agent sees the host end close
+            # and powers the guest off); from the main thread, QEMU also dies with it (PR_SET_PDEATHSIG, which
+            # follows the forking thread: a worker thread's end must not kill a service's VM); the reaper
+            # covers the rest.
             self._qemu = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: null, 1: log, 2: log},
-                               new_session=True)
+                               new_session=True,
+                               die_with_parent=threading.current_thread() is threading.main_thread())
         finally:
             os.close(log)
             os.close(null)
@@ -219,6 +264,8 @@ class VmSession:
             f.write(str(self._qemu))
         self._sock = self._connect(control)
         self._sock.settimeout(None)
+        # The first frame attaches the agent to this end: from then on, this end closing powers the guest off.
+        self._sock.sendall(pack({"op": "hello"}))
         ready = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, args=(ready,), daemon=True)
         self._reader.start()
