@@ -261,6 +261,42 @@ def test_input_reaches_the_command(vm):
     os.close(out_r)
 
 
+def test_commands_that_cannot_start_say_why(vm):
+    for argv, status, words in ((["no-such-command"], 127, "Can't run no-such-command: No such file"),
+                                (["/etc"], 126, "Can't run /etc: Permission denied")):
+        out_r, out_w = os.pipe()
+        command = vm.exec(argv, stdout=out_w, stderr=out_w)
+        os.close(out_w)
+        assert command.wait(60) == status
+        said = os.read(out_r, 1000).decode()
+        os.close(out_r)
+        assert words in said, said
+
+
+def test_a_child_left_running_does_not_hold_the_command(vm):
+    started = time.monotonic()
+    status, out, _ = run(vm, "sleep 100 & echo parent done")
+    assert status == 0 and out == "parent done\n" and time.monotonic() - started < 20
+    run(vm, "kill $(for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleep ] && basename $p; done) "
+            "2>/dev/null; true")
+
+
+def test_killing_every_process_of_the_user_does_not_break_the_session(vm):
+    """`kill -9 -1` as the user also reaches the agent's unprivileged starter: its commands are still accounted for."""
+    out_r, out_w = os.pipe()
+    victim = vm.exec(["sh", "-c", "echo started; sleep 100"], stdout=out_w, stderr=out_w)
+    assert os.read(out_r, 100).startswith(b"started")
+    os.close(out_w)
+    os.close(out_r)
+    status, _, _ = run(vm, "kill -9 -1")
+    assert victim.wait(60) == 128 + signal.SIGKILL
+    status, out, _ = run(vm, "echo still-here; id -u")
+    assert status == 0 and out == "still-here\n1000\n"
+    # Root's processes were out of reach: the agent (pid 1) answers, and so does a command as root.
+    status, out, _ = run(vm, "cat /proc/1/status | grep ^Uid", root=True)
+    assert status == 0 and out.split()[1] == "0"
+
+
 # -- blastwall run --tier vm ----------------------------------------------------------------------
 
 

@@ -17,6 +17,15 @@ Host -> guest: ``hello`` (first: from then on, the host end closing powers the g
 Guest -> host: ``ready`` {kernel}, ``out`` {id, fd} + data, ``exit`` {id, status},
 ``result`` {id, error?} + data.
 
+In the guest, the agent is pid 1 and root: one thread runs one loop over the
+control port, the commands' pipes and their ends.  The unprivileged user's
+commands are started by a *spawner*, a child of the agent that already is
+that user (so Python can vfork; a fork of the agent costs more than the
+command under emulation) and is not dumpable (the user's commands cannot
+trace it).  The user can kill it; the agent then adopts its commands and
+starts another.  A command's exit is sent once its output is in, or after
+QUIET_AFTER_EXIT if a process it left behind holds its pipes.
+
 The guest is not trusted by the host: a root process in the guest could
 write anything to the port's other end (it cannot open the port itself: it
 is single-open and the agent holds it), so the host's reader bounds every
@@ -165,18 +174,147 @@ def _find_port() -> str:
     raise OSError("no control port")
 
 
+QUIET_AFTER_EXIT = 0.5  # Seconds a finished command's pipes may stay open (a child it left) before its exit is sent.
+
+
+def _close_all_but(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _status(raw_returncode: int) -> int:
+    """A Popen/waitstatus exit code as a shell reports it (a signal N is 128+N)."""
+    return 128 - raw_returncode if raw_returncode < 0 else raw_returncode
+
+
+class _Running:
+    """A command of the agent's: its pipes, its pid once known, its status once it ended."""
+
+    __slots__ = ("cid", "name", "pid", "proc", "outs", "stdin", "pending", "stdin_eof", "status", "ended_at",
+                 "signals")
+
+    def __init__(self, cid: int, name: str) -> None:
+        self.cid = cid
+        self.name = name
+        self.pid: int | None = None
+        self.proc = None  # The Popen, for commands the agent starts itself.
+        self.outs: dict[int, int] = {}  # read end -> 1 or 2
+        self.stdin = -1
+        self.pending = bytearray()
+        self.stdin_eof = False
+        self.status: int | None = None
+        self.ended_at = 0.0
+        self.signals: list[int] = []  # Asked for before the spawner said which pid it is.
+
+
+def _spawner(sock_fd: int, uid: int, gid: int) -> None:
+    """The unprivileged user's process starter (a child of the agent; never returns).
+
+    It is the user already (and not dumpable: the user's commands can neither
+    trace it nor read its memory), so starting a command needs no change of
+    ids, and Python can vfork: under software emulation a fork of the agent
+    costs more than the command.  It gets ``exec`` frames and the command's
+    three descriptors (SCM_RIGHTS) from the agent over a socketpair, answers
+    ``spawned`` {id, pid} or ``failed`` {id, errno, message}, and reports each
+    ``exit`` {pid, status}.  The agent is pid 1: a command's orphans are
+    its to reap, and the commands of a killed spawner become its children.
+    """
+    import array
+    import selectors
+    import signal
+    import socket
+    import subprocess
+
+    libc = _libc()
+    _close_all_but({sock_fd})
+    signal.set_wakeup_fd(-1)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # Every capability is gone.
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
+        os._exit(125)
+    sock = socket.socket(fileno=sock_fd)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, "agent")
+    sel.register(wake_r, selectors.EVENT_READ, "child")
+    reader = Reader()
+    received: list[int] = []
+    procs: dict[int, object] = {}
+
+    def send(header: dict) -> None:
+        sock.sendall(pack(header))
+
+    while True:
+        for key, _ in sel.select():
+            if key.data == "child":
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                while True:
+                    try:
+                        pid, raw = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    proc = procs.pop(pid, None)
+                    status = os.waitstatus_to_exitcode(raw)
+                    if proc is not None:
+                        proc.returncode = status  # Reaped here: Popen must never wait for this pid again.
+                    send({"ev": "exit", "pid": pid, "status": _status(status)})
+                continue
+            fds = array.array("i")
+            data, ancillary, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * fds.itemsize))
+            if not data:
+                os._exit(0)  # The agent is gone.
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+            received.extend(fds)
+            for h, _ in reader.feed(data):
+                mine, received[:] = received[:3], received[3:]
+                try:
+                    proc = subprocess.Popen(h["argv"], env=h["env"], cwd=h["cwd"], stdin=mine[0], stdout=mine[1],
+                                            stderr=mine[2], start_new_session=True, close_fds=True)
+                except OSError as exc:
+                    send({"ev": "failed", "id": h["id"], "errno": exc.errno or 0,
+                          "message": exc.strerror or str(exc)})
+                else:
+                    procs[proc.pid] = proc
+                    send({"ev": "spawned", "id": h["id"], "pid": proc.pid})
+                finally:
+                    for fd in mine:
+                        os.close(fd)
+
+
 class Agent:
+    """pid 1 of the guest: one thread and one loop for the control port, the commands' pipes and their ends."""
+
     def __init__(self, port: int, uid: int, gid: int, home: str) -> None:
+        import selectors
         import threading
 
         self.port = port
         self.uid, self.gid, self.home = uid, gid, home
-        self.lock = threading.Lock()
-        self.procs: dict[int, object] = {}  # id -> Popen
-        # Pids of our own children (commands, file helpers): the orphan reaper leaves them alone.
-        # Held while spawning so that a child is registered before the reaper can see it exit.
-        self.spawn_lock = threading.Lock()
-        self.own: set[int] = set()
+        self.lock = threading.Lock()  # Frames are written by the loop and by file threads.
+        self.sel = selectors.DefaultSelector()
+        self.running: dict[int, _Running] = {}
+        self.by_pid: dict[int, _Running] = {}
+        self.reader = Reader()
+        self.attached = False
+        self.spawner_sock = None
+        self.spawner_pid = 0
+        self.spawner_reader = Reader()
 
     def send(self, header: dict, data: bytes = b"") -> None:
         frame = pack(header, data)
@@ -185,37 +323,268 @@ class Agent:
             while view:
                 view = view[os.write(self.port, view):]
 
-    def _demote(self, user: str):
-        """The unprivileged user's set-up, run in the child before exec.
+    # -- the spawner ----------------------------------------------------------------------------
+    def start_spawner(self) -> None:
+        import selectors
+        import socket
 
-        A non-zero uid loses every capability at setresuid.  uid 0 (a one-shot
-        run of a host root, whose workspace is root's) keeps the uid but no
-        capability: the bounding set is emptied and the securebits make
-        execve grant root nothing, locked.  Both: no new privileges.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _spawner(theirs.fileno(), self.uid, self.gid)
+            finally:
+                os._exit(125)
+        theirs.close()
+        ours.setblocking(True)
+        self.spawner_sock, self.spawner_pid = ours, pid
+        self.spawner_reader = Reader()
+        self.sel.register(ours, selectors.EVENT_READ, ("spawner", None))
+
+    def _spawner_lost(self) -> None:
+        """The spawner died (the user can kill it): its commands are ours now; the next command starts another."""
+        self.sel.unregister(self.spawner_sock)
+        self.spawner_sock.close()
+        self.spawner_sock = None
+        for command in list(self.running.values()):
+            if command.status is not None or command.proc is not None:
+                continue
+            if command.pid is None:
+                self._failed(command, 125, "the command's starter was killed")
+            else:
+                try:
+                    os.kill(command.pid, 0)  # Alive, or a zombie that is now ours to reap.
+                except ProcessLookupError:
+                    self._ended(command, 128 + 9)  # Reaped by the dead spawner before it could tell.
+
+    def _from_spawner(self) -> None:
+        try:
+            data = self.spawner_sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._spawner_lost()
+            return
+        for h, _ in self.spawner_reader.feed(data):
+            event = h.get("ev")
+            if event == "spawned":
+                command = self.running.get(h.get("id"))
+                if command is None:
+                    continue
+                command.pid = h["pid"]
+                self.by_pid[command.pid] = command
+                for sig in command.signals:
+                    self._kill(command, sig)
+            elif event == "failed":
+                command = self.running.get(h.get("id"))
+                if command is not None:
+                    code = 127 if h.get("errno") == 2 else 126
+                    self._failed(command, code, h.get("message", "failed"))
+            elif event == "exit":
+                command = self.by_pid.get(h.get("pid"))
+                if command is not None and command.proc is None:
+                    self._ended(command, h["status"])
+
+    # -- commands -------------------------------------------------------------------------------
+    def _demote(self, user: str):
+        """The set-up of a uid-0 user's command, run in the child before exec.
+
+        A host root's one-shot run (its workspace is root's) keeps uid 0 but no
+        capability: the bounding set is emptied and the securebits make execve
+        grant root nothing, locked.  No new privileges is the agent's own.
         """
         if user == "root":
             return None
-        uid, gid = self.uid, self.gid
 
         def demote() -> None:
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            if uid == 0:
-                for cap in range(64):
-                    libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP (unknown caps: EINVAL, ignored)
-                # PR_SET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS off, NO_CAP_AMBIENT_RAISE, each locked.
-                if libc.prctl(28, 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x80, 0, 0, 0) != 0:
-                    os._exit(125)
-            else:
-                os.setresuid(uid, uid, uid)  # From root to a non-zero uid: every capability is dropped.
-            if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+            for cap in range(64):
+                libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP (unknown caps: EINVAL, ignored)
+            # PR_SET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS off, NO_CAP_AMBIENT_RAISE, each locked.
+            if libc.prctl(28, 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x80, 0, 0, 0) != 0:
                 os._exit(125)
 
         return demote
 
+    def exec(self, h: dict) -> None:
+        import selectors
+        import socket
+        import subprocess
+
+        cid = h["id"]
+        command = _Running(cid, str(h["argv"][0]) if h.get("argv") else "")
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.home,
+               "USER": USER, "LOGNAME": USER}
+        as_root = h.get("user") == "root"
+        if as_root:
+            env.update(HOME="/root", USER="root", LOGNAME="root")
+        env.update(h.get("env") or {})
+        env["BLASTWALL_SANDBOX"] = "vm"
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if h.get("stdin"):
+            in_r, command.stdin = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(command.stdin, False)
+        else:
+            in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        for fd, which in ((out_r, 1), (err_r, 2)):
+            os.set_blocking(fd, False)
+            command.outs[fd] = which
+            self.sel.register(fd, selectors.EVENT_READ, ("out", command))
+        self.running[cid] = command
+        cwd = h.get("cwd") or self.home
+        try:
+            if not as_root and self.uid != 0:
+                if self.spawner_sock is None:
+                    self.start_spawner()
+                frame = pack({"id": cid, "argv": h["argv"], "env": env, "cwd": cwd})
+                try:
+                    sent = self.spawner_sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                                 _fd_bytes(in_r, out_w, err_w))])
+                    self.spawner_sock.sendall(frame[sent:])
+                except OSError:
+                    self._failed(command, 125, "the command's starter is gone")
+                return
+            try:
+                command.proc = subprocess.Popen(h["argv"], env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w,
+                                                start_new_session=True, close_fds=True,
+                                                preexec_fn=self._demote(h.get("user", "user")))
+            except OSError as exc:
+                self._failed(command, 127 if isinstance(exc, FileNotFoundError) else 126, exc.strerror or str(exc))
+                return
+            command.pid = command.proc.pid
+            self.by_pid[command.pid] = command
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+
+    def _failed(self, command: _Running, code: int, message: str) -> None:
+        self.send({"ev": "out", "id": command.cid, "fd": 2}, f"blastwall: Can't run {command.name}: {message}\n".encode())
+        for fd in list(command.outs):
+            self._close_out(command, fd)
+        self._ended(command, code)
+
+    def _ended(self, command: _Running, status: int) -> None:
+        """The command's process ended: send its exit once its output is in (or after a quiet while)."""
+        import time
+
+        if command.status is None:
+            command.status = status
+            command.ended_at = time.monotonic()
+        self._drain(command)
+        self._maybe_done(command, force=False)
+
+    def _drain(self, command: _Running) -> None:
+        for fd in list(command.outs):
+            while fd in command.outs and self._read_out(command, fd):
+                pass
+
+    def _read_out(self, command: _Running, fd: int) -> bool:
+        """Forward what ``fd`` has; False when there is nothing more now."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._close_out(command, fd)
+            self._maybe_done(command, force=False)
+            return False
+        self.send({"ev": "out", "id": command.cid, "fd": command.outs[fd]}, data)
+        return True
+
+    def _close_out(self, command: _Running, fd: int) -> None:
+        if command.outs.pop(fd, None) is not None:
+            self.sel.unregister(fd)
+            os.close(fd)
+
+    def _maybe_done(self, command: _Running, *, force: bool) -> None:
+        if command.status is None or (command.outs and not force) or command.cid not in self.running:
+            return
+        for fd in list(command.outs):  # A process the command left behind holds them: not its output.
+            self._close_out(command, fd)
+        if command.stdin >= 0:
+            try:
+                self.sel.unregister(command.stdin)
+            except (KeyError, ValueError):
+                pass
+            os.close(command.stdin)
+            command.stdin = -1
+        del self.running[command.cid]
+        if command.pid is not None and self.by_pid.get(command.pid) is command:
+            del self.by_pid[command.pid]
+        self.send({"ev": "exit", "id": command.cid, "status": command.status})
+
+    def stdin(self, h: dict, data: bytes) -> None:
+        import selectors
+
+        command = self.running.get(h.get("id"))
+        if command is None or command.stdin < 0:
+            return
+        if data:
+            command.pending += data
+        else:
+            command.stdin_eof = True
+        try:
+            self.sel.register(command.stdin, selectors.EVENT_WRITE, ("in", command))
+        except KeyError:
+            pass  # Already waiting to write.
+        self._write_in(command)
+
+    def _write_in(self, command: _Running) -> None:
+        try:
+            while command.pending:
+                del command.pending[:os.write(command.stdin, command.pending)]
+        except BlockingIOError:
+            return
+        except OSError:
+            command.pending.clear()  # The command closed its input: drop the rest.
+            command.stdin_eof = True
+        if command.stdin_eof or not command.pending:
+            self.sel.unregister(command.stdin)
+            if command.stdin_eof:
+                os.close(command.stdin)
+                command.stdin = -1
+
+    def _kill(self, command: _Running, sig: int) -> None:
+        try:
+            os.killpg(command.pid, sig)
+        except OSError:
+            pass
+
+    def signal(self, h: dict) -> None:
+        command = self.running.get(h.get("id"))
+        if command is None or command.status is not None:
+            return
+        if command.pid is None:
+            command.signals.append(int(h["sig"]))
+        else:
+            self._kill(command, int(h["sig"]))
+
+    def _children(self) -> None:
+        """Reap every child that ended: our commands (their status), a dead spawner, orphans."""
+        while True:
+            try:
+                pid, raw = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.spawner_pid:
+                self.spawner_pid = 0
+                continue
+            command = self.by_pid.get(pid)
+            if command is None:
+                continue  # An orphan (a command's child), or a file helper: nothing to tell.
+            status = os.waitstatus_to_exitcode(raw)
+            if command.proc is not None:
+                command.proc.returncode = status  # Reaped here: Popen must never wait for this pid again.
+            self._ended(command, _status(status))
+
+    # -- mounts and files -------------------------------------------------------------------------
     def mounts(self, h: dict) -> None:
         """Read-only and hidden paths inside the workspace (the plan's mandatory denies), before any command."""
         libc = _libc()
@@ -236,96 +605,20 @@ class Agent:
             error = str(exc)
         self.send({"ev": "result", "id": h.get("id", 0), **({"error": error} if error else {})})
 
-    def exec(self, h: dict) -> None:
-        import subprocess
-        import threading
-
-        cid = h["id"]
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.home,
-               "USER": USER, "LOGNAME": USER}
-        if h.get("user") == "root":
-            env.update(HOME="/root", USER="root", LOGNAME="root")
-        env.update(h.get("env") or {})
-        env["BLASTWALL_SANDBOX"] = "vm"
-        try:
-            self.spawn_lock.acquire()
-            kwargs: dict = {}
-            if h.get("user") != "root" and self.uid != 0:
-                # setgroups, setresgid, setresuid done by the child's C code (vfork: much cheaper than a
-                # Python preexec_fn under emulation); no-new-privileges is the agent's own, inherited.
-                kwargs = {"user": self.uid, "group": self.gid, "extra_groups": []}
-            elif h.get("user") != "root":
-                kwargs = {"preexec_fn": self._demote("user")}
-            proc = subprocess.Popen(h["argv"], env=env, cwd=h.get("cwd") or self.home,
-                                    stdin=subprocess.PIPE if h.get("stdin") else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                    close_fds=True, **kwargs)
-        except OSError as exc:
-            self.send({"ev": "out", "id": cid, "fd": 2}, f"blastwall: Can't run {h['argv'][0]}: {exc.strerror}\n".encode())
-            self.send({"ev": "exit", "id": cid, "status": 127 if isinstance(exc, FileNotFoundError) else 126})
-            return
-        else:
-            self.own.add(proc.pid)
-        finally:
-            self.spawn_lock.release()
-        self.procs[cid] = proc
-        pumps = [threading.Thread(target=self._pump, args=(cid, fd, pipe), daemon=True)
-                 for fd, pipe in ((1, proc.stdout), (2, proc.stderr))]
-        for t in pumps:
-            t.start()
-
-        def finish() -> None:
-            status = proc.wait()
-            self.own.discard(proc.pid)
-            for t in pumps:
-                t.join()
-            self.procs.pop(cid, None)
-            self.send({"ev": "exit", "id": cid, "status": 128 - status if status < 0 else status})
-
-        threading.Thread(target=finish, daemon=True).start()
-
-    def _pump(self, cid: int, fd: int, pipe) -> None:
-        raw = pipe.fileno()
-        while True:
-            data = os.read(raw, 65536)
-            if not data:
-                break
-            self.send({"ev": "out", "id": cid, "fd": fd}, data)
-        pipe.close()
-
-    def stdin(self, h: dict, data: bytes) -> None:
-        proc = self.procs.get(h["id"])
-        if proc is None or proc.stdin is None:
-            return
-        try:
-            if data:
-                proc.stdin.write(data)
-                proc.stdin.flush()
-            else:
-                proc.stdin.close()
-        except (OSError, ValueError):
-            pass
-
-    def signal(self, h: dict) -> None:
-        proc = self.procs.get(h["id"])
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, int(h["sig"]))
-            except OSError:
-                pass
-
     def file(self, h: dict, data: bytes) -> None:
-        """Read or write a file as the unprivileged user (a child that drops privileges first)."""
+        """Read or write a file as the unprivileged user (a child that drops privileges first; the loop reaps it)."""
         r, w = os.pipe()
-        with self.spawn_lock:
-            pid = os.fork()
-            if pid:
-                self.own.add(pid)
+        pid = os.fork()
         if pid == 0:
             os.close(r)
             try:
                 if h.get("user") != "root":  # Root only for the host's own set-up (the gateway's CA).
-                    self._demote("user")()
+                    if self.uid != 0:
+                        os.setgroups([])
+                        os.setresgid(self.gid, self.gid, self.gid)
+                        os.setresuid(self.uid, self.uid, self.uid)
+                    else:
+                        self._demote("user")()
                 if h["op"] == "read":
                     with open(h["path"], "rb") as f:
                         out = f.read(MAX_DATA)
@@ -348,72 +641,90 @@ class Agent:
                 break
             chunks.append(chunk)
         os.close(r)
-        os.waitpid(pid, 0)
-        self.own.discard(pid)
         out = b"".join(chunks)
         if out[:1] == b"\0":
             self.send({"ev": "result", "id": h["id"]}, out[1:])
         else:
             self.send({"ev": "result", "id": h["id"], "error": out[1:].decode("utf-8", "replace") or "failed"})
 
-    def serve(self) -> None:
+    # -- the loop ---------------------------------------------------------------------------------
+    def _from_host(self) -> None:
         import threading
+        import time
 
-        reader = Reader()
-        attached = False
+        chunk = os.read(self.port, 65536)
+        if not chunk:
+            if self.attached:
+                # The host end closed: its session is over or its owner died.  Nothing may outlive it.
+                _power_off()
+            time.sleep(0.01)  # The host end is not connected yet.
+            return
+        self.attached = True
+        for h, data in self.reader.feed(chunk):
+            op = h.get("op")
+            if op == "exec":
+                self.exec(h)
+            elif op == "stdin":
+                self.stdin(h, data)
+            elif op == "mounts":
+                self.mounts(h)
+            elif op == "signal":
+                self.signal(h)
+            elif op in ("read", "write"):
+                threading.Thread(target=self.file, args=(h, data), daemon=True).start()
+            elif op == "shutdown":
+                _power_off()
+
+    def serve(self) -> None:
+        import selectors
+        import signal
+        import time
+
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w)
+        self.sel.register(self.port, selectors.EVENT_READ, ("host", None))
+        self.sel.register(wake_r, selectors.EVENT_READ, ("child", None))
+        self._children()  # Anything that ended before the handler was there.
         while True:
-            chunk = os.read(self.port, 65536)
-            if not chunk:
-                if attached:
-                    # The host end closed: its session is over or its owner died.  Nothing may outlive it.
-                    _power_off()
-                import time
+            quiet = [c for c in self.running.values() if c.status is not None]
+            timeout = None
+            if quiet:
+                timeout = max(0.0, min(c.ended_at for c in quiet) + QUIET_AFTER_EXIT - time.monotonic())
+            for key, mask in self.sel.select(timeout):
+                kind, command = key.data
+                if kind == "host":
+                    self._from_host()
+                elif kind == "child":
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self._children()
+                elif kind == "spawner":
+                    self._from_spawner()
+                elif kind == "out":
+                    if key.fd in command.outs:
+                        self._read_out(command, key.fd)
+                elif kind == "in" and command.stdin >= 0:
+                    self._write_in(command)
+            now = time.monotonic()
+            for command in [c for c in self.running.values() if c.status is not None]:
+                if now - command.ended_at >= QUIET_AFTER_EXIT:
+                    self._drain(command)
+                    self._maybe_done(command, force=True)
 
-                time.sleep(0.01)  # The host end is not connected yet.
-                continue
-            attached = True
-            for h, data in reader.feed(chunk):
-                op = h.get("op")
-                if op == "exec":
-                    self.exec(h)
-                elif op == "stdin":
-                    self.stdin(h, data)
-                elif op == "mounts":
-                    self.mounts(h)
-                elif op == "signal":
-                    self.signal(h)
-                elif op in ("read", "write"):
-                    threading.Thread(target=self.file, args=(h, data), daemon=True).start()
-                elif op == "shutdown":
-                    _power_off()
+
+def _fd_bytes(*fds: int) -> bytes:
+    import array
+
+    return array.array("i", fds).tobytes()
 
 
 def _power_off() -> None:
     os.sync()
     _libc().reboot(0x4321FEDC)  # RB_POWER_OFF; with -no-reboot QEMU exits.
-
-
-def _reap_orphans(agent: Agent) -> None:
-    """As pid 1, reap orphans (a command's background children whose parent ended).
-
-    Only pids that are none of our commands are reaped: a command's own status
-    belongs to its Popen.  WNOWAIT peeks without reaping.
-    """
-    import time
-
-    while True:
-        with agent.spawn_lock:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                info = None
-            if info is not None and info.si_pid not in agent.own:
-                try:
-                    os.waitpid(info.si_pid, 0)
-                except ChildProcessError:
-                    pass
-                continue
-        time.sleep(0.2)
 
 
 def main() -> None:
@@ -423,9 +734,8 @@ def main() -> None:
     debug = (lambda msg: sys.stderr.write(f"blastwall-agent: {msg}\n")) if conf.get("debug") else (lambda msg: None)
     uid, gid, home = _setup(conf)
     debug("set up")
-    port = os.open(_find_port(), os.O_RDWR)
+    port = os.open(_find_port(), os.O_RDWR | os.O_CLOEXEC)
     debug("port open")
-    agent = Agent(port, uid, gid, home)
     if conf.get("pids"):
         # The guest user's processes and threads at once (RLIMIT_NPROC counts per user, all of them):
         # inherited by every command; root (the agent, its helpers) is exempt.
@@ -436,9 +746,9 @@ def main() -> None:
     # No process the agent starts, root's included, can gain privileges through exec (setuid, file caps).
     if _libc().prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
         raise OSError("can't set no-new-privileges")
-    import threading
-
-    threading.Thread(target=_reap_orphans, args=(agent,), daemon=True).start()
+    agent = Agent(port, uid, gid, home)
+    if uid != 0:
+        agent.start_spawner()  # Before the first command asks, while the agent is small.
     agent.send({"ev": "ready", "kernel": os.uname().release})
     debug("ready sent")
     agent.serve()
@@ -454,4 +764,4 @@ if __name__ == "__main__":
         traceback.print_exc()
         sys.stderr.write(f"blastwall-agent: {exc}\n")
         sys.stderr.flush()
-        _libc().reboot(0x4321FEDC)
+        _power_off()
