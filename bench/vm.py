@@ -10,7 +10,9 @@ Needs root, QEMU, the packaged kernel, busybox and the default image
   `true`, against a bare QEMU boot of the same kernel with the same machine
   type and accelerator whose initramfs only prints a marker (time to the
   marker on the serial console); interleaved rounds, medians;
-* per-command latency on a warm VM (`true` through the agent), median and p90.
+* per-command latency on a warm VM (`true` through the agent), median and p90,
+  next to the guest's own cost of starting `true` (posix_spawn + wait, timed
+  inside the guest): the floor any agent is bound by.
 Goals: boot to first command within 1.5x of the bare boot; under 20 ms per
 command on a warm VM.
 """
@@ -94,6 +96,30 @@ def first_command(workspace: str, accel: str) -> tuple[float, float]:
     return total, booted
 
 
+FLOOR_SCRIPT = """
+import os, statistics, sys, time
+samples = []
+for _ in range(int(sys.argv[1])):
+    started = time.perf_counter()
+    os.waitpid(os.posix_spawn("/bin/true", ["true"], {}), 0)
+    samples.append(time.perf_counter() - started)
+print(statistics.median(samples))
+"""
+
+
+def guest_floor(vm, count: int) -> float:
+    """Seconds the guest itself takes to start `true` and wait for it, timed inside: what no agent can beat."""
+    r, w = os.pipe()
+    command = vm.exec(["python3", "-c", FLOOR_SCRIPT, str(count)], stdout=w, stderr=w)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    assert command.wait(120) == 0, out
+    return float(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -122,6 +148,7 @@ def main() -> None:
             started = time.monotonic()
             assert vm.exec(["true"], stdout=devnull, stderr=devnull).wait(60) == 0
             latencies.append(time.monotonic() - started)
+        floor = guest_floor(vm, args.commands)
     finally:
         vm.close()
         os.close(devnull)
@@ -136,6 +163,8 @@ def main() -> None:
     print(f"  of which boot (agent ready, mounts) median {boot * 1000:7.0f} ms")
     print(f"warm VM, `true` through the agent     median {cmd * 1000:7.1f} ms   p90 {cmd90 * 1000:.1f} ms "
           f"({args.commands} commands; goal 20 ms)")
+    print(f"  the guest's own posix_spawn+wait of `true` (the floor, timed inside)  median {floor * 1000:7.1f} ms "
+          f"-> the agent and the channel add {(cmd - floor) * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

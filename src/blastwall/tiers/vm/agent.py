@@ -38,7 +38,7 @@ import json
 import os
 import struct
 
-MAX_HEADER = 64 * 1024
+MAX_HEADER = 4 * 1024 * 1024  # An exec's argv and environment (Linux takes about 2 MiB of them).
 MAX_DATA = 16 * 1024 * 1024
 HEAD = struct.Struct(">II")
 PORT_NAME = "blastwall"

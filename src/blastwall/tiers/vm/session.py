@@ -427,15 +427,23 @@ class VmSession:
         """Start ``argv`` in the guest as the session's user (``root``: as root, for tests and set-up)."""
         if not self.booted:
             raise RuntimeError("boot() must succeed first")
+        import errno
+        import json
+
+        from blastwall.tiers.vm.agent import MAX_HEADER
+
         cid = self._new_id()
-        command = Command(self, cid, stdout, stderr)
-        self._commands[cid] = command
         (env_op,) = self.plan.of(P.Environment)
         variables = {k: v for k, v in env_op.variables if k not in ("PATH", "HOME", "USER", "LOGNAME")}
         variables.update(self.egress_env)
         variables.update(env or {})
-        self._send({"op": "exec", "id": cid, "argv": list(argv), "env": variables, "cwd": cwd or self.mount_at,
-                    "user": "root" if root else "user", "stdin": stdin is not None})
+        header = {"op": "exec", "id": cid, "argv": list(argv), "env": variables, "cwd": cwd or self.mount_at,
+                  "user": "root" if root else "user", "stdin": stdin is not None}
+        if len(json.dumps(header, separators=(",", ":")).encode()) > MAX_HEADER:
+            raise OSError(errno.E2BIG, "the command's arguments and environment are too long for the VM's agent")
+        command = Command(self, cid, stdout, stderr)
+        self._commands[cid] = command
+        self._send(header)
         if stdin is not None:
             threading.Thread(target=self._pump_stdin, args=(cid, os.dup(stdin), command), daemon=True).start()
         if self.stopped.is_set():
