@@ -190,8 +190,9 @@ class Service:
         except FileNotFoundError:
             return []
 
-    def runsc_processes(self) -> list[str]:
-        out = []
+    def processes(self, program: bytes) -> dict[int, str]:
+        """{pid: command line} of this service's processes whose command line names ``program``."""
+        out = {}
         needle = str(self.state).encode()
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -201,9 +202,12 @@ class Service:
                     cmdline = f.read()
             except OSError:
                 continue
-            if needle in cmdline and b"runsc" in cmdline:
-                out.append(cmdline.replace(b"\0", b" ").decode(errors="replace")[:200])
+            if needle in cmdline and program in cmdline:
+                out[int(pid)] = cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]
         return out
+
+    def runsc_processes(self) -> list[str]:
+        return list(self.processes(b"runsc").values())
 
     def leftovers(self, containers=(), sandboxes=None) -> dict:
         """What is still on the host of these containers and sandboxes (all of this service's when None/empty)."""

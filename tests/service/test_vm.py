@@ -22,19 +22,7 @@ VM_TENANT = {"tiers": ["container", "vm"], "max_cpus": 2}
 
 def qemus(svc) -> list[int]:
     """QEMU processes started for this service (their command lines name its state directory)."""
-    found = []
-    needle = str(svc.state).encode()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline.split(b"\0")[0] and needle in cmdline:
-            found.append(int(pid))
-    return found
+    return sorted(svc.processes(b"qemu-system-"))
 
 
 def vm_dirs(svc) -> list[str]:

@@ -181,6 +181,37 @@ def owner_alive(record: str) -> bool:
     return _start_time(pid) == parts[1]
 
 
+def dead_owners(base: str, *, grace: float = 30.0) -> list[tuple[str, str]]:
+    """(name, path) of the state directories under ``base`` whose owner (an ``owner_record`` file) died.
+
+    A directory without a record that is younger than ``grace`` seconds is
+    being made right now (its record is written next): it is left alone.
+    """
+    import time
+
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        directory = os.path.join(base, name)
+        try:
+            with open(os.path.join(directory, "owner")) as f:
+                record = f.read()
+        except OSError:
+            record = ""
+        if owner_alive(record):
+            continue
+        try:
+            if not record and time.time() - os.stat(directory).st_mtime < grace:
+                continue
+        except OSError:
+            continue  # Gone already.
+        found.append((name, directory))
+    return found
+
+
 def is_devnull(fd: int) -> bool:
     """True if ``fd`` is /dev/null (the character device 1:3), whatever path opened it."""
     import stat

@@ -149,25 +149,12 @@ class ContainerSandbox:
     def recover(*, environ=os.environ) -> None:
         """The reaper: delete sandboxes whose `blastwall run` died without cleaning up."""
         from blastwall.policy.load import state_dir
-        from blastwall.tiers._lifecycle import owner_alive
+        from blastwall.tiers._lifecycle import dead_owners
         from blastwall.tiers.process import placeholders
 
         placeholders.recover(environ=environ)
-        base = os.path.join(state_dir(environ), "containers")
-        try:
-            names = os.listdir(base)
-        except FileNotFoundError:
-            return
         runsc = None
-        for name in names:
-            directory = os.path.join(base, name)
-            try:
-                with open(os.path.join(directory, "owner")) as f:
-                    owner = f.read()
-            except OSError:
-                owner = ""
-            if owner_alive(owner):
-                continue
+        for name, directory in dead_owners(os.path.join(state_dir(environ), "containers")):
             try:
                 runsc = runsc or find_runsc()
             except EnforcementError:

@@ -168,27 +168,9 @@ class VmSession:
     def recover(*, environ=os.environ) -> None:
         """Kill the QEMU of sessions whose owner died; remove their state directories."""
         from blastwall.policy.load import state_dir
-        from blastwall.tiers._lifecycle import owner_alive
+        from blastwall.tiers._lifecycle import dead_owners
 
-        base = os.path.join(state_dir(environ), "vms")
-        try:
-            names = os.listdir(base)
-        except FileNotFoundError:
-            return
-        for name in names:
-            directory = os.path.join(base, name)
-            try:
-                with open(os.path.join(directory, "owner")) as f:
-                    owner = f.read()
-            except OSError:
-                owner = ""
-            if owner_alive(owner):
-                continue
-            try:
-                if not owner and time.time() - os.stat(directory).st_mtime < 30:
-                    continue  # Being made right now: its owner is written next.
-            except OSError:
-                continue
+        for _name, directory in dead_owners(os.path.join(state_dir(environ), "vms")):
             qemu = _read_int(os.path.join(directory, "qemu.pid"))
             if qemu and _is_our_qemu(qemu, directory):
                 try:
