@@ -28,7 +28,8 @@ from blastwall.errors import EnforcementError
 __all__ = ["clock_args", "find_busybox", "find_kernel", "initramfs", "probe_initramfs", "root_disk"]
 
 # The guest's modules, loaded in dependency order by /init.
-MODULES = ("virtio_mmio", "virtio_blk", "crc32c_generic", "ext4", "overlay", "9pnet_virtio", "9p", "virtio_console", "virtio_net")
+MODULES = ("virtio_mmio", "virtio_blk", "crc32c_generic", "ext4", "overlay", "9pnet_virtio", "9p", "virtio_console")
+NET_MODULES = ("virtio_net",)  # Loaded only when the VM has a network (bw.net): each insmod is slow under emulation.
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 MKE2FS_CANDIDATES = ("/usr/sbin/mke2fs", "/sbin/mke2fs")
 
@@ -43,6 +44,9 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 fail() { echo "blastwall-init: $*" >/dev/console; poweroff -f; }
 for m in $(cat /modules.order); do insmod "/modules/$m" || fail "can't load $m"; done
+if grep -q ' bw.net=' /proc/cmdline; then
+  for m in $(cat /modules.net); do insmod "/modules/$m" || fail "can't load $m"; done
+fi
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
 mkdir -p /lower /rw /newroot
@@ -120,8 +124,9 @@ def clock_args(accel: str) -> list[str]:
     return []
 
 
-def _module_order(version: str) -> list[str]:
-    """MODULES and their dependencies, each after what it needs (paths relative to /lib/modules/VERSION)."""
+def _module_order(version: str, modules: tuple[str, ...] = MODULES, loaded: tuple[str, ...] = ()) -> list[str]:
+    """``modules`` and their dependencies not in ``loaded``, each after what it needs (paths relative to
+    /lib/modules/VERSION)."""
     deps: dict[str, list[str]] = {}
     with open(f"/lib/modules/{version}/modules.dep") as f:
         for line in f:
@@ -131,13 +136,13 @@ def _module_order(version: str) -> list[str]:
     order: list[str] = []
 
     def visit(path: str) -> None:
-        if path in order:
+        if path in order or path in loaded:
             return
         for dep in deps.get(path, []):
             visit(dep)
         order.append(path)
 
-    for name in MODULES:
+    for name in modules:
         if name not in by_name:
             raise EnforcementError(f"Can't find the kernel module {name} for kernel {version}",
                                    fix="use a Debian kernel (sudo apt-get install linux-image-amd64)")
@@ -197,26 +202,35 @@ def initramfs(version: str, environ=os.environ) -> str:
     with open(agent.__file__, "rb") as f:
         agent_src = f.read()
     order = _module_order(version)
-    digest = hashlib.sha256(INIT.encode() + agent_src + "\n".join(order).encode()
+    net_order = _module_order(version, NET_MODULES, tuple(order))
+    digest = hashlib.sha256(INIT.encode() + agent_src + "\n".join(order + ["net"] + net_order).encode()
                             + str(os.stat(busybox).st_mtime_ns).encode()).hexdigest()[:16]
-    path = os.path.join(_cache(environ), f"initramfs-{version}-{digest}.cpio")
+    cache = _cache(environ)
+    path = os.path.join(cache, f"initramfs-{version}-{digest}.cpio")
     if os.path.isfile(path):
         return path
+    for name in os.listdir(cache):  # Those of an older agent or kernel package: QEMU reads its copy at start.
+        if name.startswith("initramfs-") and name.endswith(".cpio"):
+            try:
+                os.unlink(os.path.join(cache, name))
+            except OSError:
+                pass
     with open(busybox, "rb") as f:
         busybox_bin = f.read()
     entries: list[tuple[str, int, bytes]] = [(d, 0o040755, b"") for d in ("bin", "dev", "proc", "sys", "modules")]
     entries += [("bin/busybox", 0o100755, busybox_bin), ("init", 0o100755, INIT.encode()),
                 ("agent.py", 0o100644, agent_src)]
-    names = []
-    for rel in order:
-        with open(f"/lib/modules/{version}/{rel}", "rb") as f:
-            data = f.read()
-        name = os.path.basename(rel)
-        if name.endswith(".xz") or name.endswith(".zst") or name.endswith(".gz"):
-            raise EnforcementError(f"Can't use the compressed kernel module {rel} in the VM's initramfs yet")
-        entries.append((f"modules/{name}", 0o100644, data))
-        names.append(name)
-    entries.append(("modules.order", 0o100644, ("\n".join(names) + "\n").encode()))
+    for listing, rels in (("modules.order", order), ("modules.net", net_order)):
+        names = []
+        for rel in rels:
+            with open(f"/lib/modules/{version}/{rel}", "rb") as f:
+                data = f.read()
+            name = os.path.basename(rel)
+            if name.endswith(".xz") or name.endswith(".zst") or name.endswith(".gz"):
+                raise EnforcementError(f"Can't use the compressed kernel module {rel} in the VM's initramfs yet")
+            entries.append((f"modules/{name}", 0o100644, data))
+            names.append(name)
+        entries.append((listing, 0o100644, ("\n".join(names) + "\n").encode()))
     tmp = f"{path}.{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(_cpio(entries))
