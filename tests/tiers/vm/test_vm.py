@@ -271,6 +271,17 @@ def test_commands_that_cannot_start_say_why(vm):
         said = os.read(out_r, 1000).decode()
         os.close(out_r)
         assert words in said, said
+    # What Popen itself refuses (here a NUL in the working directory) is a failed command, for the user's
+    # starter and for the agent (pid 1) alike: the VM stays up.
+    for root in (False, True):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        assert vm.exec(["true"], cwd="/tmp\0x", stdout=devnull, stderr=devnull, root=root).wait(60) == 126
+        os.close(devnull)
+    with pytest.raises(ValueError):
+        vm.exec([])
+    with pytest.raises(ValueError):
+        vm.exec(["true"], env={"A": "b\0c"})
+    assert run(vm, "echo up")[:2] == (0, "up\n")
 
 
 def test_a_child_left_running_does_not_hold_the_command(vm):

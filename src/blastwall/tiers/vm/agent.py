@@ -72,8 +72,8 @@ class Reader:
                 break
             try:
                 header = json.loads(bytes(self._buf[HEAD.size:HEAD.size + hlen]))
-            except ValueError as exc:
-                raise FrameError(f"bad header: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep for the parser.
+                raise FrameError(f"bad header: {str(exc)[:200]}") from None
             if not isinstance(header, dict):
                 raise FrameError("bad header: not an object")
             frames.append((header, bytes(self._buf[HEAD.size + hlen:end])))
@@ -286,9 +286,9 @@ def _spawner(sock_fd: int, uid: int, gid: int) -> None:
                 try:
                     proc = subprocess.Popen(h["argv"], env=h["env"], cwd=h["cwd"], stdin=mine[0], stdout=mine[1],
                                             stderr=mine[2], start_new_session=True, close_fds=True)
-                except OSError as exc:
-                    send({"ev": "failed", "id": h["id"], "errno": exc.errno or 0,
-                          "message": exc.strerror or str(exc)})
+                except Exception as exc:  # noqa: BLE001 - whatever it was, the command did not start; say why
+                    send({"ev": "failed", "id": h["id"], "errno": getattr(exc, "errno", None) or 0,
+                          "message": getattr(exc, "strerror", None) or str(exc)[:300]})
                 else:
                     procs[proc.pid] = proc
                     send({"ev": "spawned", "id": h["id"], "pid": proc.pid})
@@ -362,10 +362,19 @@ class Agent:
             data = self.spawner_sock.recv(65536)
         except OSError:
             data = b""
-        if not data:
+        try:
+            frames = self.spawner_reader.feed(data) if data else None
+        except FrameError:
+            frames = None
+        if frames is None:
+            if self.spawner_pid:
+                try:
+                    os.kill(self.spawner_pid, 9)  # Garbage from it: it is not the spawner any more.
+                except ProcessLookupError:
+                    pass
             self._spawner_lost()
             return
-        for h, _ in self.spawner_reader.feed(data):
+        for h, _ in frames:
             event = h.get("ev")
             if event == "spawned":
                 command = self.running.get(h.get("id"))
@@ -437,22 +446,23 @@ class Agent:
         cwd = h.get("cwd") or self.home
         try:
             if not as_root and self.uid != 0:
-                if self.spawner_sock is None:
-                    self.start_spawner()
                 frame = pack({"id": cid, "argv": h["argv"], "env": env, "cwd": cwd})
                 try:
+                    if self.spawner_sock is None:
+                        self.start_spawner()
                     sent = self.spawner_sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                                  _fd_bytes(in_r, out_w, err_w))])
                     self.spawner_sock.sendall(frame[sent:])
-                except OSError:
-                    self._failed(command, 125, "the command's starter is gone")
+                except OSError as exc:
+                    self._failed(command, 125, f"the command's starter is gone ({exc.strerror or exc})")
                 return
             try:
                 command.proc = subprocess.Popen(h["argv"], env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w,
                                                 start_new_session=True, close_fds=True,
                                                 preexec_fn=self._demote(h.get("user", "user")))
-            except OSError as exc:
-                self._failed(command, 127 if isinstance(exc, FileNotFoundError) else 126, exc.strerror or str(exc))
+            except Exception as exc:  # noqa: BLE001 - pid 1 must not die of a command that cannot start
+                self._failed(command, 127 if isinstance(exc, FileNotFoundError) else 126,
+                             getattr(exc, "strerror", None) or str(exc)[:300])
                 return
             command.pid = command.proc.pid
             self.by_pid[command.pid] = command

@@ -419,6 +419,11 @@ class VmSession:
         variables = {k: v for k, v in env_op.variables if k not in ("PATH", "HOME", "USER", "LOGNAME")}
         variables.update(self.egress_env)
         variables.update(env or {})
+        if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv) \
+                or not all(isinstance(k, str) and isinstance(v, str) and "\0" not in k + v and "=" not in k and k
+                           for k, v in variables.items()):
+            raise ValueError("a command needs a non-empty argv and an environment of strings without NUL "
+                             "(names without '=')")
         header = {"op": "exec", "id": cid, "argv": list(argv), "env": variables, "cwd": cwd or self.mount_at,
                   "user": "root" if root else "user", "stdin": stdin is not None}
         if len(json.dumps(header, separators=(",", ":")).encode()) > MAX_HEADER:
