@@ -284,6 +284,23 @@ def test_commands_that_cannot_start_say_why(vm):
     assert run(vm, "echo up")[:2] == (0, "up\n")
 
 
+def test_programs_are_found_in_the_commands_own_path(vm):
+    """As execvp does: the first *executable* file of that name in the command's PATH, and the working directory."""
+    for sub, mode, says in (("first", 0o644, "not me"), ("second", 0o755, "me")):
+        directory = vm.host_workspace / sub
+        directory.mkdir(exist_ok=True)
+        (directory / "hello").write_text(f"#!/bin/sh\necho {says} in $(pwd)\n")
+        (directory / "hello").chmod(mode)
+        os.chown(directory / "hello", 1000, 1000)
+    out_r, out_w = os.pipe()
+    command = vm.exec(["hello"], env={"PATH": "/home/user/first:/home/user/second:/usr/bin:/bin"}, cwd="/tmp",
+                      stdout=out_w, stderr=out_w)
+    os.close(out_w)
+    assert command.wait(60) == 0
+    assert os.read(out_r, 1000) == b"me in /tmp\n"
+    os.close(out_r)
+
+
 def test_a_child_left_running_does_not_hold_the_command(vm):
     started = time.monotonic()
     status, out, _ = run(vm, "sleep 100 & echo parent done")
