@@ -76,3 +76,27 @@ def test_tenants_get_their_ceilings_hosts_and_sessions_their_own_identity(net):
         svc.call("DELETE", f"/v1/sandboxes/{b}", key_b)
     time.sleep(0.5)
     assert svc.leftovers(sandboxes=[a, b]) == {}
+
+
+def test_a_vm_sandbox_reaches_its_hosts_only_through_its_gateway_session(net):
+    from tests.tiers.vm.test_vm import _missing
+
+    if _missing():
+        pytest.skip(reason=_missing())
+    svc, up = net
+    key = svc.tenant(allow_domains=["api.test"], tiers=["vm"])
+    sid = svc.create(key, tier="vm", policy={"network": {"allow": ["api.test"]}})["id"]
+    try:
+        port = up.http_port
+        out, err, _ = svc.run(key, sid, f"curl -sS -m 20 http://api.test:{port}/from-vm; echo; "
+                                        f"curl -sS -m 20 http://other.test:{port}/vm-to-other; echo rc=$?; "
+                                        f"curl -sS -m 5 --noproxy '*' http://127.0.0.1:{port}/vm-direct; echo rc=$?",
+                              timeout=120)
+        assert "hello from upstream" in out, out + err
+        paths = [r[1] for r in up.requests]
+        assert "/from-vm" in paths
+        assert not {"/vm-to-other", "/vm-direct"} & set(paths), paths
+    finally:
+        svc.call("DELETE", f"/v1/sandboxes/{sid}", key)
+    time.sleep(0.5)
+    assert svc.leftovers(sandboxes=[sid]) == {} and svc.processes(b"qemu-system-") == {}
