@@ -174,6 +174,7 @@ def _find_port() -> str:
     raise OSError("no control port")
 
 
+SIGKILL = 9
 QUIET_AFTER_EXIT = 0.5  # Seconds a finished command's pipes may stay open (a child it left) before its exit is sent.
 
 
@@ -373,7 +374,7 @@ class Agent:
                 try:
                     os.kill(command.pid, 0)  # Alive, or a zombie that is now ours to reap.
                 except ProcessLookupError:
-                    self._ended(command, 128 + 9)  # Reaped by the dead spawner before it could tell.
+                    self._ended(command, 128 + SIGKILL)  # Reaped by the dead spawner before it could tell.
 
     def _from_spawner(self) -> None:
         try:
@@ -387,7 +388,7 @@ class Agent:
         if frames is None:
             if self.spawner_pid:
                 try:
-                    os.kill(self.spawner_pid, 9)  # Garbage from it: it is not the spawner any more.
+                    os.kill(self.spawner_pid, SIGKILL)  # Garbage from it: it is not the spawner any more.
                 except ProcessLookupError:
                     pass
             self._spawner_lost()
