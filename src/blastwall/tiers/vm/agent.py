@@ -290,6 +290,18 @@ def _spawner(sock_fd: int, uid: int, gid: int) -> None:
                         os.close(fd)
 
 
+def _which(name: str, path: str) -> str | None:
+    """The first executable regular file ``name`` in ``path`` (execvp's rule; an empty entry is the working
+    directory), as the caller."""
+    if not name:
+        return None
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def _spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: list[int]) -> int:
     """Start ``argv`` in a new session with ``stdio`` as its 0, 1 and 2; its pid (the spawner's own start).
 
@@ -301,15 +313,12 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: list[int]) -> 
     are reset; its other descriptors are close-on-exec.
     """
     import errno
-    import shutil
     import signal
 
-    if not argv or not argv[0]:
+    os.chdir(cwd)  # First: a relative program, or an empty PATH entry, means the command's directory.
+    program = argv[0] if argv and "/" in argv[0] else _which(argv[0] if argv else "", env.get("PATH", os.defpath))
+    if not program:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory")
-    program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
-    if program is None:
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
-    os.chdir(cwd)
     for fd in stdio:
         os.set_inheritable(fd, False)  # Received without close-on-exec: only their copies as 0, 1, 2 go on.
     return os.posix_spawn(program, argv, env, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
@@ -439,7 +448,6 @@ class Agent:
     def exec(self, h: dict) -> None:
         import selectors
         import socket
-        import subprocess
 
         cid = h["id"]
         command = _Running(cid, str(h["argv"][0]) if h.get("argv") else "")
@@ -475,6 +483,8 @@ class Agent:
                 except OSError as exc:
                     self._failed(command, 125, f"the command's starter is gone ({exc.strerror or exc})")
                 return
+            import subprocess  # Only here: root's commands and a uid-0 user's (slow to import under emulation).
+
             try:
                 command.proc = subprocess.Popen(h["argv"], env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w,
                                                 start_new_session=True, close_fds=True,
