@@ -203,7 +203,8 @@ def initramfs(version: str, environ=os.environ) -> str:
         agent_src = f.read()
     order = _module_order(version)
     net_order = _module_order(version, NET_MODULES, tuple(order))
-    digest = hashlib.sha256(INIT.encode() + agent_src + "\n".join(order + ["net"] + net_order).encode()
+    digest = hashlib.sha256(INIT.encode() + PROBE_INIT.encode() + agent_src
+                            + "\n".join(order + ["net"] + net_order).encode()
                             + str(os.stat(busybox).st_mtime_ns).encode()).hexdigest()[:16]
     cache = _cache(environ)
     path = os.path.join(cache, f"initramfs-{version}-{digest}.cpio")
@@ -219,7 +220,10 @@ def initramfs(version: str, environ=os.environ) -> str:
         busybox_bin = f.read()
     entries: list[tuple[str, int, bytes]] = [(d, 0o040755, b"") for d in ("bin", "dev", "proc", "sys", "modules")]
     entries += [("bin/busybox", 0o100755, busybox_bin), ("init", 0o100755, INIT.encode()),
-                ("agent.py", 0o100644, agent_src)]
+                ("agent.py", 0o100644, agent_src),
+                # rdinit=/probe: the same kernel and initramfs, only printing the probe's marker (bench/vm.py's
+                # bare boot).
+                ("probe", 0o100755, PROBE_INIT.encode())]
     for listing, rels in (("modules.order", order), ("modules.net", net_order)):
         names = []
         for rel in rels:
