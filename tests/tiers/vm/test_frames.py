@@ -17,9 +17,12 @@ from hypothesis import strategies as st
 
 from blastwall.tiers.vm.agent import HEAD, MAX_DATA, MAX_HEADER, FrameError, Reader, pack
 
+def _containers(inner):
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
+
+
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-                           max_leaves=20)
+                           _containers, max_leaves=20)
 headers = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
 
 
