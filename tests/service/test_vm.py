@@ -89,6 +89,17 @@ def test_vm_sandbox_through_the_sdk_and_http(service):
         assert code == 0, err
         assert 20 <= int(out) < 48
 
+        # memory: the VM's RAM.  A bomb gets the guest's OOM killer (137); the VM and its agent go on.
+        _, _, code = service.run(key, sid, ["python3", "-c", "b = []\nwhile True: b.append(b'x' * (16 << 20))"],
+                                 timeout=240)
+        assert code == 137
+        assert sandbox.commands.run("echo survived").stdout == "survived\n"
+        (qemu,) = qemus(service)
+        with open(f"/proc/{qemu}/status") as f:
+            peak = int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) << 10
+        # On the host the VM cost its RAM plus QEMU's own (with TCG, a 64 MiB translation cache): bounded.
+        assert peak < (256 + 192) << 20, peak >> 20
+
         # A timeout ends the command (124); a killed background command ends with its processes.
         _, _, code = service.run(key, sid, "sleep 60", timeout=2)
         assert code == 124

@@ -37,7 +37,10 @@ def qemu_argv(*, qemu: str, accel: str, kernel: str, initrd: str, cmdline: str, 
         raise ValueError(f"unknown accelerator {accel!r}")
     argv = [qemu, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-M", "microvm,x-option-roms=off,rtc=on,isa-serial=on,acpi=on",
-            "-accel", accel if accel == "kvm" else "tcg,thread=single",
+            # TCG's translation cache: 64 MiB, not QEMU's 1 GiB default.  Measured here (bench/vm.py and a
+            # Python-heavy command): the host's memory per VM 295 MiB instead of 486, a warm `true` 34 ms
+            # instead of 43, the heavy command 1.5 s instead of 2.0 (the large cache is spread over more memory).
+            "-accel", accel if accel == "kvm" else "tcg,thread=single,tb-size=64",
             "-cpu", "host" if accel == "kvm" else "max",
             "-m", str(memory_mb), "-smp", str(cpus),
             "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
