@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 
 # gcc and libc6-dev build the small in-sandbox launcher at install time.  The VM tier: QEMU,
 # Debian's packaged kernel for the guest (its modules go into blastwall's initramfs with
-# busybox), e2fsprogs to turn an image into the guest's read-only root disk.
+# busybox), erofs-utils to turn an image into the guest's read-only root disk.
 PACKAGES=(bubblewrap libseccomp2 socat gcc libc6-dev git curl ca-certificates python3 python3-venv util-linux iproute2 openssl
           runsc mmdebstrap nftables
-          qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs)
+          qemu-system-x86 linux-image-amd64 busybox-static erofs-utils)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

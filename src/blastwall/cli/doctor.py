@@ -170,11 +170,12 @@ def check_vm() -> list[Check]:
     except ContainmentError as exc:
         out.append(Check("vm", "guest kernel", False, exc.message, exc.fix or ""))
         ready = False
-    try:
-        out.append(Check("vm", "busybox (initramfs)", True, guest.find_busybox()))
-    except ContainmentError as exc:
-        out.append(Check("vm", "busybox (initramfs)", False, "not installed", exc.fix or ""))
-        ready = False
+    for name, find in (("busybox (initramfs)", guest.find_busybox), ("mkfs.erofs (root disk)", guest.find_mkfs_erofs)):
+        try:
+            out.append(Check("vm", name, True, find()))
+        except ContainmentError as exc:
+            out.append(Check("vm", name, False, "not installed", exc.fix or ""))
+            ready = False
     why = vm.kvm_opens()
     report = vm.accel_report() if ready else {}
     if why is None and ready:

@@ -33,6 +33,8 @@ def _missing() -> str | None:
         return "the packaged kernel in /boot is readable by root only"
     if shutil.which("mmdebstrap") is None:
         return "mmdebstrap is not installed (it builds the guest's image)"
+    if shutil.which("mkfs.erofs", path="/usr/bin:/usr/sbin:/sbin") is None:
+        return "mkfs.erofs is not installed (apt-get install erofs-utils; it makes the guest's root disk)"
     return None
 
 
@@ -153,7 +155,7 @@ def test_writes_outside_the_workspace_are_thrown_away_and_the_root_disk_is_read_
     status, out, _ = run(vm, "touch /etc/owned 2>/dev/null && echo user-wrote-etc; "
                              "echo x > /tmp/scratch && echo tmp-ok", timeout=60)
     assert "user-wrote-etc" not in out and "tmp-ok" in out
-    disk = os.path.join(vm._environ["XDG_CACHE_HOME"], "blastwall", "images", "default", "vm-root.ext4")
+    disk = os.path.join(vm._environ["XDG_CACHE_HOME"], "blastwall", "images", "default", "vm-root.erofs")
     before = os.stat(disk).st_mtime_ns
     status, out, err = run(vm, "grep ' / ' /proc/mounts; cat /sys/block/vda/ro; "
                                "dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=notrunc 2>/dev/null && echo disk-written; "
