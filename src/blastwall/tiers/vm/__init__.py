@@ -267,10 +267,7 @@ class VmSandbox:
                                   accel=self.accel, label=" ".join(command)[:2048],
                                   broker=self._broker)
         self._session.boot()
-        from blastwall.tiers._lifecycle import is_devnull
-
-        self._command = self._session.exec(command, cwd=chdir.path, stdin=None if is_devnull(stdin) else stdin,
-                                           stdout=stdout, stderr=stderr)
+        self._command = self._session.exec(command, cwd=chdir.path, stdin=stdin, stdout=stdout, stderr=stderr)
         self.deadline = start_deadline(self.plan, self.kill)
 
     def wait(self) -> int:

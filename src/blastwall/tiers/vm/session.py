@@ -412,7 +412,11 @@ class VmSession:
         import errno
         import json
 
+        from blastwall.tiers._lifecycle import is_devnull
         from blastwall.tiers.vm.agent import MAX_HEADER
+
+        if stdin is not None and is_devnull(stdin):
+            stdin = None  # The guest's /dev/null: no pipe, no pump thread.
 
         cid = self._new_id()
         (env_op,) = self.plan.of(P.Environment)
