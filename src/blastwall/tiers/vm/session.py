@@ -7,12 +7,16 @@ socket in the session's state directory; it waits for the guest agent's
 ``ready``, then hands it the plan's read-only and hidden paths inside the
 workspace.  ``exec()`` runs a command through the agent (streamed output, exit
 status, signals); ``close()`` powers the guest off, kills QEMU if it does not
-stop, and removes the state directory.  ``recover()`` kills the QEMU of
-sessions whose owner process died (the reaper).
+stop, and removes the state directory.  If the owner process dies instead,
+its end of the control socket closes and the agent powers the guest off;
+``recover()`` kills the QEMU of sessions whose owner died and removes their
+state (the reaper).
 
 What a session is, is fixed when QEMU starts: its command line holds the
-only network the guest has (none, here) and the only host directory it sees.
-The agent has no operation that changes either.
+only network the guest has (none, or forwards to the session's own gateway
+sockets), the only host directory it sees, and the plan's resources (RAM,
+vCPUs, and the user's process limit on the kernel command line).  The agent
+has no operation that changes any of them.
 """
 
 from __future__ import annotations
@@ -203,7 +207,6 @@ class VmSession:
         from blastwall.tiers.process.placeholders import Guard
         from blastwall.tiers.vm import detect_accel, find_qemu
         from blastwall.tiers.vm._raw_qemu import qemu_argv
-        from blastwall.tiers.vm.agent import pack
         from blastwall.tiers.vm.guest import clock_args, find_kernel, initramfs, root_disk
 
         qemu = find_qemu()
@@ -247,7 +250,7 @@ class VmSession:
         self._sock = self._connect(control)
         self._sock.settimeout(None)
         # The first frame attaches the agent to this end: from then on, this end closing powers the guest off.
-        self._sock.sendall(pack({"op": "hello"}))
+        self._send({"op": "hello"})  # (If QEMU is already gone, the wait for "ready" below says why.)
         ready = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, args=(ready,), daemon=True)
         self._reader.start()
