@@ -27,8 +27,7 @@ from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 
 __all__ = ["ACCELERATORS", "HANDLED", "REFUSED", "VmSandbox", "accel_report", "check_plan", "check_resources",
-           "detect_accel", "find_qemu",
-           "kvm_opens", "probe_accel", "vm_resources"]
+           "detect_accel", "find_qemu", "kvm_opens", "probe_accel", "vm_resources"]
 
 ACCELERATORS = ("kvm", "tcg")
 PROBE_TIMEOUT = 15.0  # A KVM guest that works prints its marker within a second or two.
