@@ -188,6 +188,27 @@ def _close_all_but(keep: set[int]) -> None:
                 pass
 
 
+def _drain(fd: int) -> None:
+    """Empty a non-blocking wake-up pipe (signal.set_wakeup_fd's)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _ended_children():
+    """(pid, wait status) of each child that has ended, reaping it."""
+    while True:
+        try:
+            pid, raw = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, raw
+
+
 def _status(raw_returncode: int) -> int:
     """A Popen/waitstatus exit code as a shell reports it (a signal N is 128+N)."""
     return 128 - raw_returncode if raw_returncode < 0 else raw_returncode
@@ -254,18 +275,8 @@ def _spawner(sock_fd: int, uid: int, gid: int) -> None:
     while True:
         for key, _ in sel.select():
             if key.data == "child":
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-                while True:
-                    try:
-                        pid, raw = os.waitpid(-1, os.WNOHANG)
-                    except ChildProcessError:
-                        break
-                    if pid == 0:
-                        break
+                _drain(wake_r)
+                for pid, raw in _ended_children():
                     send({"ev": "exit", "pid": pid, "status": _status(os.waitstatus_to_exitcode(raw))})
                 continue
             fds = array.array("i")
@@ -605,13 +616,7 @@ class Agent:
 
     def _children(self) -> None:
         """Reap every child that ended: our commands (their status), a dead spawner, orphans."""
-        while True:
-            try:
-                pid, raw = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, raw in _ended_children():
             if pid == self.spawner_pid:
                 self.spawner_pid = 0
                 continue
@@ -735,11 +740,7 @@ class Agent:
                 if kind == "host":
                     self._from_host()
                 elif kind == "child":
-                    try:
-                        while os.read(wake_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
+                    _drain(wake_r)
                     self._children()
                 elif kind == "spawner":
                     self._from_spawner()
