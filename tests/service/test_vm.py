@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.service.conftest import destroy_service, make_service, needs_service_deps
+from tests.tiers.vm.test_vm import _vm_dirs
 from tests.tiers.vm.test_vm import pytestmark as vm_marks
 
 pytestmark = [needs_service_deps, vm_marks]
@@ -26,10 +27,7 @@ def qemus(svc) -> list[int]:
 
 
 def vm_dirs(svc) -> list[str]:
-    try:
-        return sorted(os.listdir(svc.state / "blastwall" / "vms"))
-    except FileNotFoundError:
-        return []
+    return _vm_dirs(svc.env)  # The service's XDG_STATE_HOME.
 
 
 def wait_for(check, timeout: float) -> bool:

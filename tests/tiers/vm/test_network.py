@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import pytest
 
 from tests.conftest import BASE
-from tests.tiers.vm.test_vm import _plan, pytestmark, run  # noqa: F401 - same skips
+from tests.tiers.vm.test_vm import _plan, attempts_as_root, pytestmark, run  # noqa: F401 - same skips
 
 REAL_KEY = "sk-real-0123456789abcdef0123456789abcdef"
 
@@ -74,34 +73,7 @@ def test_credential_stays_on_the_host_and_the_placeholder_works_through_the_gate
 
 def test_as_root_in_the_guest_only_the_gateway_is_reachable(net_vm):
     """Raw sockets, DNS (public and slirp's), direct IPs, the host's loopback through slirp, other ports: nothing."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    script = f"""
-import errno, socket
-def attempt(name, fn):
-    try:
-        fn()
-        print(name, "SENT")
-    except socket.timeout:
-        print(name, "timeout")
-    except OSError as exc:
-        print(name, errno.errorcode.get(exc.errno, exc.errno))
-QUERY = b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01"
-def raw():
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    s.sendto(b"\\x08\\x00\\xf7\\xff\\x00\\x00\\x00\\x00", ("1.1.1.1", 0))
-def dns(server):
-    def go():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(3)
-        s.sendto(QUERY, (server, 53))
-        s.recvfrom(512)
-    return go
-def tcp(host, port):
-    return lambda: socket.create_connection((host, port), timeout=5).close()
+    results, reached = attempts_as_root(net_vm, """
 attempt("raw", raw)
 attempt("dns-public", dns("8.8.8.8"))
 attempt("dns-slirp", dns("10.0.2.3"))
@@ -109,22 +81,11 @@ attempt("direct", tcp("1.1.1.1", 443))
 attempt("slirp-host", tcp("10.0.2.2", {port}))
 attempt("gateway-other-port", tcp("10.0.2.100", 22))
 attempt("gateway-proxy", tcp("10.0.2.100", 3128))
-"""
-    try:
-        status, out, err = run(net_vm, f"python3 -c '{script}'", root=True, timeout=180)
-        try:
-            listener.accept()[0].close()
-            reached = True
-        except socket.timeout:
-            reached = False
-    finally:
-        listener.close()
-    assert status == 0, err
-    results = dict(line.split(" ", 1) for line in out.splitlines())
-    assert results["raw"] == "ENETUNREACH" and results["dns-public"] == "ENETUNREACH", out  # No route at all.
-    assert results["direct"] == "ENETUNREACH", out
-    assert results["dns-slirp"] == "timeout", out  # On the link, but restrict=on answers nothing.
-    assert results["slirp-host"] in ("timeout", "ECONNREFUSED", "ECONNRESET"), out
-    assert results["gateway-other-port"] in ("timeout", "ECONNREFUSED", "ECONNRESET"), out
-    assert results["gateway-proxy"] == "SENT", out  # The one way out (the proxy still wants the session's token).
+""")
+    assert results["raw"] == "ENETUNREACH" and results["dns-public"] == "ENETUNREACH", results  # No route at all.
+    assert results["direct"] == "ENETUNREACH", results
+    assert results["dns-slirp"] == "timeout", results  # On the link, but restrict=on answers nothing.
+    assert results["slirp-host"] in ("timeout", "ECONNREFUSED", "ECONNRESET"), results
+    assert results["gateway-other-port"] in ("timeout", "ECONNREFUSED", "ECONNRESET"), results
+    assert results["gateway-proxy"] == "SENT", results  # The one way out (the proxy still wants the session's token).
     assert not reached

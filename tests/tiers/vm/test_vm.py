@@ -118,6 +118,53 @@ def run(session, script: str, *, root: bool = False, timeout: float = 120) -> tu
     return status, b"".join(chunks[out_r]).decode(), b"".join(chunks[err_r]).decode()
 
 
+ATTEMPTS = """
+import errno, socket
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, "SENT")
+    except socket.timeout:
+        print(name, "timeout")
+    except OSError as exc:
+        print(name, errno.errorcode.get(exc.errno, exc.errno))
+QUERY = b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01"
+def raw():
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.sendto(b"\\x08\\x00\\xf7\\xff\\x00\\x00\\x00\\x00", ("1.1.1.1", 0))
+def dns(server):
+    def go():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(3)
+        s.sendto(QUERY, (server, 53))
+        s.recvfrom(512)
+    return go
+def tcp(host, port):
+    return lambda: socket.create_connection((host, port), timeout=5).close()
+"""
+
+
+def attempts_as_root(session, body: str) -> tuple[dict[str, str], bool]:
+    """Run ``body`` (``attempt(name, fn)`` lines; ``{port}`` is a host listener on 127.0.0.1) as root in the
+    guest: ({name: "SENT" or the errno name or "timeout"}, whether the host listener got a connection)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    try:
+        script = ATTEMPTS + body.replace("{port}", str(listener.getsockname()[1]))
+        status, out, err = run(session, f"python3 -c '{script}'", root=True, timeout=180)
+        try:
+            listener.accept()[0].close()
+            reached = True
+        except socket.timeout:
+            reached = False
+    finally:
+        listener.close()
+    assert status == 0, err
+    return dict(line.split(" ", 1) for line in out.splitlines()), reached
+
+
 # -- the session VM --------------------------------------------------------------------------
 
 
@@ -190,51 +237,18 @@ def test_mandatory_denies_inside_the_workspace_hold_in_the_guest(vm):
 
 def test_as_root_in_the_guest_nothing_leaves(vm):
     """Raw sockets, DNS to a public resolver, a direct IP, the host's loopback and slirp's gateway: no route."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    script = f"""
-import errno, socket
-def attempt(name, fn):
-    try:
-        fn()
-        print(name, "SENT")
-    except OSError as exc:
-        print(name, errno.errorcode.get(exc.errno, exc.errno))
-def raw():
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    s.sendto(b"\\x08\\x00\\xf7\\xff\\x00\\x00\\x00\\x00", ("1.1.1.1", 0))
-def dns():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.sendto(b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01",
-             ("8.8.8.8", 53))
-def tcp(host, port):
-    return lambda: socket.create_connection((host, port), timeout=3).close()
+    results, reached = attempts_as_root(vm, """
 attempt("raw", raw)
-attempt("dns", dns)
+attempt("dns", dns("8.8.8.8"))
 attempt("direct", tcp("1.1.1.1", 443))
 attempt("slirp-host", tcp("10.0.2.2", {port}))
 attempt("loopback", tcp("127.0.0.1", {port}))
 print("links", sorted(open("/proc/net/dev").read().split()[i].rstrip(":") for i in range(20, len(open("/proc/net/dev").read().split()), 17)))
-"""
-    try:
-        status, out, err = run(vm, f"python3 -c '{script}'", root=True)
-        try:
-            conn, _ = listener.accept()
-            conn.close()
-            reached = True
-        except socket.timeout:
-            reached = False
-    finally:
-        listener.close()
-    assert status == 0, err
-    results = dict(line.split(" ", 1) for line in out.splitlines())
-    assert results["raw"] == "ENETUNREACH" and results["dns"] == "ENETUNREACH", out
-    assert results["direct"] == "ENETUNREACH" and results["slirp-host"] == "ENETUNREACH", out
-    assert results["loopback"] == "ECONNREFUSED", out  # The guest's own loopback, not the host's.
-    assert results["links"] == "['lo']", out  # -nic none: no network device at all.
+""")
+    assert results["raw"] == "ENETUNREACH" and results["dns"] == "ENETUNREACH", results
+    assert results["direct"] == "ENETUNREACH" and results["slirp-host"] == "ENETUNREACH", results
+    assert results["loopback"] == "ECONNREFUSED", results  # The guest's own loopback, not the host's.
+    assert results["links"] == "['lo']", results  # -nic none: no network device at all.
     assert not reached
 
 
@@ -362,10 +376,15 @@ def env_home(env):
     return Path(env["HOME"])
 
 
-def test_vm_killed_mid_command_is_reported_and_nothing_is_left(cli_env, workspace):
-    proc = subprocess.Popen([sys.executable, "-m", "blastwall", "run", "--tier", "vm", "--", "sh", "-c",
+def start_run(cli_env, workspace) -> subprocess.Popen:
+    """`blastwall run --tier vm` of a command that says "started" and sleeps (the caller kills it)."""
+    return subprocess.Popen([sys.executable, "-m", "blastwall", "run", "--tier", "vm", "--", "sh", "-c",
                              "echo started; sleep 300"], cwd=workspace, env=bw_env(env_home(cli_env), cli_env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_vm_killed_mid_command_is_reported_and_nothing_is_left(cli_env, workspace):
+    proc = start_run(cli_env, workspace)
     try:
         assert proc.stdout.readline() == "started\n"
         (name,) = _vm_dirs(cli_env)
@@ -380,9 +399,7 @@ def test_vm_killed_mid_command_is_reported_and_nothing_is_left(cli_env, workspac
 
 
 def test_owner_killed_takes_its_vm_and_the_reaper_cleans_up(cli_env, workspace):
-    proc = subprocess.Popen([sys.executable, "-m", "blastwall", "run", "--tier", "vm", "--", "sh", "-c",
-                             "echo started; sleep 300"], cwd=workspace, env=bw_env(env_home(cli_env), cli_env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_run(cli_env, workspace)
     try:
         assert proc.stdout.readline() == "started\n"
         assert len(_vm_dirs(cli_env)) == 1
