@@ -119,6 +119,7 @@ def plan_for(
     host = P.Host(
         home=os.path.realpath(_home(environ)),
         uid=os.getuid(),
+        gid=os.getgid(),
         workspace=workspace,
         cwd=cwd,
         environ=dict(environ),

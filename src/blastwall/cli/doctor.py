@@ -67,19 +67,16 @@ def check_bwrap() -> list[Check]:
 
 def check_seccomp() -> Check:
     try:
-        from blastwall.tiers.process import _raw_seccomp
-        from blastwall.policy.defaults import DENIED_SYSCALL_FAMILIES
+        from blastwall.tiers.process import seccomp_instructions
 
-        fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES)
-        size = os.fstat(fd).st_size
-        os.close(fd)
+        size = seccomp_instructions()
     except OSError as exc:
         return Check("process", "seccomp", False, str(exc), "sudo apt-get install libseccomp2")
     with open("/proc/self/status") as f:
         has_field = any(line.startswith("Seccomp:") for line in f)
     if not has_field:
         return Check("process", "seccomp", False, "the kernel has no seccomp support", "use a kernel with CONFIG_SECCOMP_FILTER")
-    return Check("process", "seccomp", True, f"libseccomp built a {size // 8}-instruction filter")
+    return Check("process", "seccomp", True, f"libseccomp built a {size}-instruction filter")
 
 
 def check_landlock() -> Check:
@@ -101,7 +98,7 @@ def check_landlock() -> Check:
 def check_egress() -> list[Check]:
     import importlib.util
 
-    from blastwall.tiers.process._raw_netns import find_socat
+    from blastwall.tiers.process import find_socat
 
     out = []
     socat = find_socat()

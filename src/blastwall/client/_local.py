@@ -178,7 +178,7 @@ class LocalBackend:
             VmSandbox.recover(environ=self._environ)
             plan = api.plan_for(self.policy, workspace=self.workspace, cwd=self.workspace, environ=self._environ)
             vm = VmSession(plan, image=self.policy.sandbox.image, environ=self._environ, workspace=self.workspace,
-                           mount_at=self.workspace, user=(os.getuid(), os.getgid()), label=self.sandbox_id)
+                           mount_at=self.workspace, label=self.sandbox_id)
             vm.boot()
             self._vm = vm
             return vm

@@ -188,11 +188,9 @@ SECRET_ENV_NAMES: frozenset[str] = frozenset(
     }
 )
 
-# Network families the seccomp layer refuses in every sandbox.  ``unix`` is
-# relaxed only when the policy names a socket path (filesystem.allow_unix_sockets).
+# Syscall families the seccomp layer refuses in every sandbox (see
+# blastwall.tiers._raw_seccomp for the calls of each).
 DENIED_SYSCALL_FAMILIES: tuple[str, ...] = (
-    "unix-sockets",
-    "vsock",
     "namespaces",
     "mount",
     "ptrace",
@@ -205,4 +203,22 @@ DENIED_SYSCALL_FAMILIES: tuple[str, ...] = (
     "terminal-injection",
     "handle-open",
     "userfaultfd",
+    # chmod and file creation with the setuid or setgid bit: a set-id file
+    # made inside would run with its owner's rights on the host.
+    "set-id",
+    # Character and block device nodes.
+    "devices",
 )
+
+# The only address families socket(2) may create inside: the loopback the
+# tools reach the gateway's relays on.  ``unix`` is added only when the policy
+# names socket paths (filesystem.allow_unix_sockets).  Everything else --
+# netlink (routes, audit, uevents, sock_diag), packet, vsock, bluetooth and
+# whatever a future kernel adds -- is refused.
+SOCKET_FAMILIES: tuple[str, ...] = ("inet", "inet6")
+
+# The user a root caller's commands run as inside every tier: the boundary
+# never hands uid 0 to the sandboxed program.  Each tier maps it onto the
+# owner of the writable roots on the host.
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000

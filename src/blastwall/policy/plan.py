@@ -22,6 +22,7 @@ __all__ = [
     "AllowUnixSockets",
     "Chdir",
     "DenySyscalls",
+    "Device",
     "Egress",
     "Environment",
     "Hide",
@@ -29,6 +30,7 @@ __all__ = [
     "IsolateNetwork",
     "LandlockWrites",
     "OPERATION_TYPES",
+    "Pin",
     "Placeholder",
     "Plan",
     "PrivateDev",
@@ -38,8 +40,11 @@ __all__ = [
     "ReadOnlyRoot",
     "RequireLandlock",
     "Resources",
+    "SocketFamilies",
+    "User",
     "Writable",
     "compile_plan",
+    "hypervisor_plan",
 ]
 
 
@@ -116,6 +121,18 @@ class Hide(Operation):
     __slots__ = ("path", "kind", "reason")
 
 
+class Pin(Operation):
+    """Bind the existing directory ``path`` over itself, as writable as it was: a mount point.
+
+    Every ancestor of a protected path inside a writable root is pinned.  The
+    kernel refuses to rename, remove or replace a mount point (EBUSY), so the
+    sandbox cannot move a protected path away together with its parent
+    (``mv .git .old``) and put a directory of its own in its place.
+    """
+
+    __slots__ = ("path", "reason")
+
+
 class Placeholder(Operation):
     """``target`` does not exist yet and must not be created.
 
@@ -127,6 +144,12 @@ class Placeholder(Operation):
     """
 
     __slots__ = ("path", "target", "reason")
+
+
+class Device(Operation):
+    """Bind the host's device node ``path`` into the private /dev (only a hypervisor's plan: /dev/kvm)."""
+
+    __slots__ = ("path", "reason")
 
 
 class Chdir(Operation):
@@ -167,6 +190,28 @@ class AllowUnixSockets(Operation):
     """Unix sockets may be created, and only these socket paths are visible."""
 
     __slots__ = ("paths",)
+
+
+class SocketFamilies(Operation):
+    """socket(2) succeeds only for these address families; every other one is refused.
+
+    Names: ``inet``, ``inet6``, ``unix`` (the last only with
+    ``filesystem.allow_unix_sockets``).  An allowlist: netlink, packet,
+    vsock, bluetooth and every family a future kernel adds are refused.
+    """
+
+    __slots__ = ("allowed",)
+
+
+class User(Operation):
+    """The uid and gid the command runs as inside: the caller's, and never 0.
+
+    A root caller's commands run as ``defaults.SANDBOX_UID``; each tier maps
+    that user onto the owner of the writable roots on the host, so the
+    command can write the workspace without being root anywhere.
+    """
+
+    __slots__ = ("uid", "gid")
 
 
 class Environment(Operation):
@@ -210,14 +255,18 @@ OPERATION_TYPES: tuple[type[Operation], ...] = (
     PrivateProc,
     PrivateTmp,
     Writable,
+    Pin,
     ReadOnly,
     Hide,
     Placeholder,
+    Device,
     Chdir,
     IsolateNetwork,
     Egress,
     DenySyscalls,
+    SocketFamilies,
     AllowUnixSockets,
+    User,
     Environment,
     LandlockWrites,
     RequireLandlock,
@@ -288,7 +337,7 @@ class Host:
     (``git init``, ``~/.config``, ``~/.bashrc``).
     """
 
-    __slots__ = ("home", "uid", "workspace", "cwd", "environ", "protected", "runtime", "hidden", "probe",
+    __slots__ = ("home", "uid", "gid", "workspace", "cwd", "environ", "protected", "runtime", "hidden", "probe",
                  "disposable_workspace")
 
     def __init__(
@@ -296,6 +345,7 @@ class Host:
         *,
         home: str,
         uid: int,
+        gid: int | None = None,
         workspace: str,
         cwd: str | None = None,
         environ: dict[str, str],
@@ -307,6 +357,7 @@ class Host:
     ) -> None:
         object.__setattr__(self, "home", home)
         object.__setattr__(self, "uid", uid)
+        object.__setattr__(self, "gid", uid if gid is None else gid)
         object.__setattr__(self, "workspace", workspace)
         object.__setattr__(self, "cwd", cwd or workspace)
         object.__setattr__(self, "environ", environ)
@@ -432,12 +483,18 @@ def compile_plan(policy, host: Host) -> Plan:
         if kind != "missing":
             readonly.setdefault(target, ReadOnly(target, reason))
             return
-        first = _first_missing(target, root, probe)
-        if first is None:
+        blocker, missing = _blocker(target, root, probe)
+        if blocker is None or blocker in placeholders or blocker in readonly:
             return
-        if first in placeholders or first in readonly:
-            return
-        placeholders[first] = Placeholder(first, target, reason)
+        if missing:
+            placeholders[blocker] = Placeholder(blocker, target, reason)
+        else:
+            # A file stands where a directory of the target's path should be
+            # (a worktree's `.git` file, which names the real git directory).
+            # Replacing it with a directory would create the target, and
+            # rewriting it redirects the host's tools: the file itself is
+            # made read-only.
+            readonly[blocker] = ReadOnly(blocker, reason)
 
     def refuse_links(root: str, lexical: str) -> None:
         # A protected path reached through a symlink inside a writable root
@@ -475,6 +532,30 @@ def compile_plan(policy, host: Host) -> Plan:
     for raw in host.protected:
         deny_write(probe.realpath(raw), Reason.SELF_PROTECTION)
 
+    # 3b. Pins.  A read-only bind protects a path, not its name: the sandbox
+    # could rename the writable directory holding it (`mv .git .old`) and
+    # create its own in its place.  Every ancestor of a protected path inside
+    # a writable root becomes a mount point, which the kernel refuses to
+    # rename or remove.  Ancestors that are themselves read-only or hidden
+    # are mount points already, and pinning them would make them writable.
+    shielded = (*readonly, *placeholders, *hidden)
+
+    def covered(path: str) -> bool:
+        return any(is_within(path, q) for q in shielded)
+
+    pins: dict[str, Pin] = {}
+    for path in sorted(shielded):
+        outer = min((root for root in roots if is_within(path, root) and root != path), key=len, default=None)
+        if outer is None:
+            continue
+        current = outer
+        for part in path[len(outer):].strip("/").split("/")[:-1]:
+            current = os.path.join(current, part)
+            if current in writable or current in pins or covered(current):
+                continue
+            if probe.kind(current) == "dir" and not probe.islink(current):
+                pins[current] = Pin(current, Reason.PROTECTED_ANCESTOR)
+
     # 4. Unix sockets.  Creating one is refused by seccomp unless the policy
     # names socket paths; then the host's /run (D-Bus, systemd, docker, ...) is
     # masked and only the named sockets are bound back in.
@@ -504,15 +585,11 @@ def compile_plan(policy, host: Host) -> Plan:
                 and any(is_within(path, t) for t in tmp_paths):
             mounts.append(ReadOnly(path, Reason.RUNTIME))
     mounts += writable.values()
+    mounts += pins.values()
     mounts += readonly.values()
     mounts += placeholders.values()
     mounts += hidden.values()
-    rank = {PrivateTmp: 0, Writable: 1, ReadOnly: 2, Placeholder: 3, Hide: 4}
-
-    def depth(op) -> int:
-        return op.path.rstrip("/").count("/")
-
-    mounts.sort(key=lambda op: (depth(op), rank[type(op)], op.path))
+    mounts.sort(key=_mount_order)
     ops += mounts
 
     ops.append(IsolateNetwork())
@@ -528,11 +605,14 @@ def compile_plan(policy, host: Host) -> Plan:
         upstream_ca = resolve(net.upstream_ca, workspace) if net.upstream_ca else ""
         ops.append(Egress(net.allow, net.deny, net.resolve, net.trusted_addresses, net.rules, credentials,
                           upstream_ca, net.unlisted))
-    families = list(_defaults.DENIED_SYSCALL_FAMILIES)
+    ops.append(DenySyscalls(_defaults.DENIED_SYSCALL_FAMILIES))
+    ops.append(SocketFamilies(_defaults.SOCKET_FAMILIES + (("unix",) if sockets else ())))
     if sockets:
-        families.remove("unix-sockets")
         ops.append(AllowUnixSockets(sockets))
-    ops.append(DenySyscalls(tuple(families)))
+    if host.uid != 0:
+        ops.append(User(host.uid, host.gid if host.gid != 0 else _defaults.SANDBOX_GID))
+    else:
+        ops.append(User(_defaults.SANDBOX_UID, _defaults.SANDBOX_GID))
     ops.append(_environment(policy, host))
     landlock = ["/dev", *tmp_paths, *roots]
     ops.append(LandlockWrites(tuple(landlock)))
@@ -546,6 +626,63 @@ def compile_plan(policy, host: Host) -> Plan:
     return Plan(tuple(ops), tuple(notes), workspace)
 
 
+_MOUNT_RANK = {PrivateTmp: 0, Device: 0, Writable: 1, Pin: 2, ReadOnly: 3, Placeholder: 4, Hide: 5}
+
+
+def _mount_order(op) -> tuple:
+    """Shallow before deep, so that a deeper, stricter mount lands on top of the
+    one that contains it; at equal depth writable < read-only < hidden (deny wins)."""
+    return (op.path.rstrip("/").count("/"), _MOUNT_RANK[type(op)], op.path)
+
+
+def hypervisor_plan(plan: Plan, *, own: str, sockets: tuple[str, ...], devices: tuple[str, ...],
+                    environment: dict[str, str]) -> Plan:
+    """The plan of the process sandbox a VM's hypervisor (QEMU) runs in, derived from the VM's ``plan``.
+
+    QEMU serves the workspace to the guest, so the guest can reach exactly
+    what QEMU can: the same filesystem view as the VM's plan (the workspace
+    writable, its protected paths read-only and pinned, the secrets hidden),
+    the same user (never root), no network, the same syscall families
+    refused (set-id modes and device nodes among them), Landlock writes only
+    beneath the workspace and the VM's ``own`` state directory.  On top:
+    ``own`` writable (QEMU's control socket and console log), the gateway's
+    session ``sockets`` for the guest's forwards, ``devices`` (/dev/kvm), and
+    unix and IPv4 sockets allowed (the network namespace holds only loopback).  A hidden directory that holds ``own`` (blastwall's
+    state) becomes an empty private one with ``own`` and the sockets bound
+    back into it.
+    """
+    mounts: list = []
+    rest: list = []
+    for op in plan.operations:
+        kind = type(op)
+        if kind is Hide and is_within(own, op.path):
+            mounts.append(PrivateTmp(op.path))
+        elif kind in (PrivateTmp, Writable, Pin, ReadOnly, Placeholder, Hide):
+            mounts.append(op)
+        elif kind in (ReadOnlyRoot, PrivateDev, PrivateProc, IsolateNetwork, DenySyscalls, User):
+            rest.append(op)
+        elif kind is LandlockWrites:
+            rest.append(LandlockWrites(tuple(op.paths) + (own,)))
+        elif kind is Chdir:
+            rest.append(Chdir(own))
+        elif kind is Environment:
+            rest.append(Environment(tuple(sorted(environment.items())), ()))
+        elif kind in (Egress, Resources, SocketFamilies, AllowUnixSockets, RequireLandlock):
+            continue  # The guest's egress and resources are QEMU's arguments; sockets are set below.
+        else:
+            raise PolicyError(f"Can't derive the hypervisor's plan: {kind.__name__} is unknown here")
+    mounts.append(Writable(own, Reason.HYPERVISOR))
+    mounts += [ReadOnly(path, Reason.HYPERVISOR) for path in sockets]
+    mounts += [Device(path, Reason.HYPERVISOR) for path in devices]
+    mounts.sort(key=_mount_order)
+    head = [op for op in rest if type(op) in (ReadOnlyRoot, PrivateDev, PrivateProc)]
+    tail = [op for op in rest if type(op) not in (ReadOnlyRoot, PrivateDev, PrivateProc)]
+    # unix: the control socket and the forwards' connections to the gateway; inet: slirp pairs each forward's
+    # command with a TCP connection over the loopback of QEMU's own, empty network namespace.
+    tail += [SocketFamilies(("unix", "inet")), AllowUnixSockets(tuple(sockets))]
+    return Plan(tuple(head + mounts + tail), (), plan.workspace)
+
+
 def _check_workspace(workspace: str, probe: FileProbe) -> None:
     if probe.kind(workspace) != "dir":
         raise EnforcementError(f"Can't use {workspace} as the workspace: not an existing directory")
@@ -556,20 +693,25 @@ def _check_workspace(workspace: str, probe: FileProbe) -> None:
         )
 
 
-def _first_missing(target: str, root: str, probe: FileProbe) -> str | None:
-    """The shallowest missing path between ``root`` (exclusive) and ``target``."""
+def _blocker(target: str, root: str, probe: FileProbe) -> tuple[str | None, bool]:
+    """What stops the missing ``target`` from being created: (path, missing).
+
+    The shallowest component between ``root`` (exclusive) and ``target`` that
+    is missing (``missing`` true: a placeholder goes there) or is not a
+    directory (false: it must stay what it is).
+    """
     rel = target[len(root):].lstrip("/")
     if not rel:
-        return None
+        return None, False
     current = root
     for part in rel.split("/"):
         current = os.path.join(current, part)
         kind = probe.kind(current)
         if kind == "missing":
-            return current
+            return current, True
         if kind != "dir":
-            return None  # A file in the way: nothing can be created beneath it.
-    return None
+            return current, False
+    return None, False
 
 
 def secret_env(name: str) -> bool:

@@ -26,6 +26,8 @@ class Reason(str, enum.Enum):
     SECRET_ENV = "secret-env"  # Environment variable dropped.
     UNIX_SOCKET = "unix-socket"  # filesystem.allow_unix_sockets.
     RUNTIME = "runtime"  # The interpreter and package that start the sandbox.
+    PROTECTED_ANCESTOR = "protected-ancestor"  # Holds a protected path: it cannot be renamed or removed.
+    HYPERVISOR = "hypervisor"  # What a VM's QEMU needs of the host (its state, the gateway's sockets, /dev/kvm).
 
     def __str__(self) -> str:
         return self.value

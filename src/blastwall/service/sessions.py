@@ -45,7 +45,6 @@ __all__ = ["Config", "Manager", "prepare_data_dir"]
 log = logging.getLogger("blastwall.service")
 
 MOUNT_AT = "/home/user"
-SANDBOX_USER = (1000, 1000)
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_COMMANDS_RUNNING = 16     # per sandbox
 MAX_COMMANDS_KEPT = 64        # finished background commands remembered per sandbox
@@ -737,14 +736,15 @@ class Manager:
         from blastwall.tiers.vm.session import VmSession
 
         os.mkdir(sandbox.workspace, 0o700)
-        os.chown(sandbox.workspace, *SANDBOX_USER)
         # Disposable: the workspace dies with the sandbox and the host never runs
         # or trusts its files, so the sandbox's home is its own (git init, ~/.config).
         plan = api.plan_for(policy, workspace=sandbox.workspace, cwd=sandbox.workspace, environ=self._plan_environ(),
                             disposable_workspace=True)
         kind = VmSession if sandbox.tier == "vm" else ContainerSession
         session = kind(plan, image=sandbox.image, environ=self.config.environ, workspace=sandbox.workspace,
-                       mount_at=MOUNT_AT, user=SANDBOX_USER, label=sandbox.label)
+                       mount_at=MOUNT_AT, label=sandbox.label)
+        # The workspace belongs to whoever the sandbox's user is on the host, before it boots.
+        os.chown(sandbox.workspace, *session.host_owner)
         sandbox.session = session
         self.store.add_sandbox(sandbox.id, tenant=sandbox.tenant or "", container=session.id,
                                workspace=sandbox.workspace, expires=sandbox.expires)
@@ -876,7 +876,8 @@ class Manager:
                 raise NotFound(f"no sandbox {sandbox_id!r}")
             self.audit("write", tenant.name, sandbox.id, detail=relative, reason=f"{len(data)} bytes")
             try:
-                _files.write(sandbox.workspace, relative, data, limit=self.config.max_upload, owner=SANDBOX_USER)
+                _files.write(sandbox.workspace, relative, data, limit=self.config.max_upload,
+                             owner=sandbox.session.host_owner)
             except (OSError, ValueError) as exc:
                 raise _file_error(path, exc) from None
         return len(data)

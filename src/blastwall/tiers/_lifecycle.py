@@ -12,7 +12,7 @@ TIMED_OUT = 124
 
 
 def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_session: bool,
-          die_with_parent: bool = True) -> int:
+          die_with_parent: bool = True, before_exec=None) -> int:
     """Fork and exec ``argv`` with descriptors placed as ``layout`` ({target: source}); return the pid.
 
     The child dies with its parent, even on SIGKILL (PR_SET_PDEATHSIG, checked
@@ -20,8 +20,10 @@ def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_s
     false: PR_SET_PDEATHSIG follows the forking *thread*, and a long-lived
     child started from a short-lived worker thread (the service's) must
     outlive that thread; such children need another lifeline.  Sources are first moved out of
-    the way, so placing one never clobbers another sitting on its target.  Any
-    failure before exec exits 125.
+    the way, so placing one never clobbers another sitting on its target.
+    ``before_exec``: called in the child last, just before exec (raw system
+    calls only: the parent may have other threads).  Any failure before exec
+    exits 125, with the reason on the child's stderr.
     """
     import ctypes
     import fcntl
@@ -48,9 +50,14 @@ def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_s
             os.dup2(temp, target, inheritable=True)
         if new_session:
             os.setsid()
+        if before_exec is not None:
+            before_exec()
         os.execve(argv[0], argv, env)
-    except BaseException:  # noqa: BLE001 - the child must never return into the caller
-        pass
+    except BaseException as exc:  # noqa: BLE001 - the child must never return into the caller
+        try:
+            os.write(2, f"blastwall: Can't start {os.path.basename(argv[0])}: {exc}\n".encode("utf-8", "replace"))
+        except BaseException:  # noqa: BLE001
+            pass
     os._exit(125)
 
 

@@ -53,12 +53,15 @@ def test_runs_in_gvisor_with_the_image_not_the_host(home, workspace, image_cache
 def test_workspace_writes_persist_and_nothing_else_does(home, workspace, image_cache):
     rootfs = image_cache / "blastwall" / "images" / "default" / "rootfs"
     marker = f"pwned-{uuid.uuid4().hex[:8]}"
-    r = crun(["--", "sh", "-c", f"echo kept > result.txt; echo x > /etc/{marker}; echo x > /root/{marker}; "
-              f"cat /etc/{marker}"], home=home, workspace=workspace, image_cache=image_cache)
+    r = crun(["--", "sh", "-c", f"id -u; echo kept > result.txt; echo x > /tmp/{marker}; cat /tmp/{marker}; "
+              f"echo x > /etc/{marker} || echo refused"], home=home, workspace=workspace, image_cache=image_cache)
     assert r.returncode == 0, r.stderr
+    # Root's run is uid 1000 inside: the image's files are not its own to change.
+    assert r.stdout.split() == ["1000", "x", "refused"], r.stdout
     assert (workspace / "result.txt").read_text() == "kept\n"
-    assert not (rootfs / "etc" / marker).exists()  # The image is never written.
-    assert not os.path.exists(f"/etc/{marker}") and not os.path.exists(f"/root/{marker}")
+    assert os.stat(workspace / "result.txt").st_uid == os.getuid()  # The workspace's owner's, on the host.
+    assert not (rootfs / "etc" / marker).exists() and not (rootfs / "tmp" / marker).exists()  # The image is never written.
+    assert not os.path.exists(f"/etc/{marker}") and not os.path.exists(f"/tmp/{marker}")
 
 
 def test_secret_inside_workspace_is_hidden(home, workspace, image_cache):

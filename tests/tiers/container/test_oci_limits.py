@@ -12,7 +12,7 @@ MiB = 1024 * 1024
 
 
 def config(resources, cgroups_path="/blastwall/blastwall-0123456789ab"):
-    return oci_config(rootfs="/r", argv=["true"], env={}, cwd="/", uid=0, gid=0, mounts=[], resources=resources,
+    return oci_config(rootfs="/r", argv=["true"], env={}, cwd="/", uid=1000, gid=1000, mounts=[], seccomp={}, resources=resources,
                       cgroups_path=cgroups_path)
 
 
@@ -61,7 +61,7 @@ def test_only_blastwall_leaves_are_touched(path):
 
 def test_limits_without_a_cgroup_of_their_own_are_refused():
     with pytest.raises(ValueError):
-        oci_config(rootfs="/r", argv=["true"], env={}, cwd="/", uid=0, gid=0, mounts=[],
+        oci_config(rootfs="/r", argv=["true"], env={}, cwd="/", uid=1000, gid=1000, mounts=[], seccomp={},
                    resources=P.Resources(64 * MiB, None, None, None), cgroups_path=None)
 
 

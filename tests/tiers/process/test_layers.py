@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from blastwall.policy.defaults import DENIED_SYSCALL_FAMILIES
-from blastwall.tiers.process import _raw_bwrap, _raw_seccomp
+from blastwall.policy.defaults import DENIED_SYSCALL_FAMILIES, SOCKET_FAMILIES
+from blastwall.tiers import _raw_bwrap, _raw_seccomp
 from blastwall.tiers.process import landlock_abi, launcher_path
 from tests.conftest import BWRAP, needs_bwrap
 
@@ -43,7 +43,22 @@ def probe():
     call("mount", 165, 0, 0, 0, 0, 0)
     call("ptrace", 101, 0x4206, 1, 0, 0)
     call("socket-unix", 41, 1, 1, 0)
+    call("socket-unix-upper-half", 41, 0x100000001, 1, 0)
     call("socket-vsock", 41, 40, 1, 0)
+    call("socket-netlink", 41, 16, 3, 0)
+    call("socket-packet", 41, 17, 3, 0)
+    call("socket-family-99", 41, 99, 1, 0)
+    memfd = os.memfd_create("probe")
+    call("fchmod-setuid", 91, memfd, 0o4755)
+    call("fchmod-setgid", 91, memfd, 0o2755)
+    os.close(memfd)
+    name = ctypes.create_string_buffer(("/tmp/blastwall-probe-%d" % os.getpid()).encode())
+    call("openat-create-setuid", 257, -100, ctypes.addressof(name), 0o101, 0o4755)  # O_WRONLY|O_CREAT
+    if os.path.exists(name.value):
+        os.unlink(name.value)
+    call("mknodat-char-device", 259, -100, ctypes.addressof(name), 0o20644, 0x103)  # /dev/null's 1:3
+    if os.path.exists(name.value):
+        os.unlink(name.value)
     pid = os.fork()
     if pid == 0:
         os._exit(0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno())
@@ -63,7 +78,7 @@ print(json.dumps({"before": before, "after": probe()}))
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="probe syscall numbers are x86_64's")
 def test_seccomp_filter_alone():
-    fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES)
+    fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES, socket_families=SOCKET_FAMILIES)
     try:
         r = subprocess.run([sys.executable, "-c", PROBES, str(fd)], pass_fds=(fd,), capture_output=True,
                            text=True, timeout=30)
@@ -76,12 +91,22 @@ def test_seccomp_filter_alone():
     # The control: without the filter the kernel answered otherwise, so the
     # EPERMs above come from the filter.
     before = results["before"]
-    assert sum(code != 1 for code in before.values()) >= len(before) - 2, before
+    assert sum(code != 1 for code in before.values()) >= len(before) - 3, before
+    # Without the filter the upper half of the family is dropped: a unix socket, and a setuid file.
+    assert before["socket-unix-upper-half"] == 0 and before["fchmod-setuid"] == 0 and before["socket-netlink"] == 0
+
+
+def test_sockets_are_an_allowlist():
+    rules = _raw_seccomp._socket_rules(("inet", "inet6"))
+    refused = {cond[0][3] for name, _, cond in rules if name == "socket" and cond[0][1] == _raw_seccomp.SCMP_CMP_MASKED_EQ}
+    assert refused == set(range(_raw_seccomp.SOCKET_FAMILY_LIMIT)) - {2, 10}
+    with pytest.raises(ValueError):
+        _raw_seccomp._socket_rules(("netlink",))
 
 
 def test_seccomp_rejects_unknown_family():
     with pytest.raises(ValueError):
-        _raw_seccomp.compile_filter(families=("no-such-family",))
+        _raw_seccomp.compile_filter(families=("no-such-family",), socket_families=SOCKET_FAMILIES)
 
 
 def test_every_family_in_the_defaults_is_known():
@@ -98,7 +123,7 @@ def test_landlock_alone_restricts_writes_to_granted_paths(scratch):
     granted, refused = scratch / "granted", scratch / "refused"
     granted.mkdir()
     refused.mkdir()
-    fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES)
+    fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES, socket_families=SOCKET_FAMILIES)
     try:
         # Both directories are writable *mounts*; only Landlock tells them apart.
         argv = [BWRAP, "--unshare-user", "--unshare-pid", "--die-with-parent", "--cap-drop", "ALL",
@@ -137,11 +162,11 @@ def test_launcher_refuses_when_landlock_required_but_unavailable(scratch):
     for nr in (444, 445, 446):
         lib.seccomp_rule_add_array(ctx, _raw_seccomp.SCMP_ACT_ERRNO(errno.ENOSYS), nr, 0,
                                    (_raw_seccomp._ArgCmp * 1)())
-    for nr, flag in ((272, 0x10000000),):  # unshare(CLONE_NEWUSER), for the launcher's own check
-        arr = (_raw_seccomp._ArgCmp * 1)(_raw_seccomp._ArgCmp(0, _raw_seccomp.SCMP_CMP_MASKED_EQ, flag, flag))
-        lib.seccomp_rule_add_array(ctx, _raw_seccomp.SCMP_ACT_ERRNO(errno.EPERM), nr, 1, arr)
-    arr = (_raw_seccomp._ArgCmp * 1)(_raw_seccomp._ArgCmp(0, _raw_seccomp.SCMP_CMP_EQ, 1, 0))
-    lib.seccomp_rule_add_array(ctx, _raw_seccomp.SCMP_ACT_ERRNO(errno.EPERM), 41, 1, arr)
+    # Everything else as the real filter, so that the launcher's own checks pass.
+    for name, code, conds in _raw_seccomp._rules(DENIED_SYSCALL_FAMILIES, SOCKET_FAMILIES):
+        nr = _raw_seccomp._resolve(lib, name)
+        arr = (_raw_seccomp._ArgCmp * max(1, len(conds)))(*[_raw_seccomp._ArgCmp(*c) for c in conds])
+        assert lib.seccomp_rule_add_array(ctx, _raw_seccomp.SCMP_ACT_ERRNO(code), nr, len(conds), arr) == 0
     fd = os.memfd_create("test-filter", 0)
     assert lib.seccomp_export_bpf(ctx, fd) == 0
     lib.seccomp_release(ctx)
@@ -166,13 +191,13 @@ def test_mount_layer_alone(scratch):
     ws.mkdir()
     secret.mkdir()
     (secret / "key").write_text("s3cret")
-    fd = _raw_seccomp.compile_filter(families=())  # Allows everything.
+    fd = _raw_seccomp.compile_filter(families=(), socket_families=("unix", "inet", "inet6"))  # Allows nearly all.
     status_r, status_w = os.pipe()
     try:
         argv = _raw_bwrap.bwrap_argv(
             bwrap=BWRAP,
             mounts=[("ro-root",), ("dev",), ("proc",), ("tmpfs", "/tmp"), ("bind", str(ws)), ("hide-dir", str(secret))],
-            isolate_network=True, chdir=str(ws), seccomp_fd=fd, status_fd=status_w, block_fd=None, launcher=["env"],
+            isolate_network=True, chdir=str(ws), uid=1000, gid=1000, seccomp_fd=fd, status_fd=status_w, block_fd=None, launcher=["env"],
             command=["sh", "-c", f"echo ok > {ws}/f; cat {secret}/key; echo x > {scratch}/outside; echo done"],
         )
         r = subprocess.run(argv, pass_fds=(fd, status_w), capture_output=True, text=True, timeout=30)

@@ -38,7 +38,6 @@ def net_vm(image_cache, gw_state, upstream):
     home.mkdir(parents=True, exist_ok=True)
     workspace = BASE / f"vm-net-ws-{os.getpid()}"
     workspace.mkdir(parents=True, exist_ok=True)
-    os.chown(workspace, 1000, 1000)
     env = {"HOME": str(home), "XDG_CACHE_HOME": str(image_cache), "XDG_STATE_HOME": str(gw_state),
            "XDG_CONFIG_HOME": str(home / ".config"), "PATH": os.environ["PATH"], "API_KEY": REAL_KEY,
            "BLASTWALL_GATEWAY_IDLE": "30"}
@@ -48,6 +47,7 @@ def net_vm(image_cache, gw_state, upstream):
                        "rules": [{"host": "api.test", "paths": ["/**"], "credential": "API_KEY"}]},
            "credentials": {"API_KEY": {"from": "env:API_KEY", "hosts": ["api.test"], "header": "x-api-key"}}}
     session = VmSession(_plan(env, workspace, doc), environ=env, workspace=str(workspace))
+    os.chown(workspace, *session.host_owner)
     session.boot()
     yield session
     gateway_sessions = os.path.join(gw_state, "blastwall", "gateway", "sessions")

@@ -66,14 +66,14 @@ def _plan(env, workspace, doc=None):
 
 @pytest.fixture(scope="module")
 def vm(vm_env):
-    """One session VM for the module, its workspace owned by the guest's user (uid 1000)."""
+    """One session VM for the module, its workspace owned by the host user the guest's user maps to."""
     from blastwall.tiers.vm.session import VmSession
 
     workspace = BASE / f"vm-ws-{os.getpid()}"
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "README.md").write_text("from the host\n")
-    os.chown(workspace, 1000, 1000)
     session = VmSession(_plan(vm_env, workspace), environ=vm_env, workspace=str(workspace))
+    os.chown(workspace, *session.host_owner)
     session.boot()
     session.host_workspace = workspace
     yield session
@@ -188,11 +188,13 @@ def test_workspace_round_trip(vm):
     assert status == 0, err
     assert out == "written on the host\nfrom the host\n"
     made = host / "from-guest.txt"
-    assert made.read_text() == "written in the guest\n" and made.stat().st_uid == 1000
+    # The guest's user (uid 1000) is QEMU's uid, which its user namespace maps onto the caller.
+    assert made.read_text() == "written in the guest\n" and made.stat().st_uid == vm.host_owner[0]
     assert (host / "sub" / "file").read_text() == "deep\n"
     # The agent's file operations act as the unprivileged user too.
     vm.write_file("/home/user/via-agent.txt", b"agent\n")
-    assert (host / "via-agent.txt").read_bytes() == b"agent\n" and (host / "via-agent.txt").stat().st_uid == 1000
+    assert (host / "via-agent.txt").read_bytes() == b"agent\n"
+    assert (host / "via-agent.txt").stat().st_uid == vm.host_owner[0]
     assert vm.read_file("/home/user/from-host.txt") == b"written on the host\n"
     with pytest.raises(OSError, match="Permission denied"):
         vm.write_file("/etc/passwd", b"owned\n")
@@ -307,7 +309,7 @@ def test_programs_are_found_in_the_commands_own_path(vm):
         directory.mkdir(exist_ok=True)
         (directory / "hello").write_text(f"#!/bin/sh\necho {says} in $(pwd)\n")
         (directory / "hello").chmod(mode)
-        os.chown(directory / "hello", 1000, 1000)
+        os.chown(directory / "hello", *vm.host_owner)
     out_r, out_w = os.pipe()
     command = vm.exec(["hello"], env={"PATH": "/home/user/first:/home/user/second:/usr/bin:/bin"}, cwd="/tmp",
                       stdout=out_w, stderr=out_w)
@@ -427,11 +429,11 @@ def test_missing_parts_fail_closed_with_a_fix(cli_env, workspace):
     r = blastwall(["run", "--tier", "vm", "--", "true"], home=env_home(cli_env), cwd=workspace,
                   env={**cli_env, "XDG_CONFIG_HOME": str(workspace.parent / "config")})
     assert r.returncode == 125 and "a VM gets whole CPUs" in r.stderr and "fix" in r.stderr, r.stderr
-    if os.geteuid() == 0:  # The one-shot run keeps the invoking uid: root's processes are not counted by NPROC.
-        (workspace.parent / "config" / "blastwall" / "policy.toml").write_text("[resources]\npids = 64\n")
-        r = blastwall(["run", "--tier", "vm", "--", "true"], home=env_home(cli_env), cwd=workspace,
-                      env={**cli_env, "XDG_CONFIG_HOME": str(workspace.parent / "config")})
-        assert r.returncode == 125 and "limits pids for an unprivileged guest user only" in r.stderr, r.stderr
+    # Root's one-shot run is uid 1000 in the guest too, so its process limit holds.
+    (workspace.parent / "config" / "blastwall" / "policy.toml").write_text("[resources]\npids = 64\n")
+    r = blastwall(["run", "--tier", "vm", "--", "sh", "-c", "id -u; grep processes /proc/self/limits"], home=env_home(cli_env),
+                  cwd=workspace, env={**cli_env, "XDG_CONFIG_HOME": str(workspace.parent / "config")})
+    assert r.returncode == 0 and r.stdout.split()[:5] == [str(os.getuid() or 1000), "Max", "processes", "64", "64"], r.stderr
     r = blastwall(["run", "--tier", "vm", "--", "true"], home=env_home(cli_env), cwd=workspace,
                   env={**cli_env, "BLASTWALL_VM_ACCEL": "hvf"})
     assert r.returncode == 125 and "not an accelerator" in r.stderr

@@ -36,15 +36,20 @@ PLATFORMS = ("systrap", "ptrace")
 HANDLED = frozenset({
     P.ReadOnlyRoot,  # the image, read-only, with an in-memory writable layer
     P.PrivateDev, P.PrivateProc, P.PrivateTmp, P.Writable, P.ReadOnly, P.Placeholder, P.Chdir, P.Environment,
+    P.Pin,  # a read-write bind of the directory over itself: a mount point gVisor refuses to rename
+    P.User,  # the process's uid/gid; a root someone else owns is shown through an idmapped view (session.py)
+    P.SocketFamilies,  # seccomp inside gVisor (session.inside_rules); unix sockets there are the sandbox's own
     P.Hide,  # only matters inside bound roots; the rest of the host is not there at all
     P.IsolateNetwork,  # --network=none
-    P.DenySyscalls,  # gVisor implements the syscall surface itself; the host kernel is not exposed
+    P.DenySyscalls,  # gVisor implements the syscall surface itself; set-id modes and devices, which would reach
+    #                  the host through the gofer, it refuses itself (the OCI profile, session.oci_seccomp)
     P.LandlockWrites,  # outside the bound roots, writes land in the throw-away layer
     P.Resources,  # cgroup limits set by runsc (_raw_cgroups); the timeout by a Deadline
     P.Egress,  # a network namespace of the run's own whose only route is the gateway (session.py, _raw_net.py)
 })
 REFUSED = {
     P.AllowUnixSockets: "host unix sockets cannot be shared into the container tier",
+    P.Device: "host devices are never shared into the container tier (only the VM tier's QEMU gets /dev/kvm)",
     P.RequireLandlock: "Landlock is a process-tier layer; gVisor is the container tier's boundary",
 }
 
@@ -192,18 +197,19 @@ class ContainerSandbox:
         if self.plan.of(P.Egress):
             return self._start_session(command, stdin, stdout, stderr)
         from blastwall.policy.load import state_dir
+        from blastwall.tiers._lifecycle import spawn
         from blastwall.tiers.container._raw_oci import oci_config, runsc_argv
+        from blastwall.tiers.container.session import (attach_views, oci_seccomp, session_mounts, traversal_mounts,
+                                                       workspace_views)
         from blastwall.tiers.process.placeholders import Guard
 
         self._guard = Guard(self.plan, environ=self._environ)
-        from blastwall.tiers.container.session import session_mounts
-
-        mounts = session_mounts(self.plan, self.plan.workspace, self.plan.workspace)
         (env_op,) = self.plan.of(P.Environment)
         env = dict(env_op.variables)
         env["BLASTWALL_SANDBOX"] = "container"
-        env["HOME"] = "/root" if os.getuid() == 0 else "/tmp"
+        env["HOME"] = "/tmp"  # The image's /root is root's; the command is not.
         (chdir,) = self.plan.of(P.Chdir)
+        (user,) = self.plan.of(P.User)
         base = os.path.join(state_dir(self._environ), "containers")
         os.makedirs(base, mode=0o700, exist_ok=True)
         self._dir = os.path.join(base, self._id)
@@ -211,17 +217,23 @@ class ContainerSandbox:
         os.makedirs(os.path.join(self._dir, "runsc"), mode=0o700)
         with open(os.path.join(self._dir, "owner"), "w") as f:
             f.write(owner_record())
-        config = oci_config(rootfs=self._rootfs, argv=command, env=env, cwd=chdir.path, uid=os.getuid(),
-                            gid=os.getgid(), mounts=mounts, resources=(self.plan.of(P.Resources) or [None])[0],
-                            cgroups_path=f"/blastwall/{self._id}")
-        with open(os.path.join(self._dir, "bundle", "config.json"), "w") as f:
-            json.dump(config, f)
-        argv = runsc_argv(runsc=self._runsc, state=os.path.join(self._dir, "runsc"), platform=self.platform,
-                          bundle=os.path.join(self._dir, "bundle"), container_id=self._id)
-        from blastwall.tiers._lifecycle import spawn
-
-        pid = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: stdin, 1: stdout, 2: stderr},
-                    new_session=True)
+        views, sources = workspace_views(self.plan, self._dir)
+        try:
+            mounts = session_mounts(self.plan, self.plan.workspace, self.plan.workspace, sources)
+            mounts = traversal_mounts(self._rootfs, mounts, (user.uid, user.gid)) + mounts
+            config = oci_config(rootfs=self._rootfs, argv=command, env=env, cwd=chdir.path, uid=user.uid,
+                                gid=user.gid, mounts=mounts, seccomp=oci_seccomp(self.plan),
+                                resources=(self.plan.of(P.Resources) or [None])[0],
+                                cgroups_path=f"/blastwall/{self._id}")
+            with open(os.path.join(self._dir, "bundle", "config.json"), "w") as f:
+                json.dump(config, f)
+            argv = runsc_argv(runsc=self._runsc, state=os.path.join(self._dir, "runsc"), platform=self.platform,
+                              bundle=os.path.join(self._dir, "bundle"), container_id=self._id)
+            pid = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: stdin, 1: stdout, 2: stderr},
+                        new_session=True, before_exec=attach_views(views))
+        finally:
+            for fd, _ in views:
+                os.close(fd)
         self._pid = pid
         from blastwall.tiers._lifecycle import start_deadline
         from blastwall.tiers.container import cgroups
@@ -237,8 +249,7 @@ class ContainerSandbox:
         (chdir,) = self.plan.of(P.Chdir)
         self._session = ContainerSession(self.plan, image=self.image, environ=self._environ,
                                          workspace=self.plan.workspace, mount_at=self.plan.workspace,
-                                         user=(os.getuid(), os.getgid()), label=" ".join(command)[:2048],
-                                         platform=self.platform, home="/root" if os.getuid() == 0 else "/tmp")
+                                         label=" ".join(command)[:2048], platform=self.platform, home="/tmp")
         self._session.boot()
         self._pid = self._session.exec(command, cwd=chdir.path, stdin=stdin, stdout=stdout, stderr=stderr)
         from blastwall.tiers._lifecycle import start_deadline

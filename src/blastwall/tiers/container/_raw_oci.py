@@ -17,7 +17,7 @@ RUNSC_CANDIDATES = ("/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc")
 
 
 def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, uid: int, gid: int,
-               mounts: list[tuple[str, ...]], netns: str | None = None, resources=None,
+               mounts: list[tuple[str, ...]], seccomp: dict, netns: str | None = None, resources=None,
                cgroups_path: str | None = None) -> dict:
     """The OCI spec.
 
@@ -26,7 +26,11 @@ def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, u
     the network namespace the sandbox joins (default: a new, empty one).
     ``cgroups_path``: ``/blastwall/ID``, the sandbox's own cgroup, limited by
     ``resources`` (a plan's Resources, or None); see ``_raw_cgroups``.
+    ``seccomp``: the ``linux.seccomp`` profile, which gVisor applies to every
+    process of the sandbox (``runsc_argv`` passes ``--oci-seccomp``).
     """
+    if uid == 0 or gid == 0:
+        raise ValueError("the sandbox's user is never root")
     if resources is not None and cgroups_path is None:
         raise ValueError("resource limits need the sandbox's own cgroups path")
     cgroups, rlimits = {}, []
@@ -47,12 +51,17 @@ def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, u
         kind, path = mount[0], mount[1]
         source, path = (path, mount[2]) if len(mount) > 2 else (path, path)
         if kind == "bind-rw":
-            spec_mounts.append({"destination": path, "type": "bind", "source": source, "options": ["rbind", "rw"]})
+            spec_mounts.append({"destination": path, "type": "bind", "source": source,
+                                "options": ["rbind", "rw", "nosuid", "nodev"]})
         elif kind in ("bind-ro", "file-ro"):
-            spec_mounts.append({"destination": path, "type": "bind", "source": source, "options": ["rbind", "ro"]})
+            spec_mounts.append({"destination": path, "type": "bind", "source": source,
+                                "options": ["rbind", "ro", "nosuid", "nodev"]})
         elif kind == "tmpfs":
             spec_mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs",
                                 "options": ["nosuid", "nodev", "mode=1777"]})
+        elif kind == "tmpfs-755":
+            spec_mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs",
+                                "options": ["nosuid", "nodev", "mode=755"]})
         elif kind == "hide-dir":
             spec_mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs",
                                 "options": ["nosuid", "nodev", "ro", "mode=0555"]})
@@ -79,6 +88,7 @@ def oci_config(*, rootfs: str, argv: list[str], env: dict[str, str], cwd: str, u
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
             + [{"type": "network", "path": netns} if netns else {"type": "network"}],
+            "seccomp": seccomp,
             **cgroups,
         },
     }
@@ -94,4 +104,4 @@ def runsc_argv(*, runsc: str, state: str, platform: str, bundle: str, container_
     if network not in ("none", "sandbox"):
         raise ValueError(f"network {network!r} is not allowed")
     return [runsc, f"--root={state}", f"--platform={platform}", f"--network={network}", "--overlay2=root:memory",
-            "run", *(["--detach"] if detach else []), f"--bundle={bundle}", container_id]
+            "--oci-seccomp", "run", *(["--detach"] if detach else []), f"--bundle={bundle}", container_id]

@@ -39,20 +39,39 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IDLE_INIT = ["sh", "-c", "exec 3<&0; read _ <&3 & echo ready; wait"]
 # A spare reads one line we wrote (every word quoted) and becomes that command.
 SPARE = 'IFS= read -r line || exit 125; eval "$line"'
+# Inside every session: the program that installs the seccomp program, and the program.
+FILTER = "/.blastwall/filter"
+FILTER_PROGRAM = "/.blastwall/seccomp.bpf"
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 BOOT_TIMEOUT = 60.0
 
 
-def session_mounts(plan: P.Plan, workspace: str, mount_at: str) -> list[tuple[str, ...]]:
+# Plan operations that are not mounts; session_mounts refuses any other kind it does not know.
+_NOT_MOUNTS = frozenset({P.ReadOnlyRoot, P.PrivateDev, P.PrivateProc, P.Chdir, P.IsolateNetwork, P.Egress,
+                         P.DenySyscalls, P.SocketFamilies, P.AllowUnixSockets, P.User, P.Environment,
+                         P.LandlockWrites, P.RequireLandlock, P.Resources})
+
+
+def session_mounts(plan: P.Plan, workspace: str, mount_at: str,
+                   sources: dict[str, str] | None = None) -> list[tuple[str, ...]]:
     """The plan's mounts as (kind, host source, destination inside); the workspace appears at ``mount_at``.
 
     Of the read-only and hidden paths only those inside a bound root matter:
-    nothing else of the host is in the sandbox.
+    nothing else of the host is in the sandbox.  ``sources``: a writable root
+    -> the path of its idmapped view (``workspace_views``), which replaces the
+    root as the source of every mount beneath it.
     """
     roots = [op.path for op in plan.of(P.Writable)]
+    sources = sources or {}
 
     def inside(path: str) -> bool:
         return any(P.is_within(path, root) for root in roots)
+
+    def source(path: str) -> str:
+        for root, view in sources.items():
+            if P.is_within(path, root):
+                return P.relocate(path, root, view)
+        return path
 
     def map_path(path: str) -> str:
         return P.relocate(path, workspace, mount_at)
@@ -62,26 +81,106 @@ def session_mounts(plan: P.Plan, workspace: str, mount_at: str) -> list[tuple[st
         kind = type(op)
         if kind is P.PrivateTmp:
             mounts.append(("tmpfs", op.path, op.path))
-        elif kind is P.Writable:
-            mounts.append(("bind-rw", op.path, map_path(op.path)))
-        elif kind in (P.ReadOnly, P.Placeholder) and inside(op.path):
-            mounts.append(("bind-ro", op.path, map_path(op.path)))
-        elif kind is P.Hide and inside(op.path):
-            mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path, map_path(op.path)))
+        elif kind in (P.Writable, P.Pin):
+            mounts.append(("bind-rw", source(op.path), map_path(op.path)))
+        elif kind in (P.ReadOnly, P.Placeholder):
+            if inside(op.path):
+                mounts.append(("bind-ro", source(op.path), map_path(op.path)))
+        elif kind is P.Hide:
+            if inside(op.path):
+                mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path, map_path(op.path)))
+        elif kind not in _NOT_MOUNTS:
+            raise Unsupported(f"Refusing the plan: the container tier cannot mount {kind.__name__}")
     return mounts
+
+
+def traversal_mounts(rootfs: str, mounts: list[tuple[str, ...]], user: tuple[int, int]) -> list[tuple[str, ...]]:
+    """Empty tmpfs mounts over the image's directories on a mount's path that ``user`` cannot enter.
+
+    A root caller's workspace keeps its host path inside (``/root/...``), and
+    the image's ``/root`` is root's alone: the sandbox's user could not reach
+    its own workspace.  Such a directory held nothing that user could read, so
+    an empty one (mode 0755) in its place hides nothing from it.
+    """
+    import stat
+
+    covered: list[str] = []
+    for mount in mounts:
+        destination = mount[2] if len(mount) > 2 else mount[1]
+        current = "/"
+        for part in destination.strip("/").split("/")[:-1]:
+            current = os.path.join(current, part)
+            if any(P.is_within(current, done) for done in covered):
+                continue
+            try:
+                info = os.lstat(rootfs + current)
+            except OSError:
+                break  # Not in the image: gVisor makes it, enterable.
+            if not stat.S_ISDIR(info.st_mode):
+                break
+            mode = info.st_mode
+            enters = mode & 0o001 or (info.st_uid == user[0] and mode & 0o100) or (info.st_gid == user[1] and mode & 0o010)
+            if not enters:
+                covered.append(current)
+    return [("tmpfs-755", path, path) for path in covered]
+
+
+def workspace_views(plan: P.Plan, directory: str) -> tuple[list[tuple[int, str]], dict[str, str]]:
+    """Idmapped views of the writable roots the plan's user does not own on the host.
+
+    Returns ([(view descriptor, target)], {root: target}); the views are
+    attached in ``runsc run``'s own mount namespace (``_raw_idmap.attach``),
+    at empty directories under ``directory``.  The caller closes the
+    descriptors once ``runsc run`` started.
+    """
+    (user,) = plan.of(P.User)
+    wanted = (user.uid, user.gid)
+    views: list[tuple[int, str]] = []
+    sources: dict[str, str] = {}
+    namespaces: dict[tuple[int, int], int] = {}
+    from blastwall.tiers.container import _raw_idmap
+
+    try:
+        for index, op in enumerate(plan.of(P.Writable)):
+            info = os.stat(op.path)
+            owner = (info.st_uid, info.st_gid)
+            if owner == wanted:
+                continue
+            if owner not in namespaces:
+                namespaces[owner] = _raw_idmap.swap_userns(owner=owner, user=wanted)
+            target = os.path.join(directory, "views", str(index))
+            os.makedirs(target, mode=0o700)
+            views.append((_raw_idmap.idmapped_view(source=op.path, userns=namespaces[owner]), target))
+            sources[op.path] = target
+    except OSError as exc:
+        for fd, _ in views:
+            os.close(fd)
+        raise EnforcementError(
+            f"Can't show the sandbox's user (uid {user.uid}) the workspace it does not own: {exc.strerror or exc}",
+            fix="the workspace's filesystem must support idmapped mounts (Linux >= 5.12; ext4, xfs, btrfs; tmpfs "
+                f"from 6.3), or make the workspace belong to uid {user.uid}") from None
+    finally:
+        for fd in namespaces.values():
+            os.close(fd)
+    return views, sources
 
 
 class ContainerSession:
     """One gVisor sandbox that stays up between commands."""
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
-                 mount_at: str = "/home/user", user: tuple[int, int] = (1000, 1000), label: str = "",
-                 platform: str | None = None, broker=None, home: str | None = None) -> None:
+                 mount_at: str = "/home/user", label: str = "", platform: str | None = None, broker=None,
+                 home: str | None = None) -> None:
         self.plan = plan
         self.image = image
         self.workspace = os.path.realpath(workspace or plan.workspace)
         self.mount_at = mount_at
-        self.user = user
+        (user,) = plan.of(P.User)
+        self.user = (user.uid, user.gid)
+        # Who owns, on the host, the files the sandbox's user owns inside: gVisor's gofer
+        # gives the host file the uid that made it (or, through an idmapped view of a
+        # root someone else owns, that root's owner).
+        self.host_owner = self.user
         self.label = label
         self.platform = platform
         self.home = home or mount_at
@@ -139,7 +238,6 @@ class ContainerSession:
 
     def _boot(self) -> None:
         from blastwall.policy.load import state_dir
-        from blastwall.tiers.container._raw_oci import oci_config
         from blastwall.tiers.container.images import rootfs
         from blastwall.tiers.process.placeholders import Guard
 
@@ -152,14 +250,28 @@ class ContainerSession:
         os.makedirs(os.path.join(self._dir, "runsc"), mode=0o700)
         with open(os.path.join(self._dir, "owner"), "w") as f:
             f.write(owner_record())
-        mounts = session_mounts(self.plan, self.workspace, self.mount_at)
+        views, sources = workspace_views(self.plan, self._dir)
+        try:
+            self._start(root, views, sources)
+        finally:
+            for fd, _ in views:
+                os.close(fd)
+        self._check_limits()
+
+    def _start(self, root: str, views: list[tuple[int, str]], sources: dict[str, str]) -> None:
+        from blastwall.tiers.container._raw_oci import oci_config
+
+        mounts = session_mounts(self.plan, self.workspace, self.mount_at, sources)
+        mounts = traversal_mounts(root, mounts, self.user) + mounts
+        mounts += self._filter_mounts()
         netns = None
         egress = self.plan.of(P.Egress)
         if egress:
             netns, extra = self._network(egress[0])
             mounts += extra
         config = oci_config(rootfs=root, argv=IDLE_INIT, env=self._env({}), cwd="/", uid=self.user[0],
-                            gid=self.user[1], mounts=mounts, netns=netns, **self._resource_args())
+                            gid=self.user[1], mounts=mounts, netns=netns, seccomp=oci_seccomp(self.plan),
+                            **self._resource_args())
         with open(os.path.join(self._dir, "bundle", "config.json"), "w") as f:
             json.dump(config, f)
         # Every command gets the init's limits (RLIMIT_NPROC is how gVisor bounds pids).
@@ -172,7 +284,7 @@ class ContainerSession:
         log = os.open(os.path.join(self._dir, "start.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self._runner = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: lifeline_r, 1: ready_w, 2: log},
-                                 new_session=True, die_with_parent=False)
+                                 new_session=True, die_with_parent=False, before_exec=attach_views(views))
         finally:
             for fd in (lifeline_r, ready_w, log):
                 os.close(fd)
@@ -186,7 +298,20 @@ class ContainerSession:
             message = output.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
             raise EnforcementError(f"Can't start the gVisor sandbox: {message[0][:300]}",
                                    fix="run `blastwall doctor`")
-        self._check_limits()
+
+    def _filter_mounts(self) -> list[tuple[str, ...]]:
+        """The seccomp program every command installs first (``_raw_filter.c``), and the program that does it."""
+        from blastwall.tiers import _raw_seccomp
+
+        assert self._dir is not None
+        fd = _raw_seccomp.compile_filter(**inside_rules(self.plan))
+        program = os.path.join(self._dir, "seccomp.bpf")
+        try:
+            with open(program, "wb") as f:
+                f.write(os.read(fd, 1 << 20))
+        finally:
+            os.close(fd)
+        return [("file-ro", filter_binary(), FILTER), ("file-ro", program, FILTER_PROGRAM)]
 
     def _check_limits(self) -> None:
         """The plan's limits, read back from the host: a limit that did not apply is refused, not ignored."""
@@ -285,7 +410,7 @@ class ContainerSession:
 
         A command with no input is handed to a spare: a ``runsc exec`` of a
         shell started ahead of time (same user, limits and environment), which
-        reads one line -- ``cd``, ``export``\ s and ``exec`` of the command,
+        reads one line -- ``cd``, ``export`` lines and ``exec`` of the command,
         every word quoted by us -- and becomes the command.  That saves
         ``runsc exec``'s own start-up (~25 ms) on the path a warm pool serves;
         its output is relayed to the caller's descriptors.
@@ -313,7 +438,8 @@ class ContainerSession:
         process = {
             "terminal": False,
             "user": {"uid": self.user[0], "gid": self.user[1]},
-            "args": args,
+            # gVisor applies the OCI seccomp profile to `runsc run`'s processes only: every exec installs it first.
+            "args": [FILTER, FILTER_PROGRAM, "--", *args],
             "env": [f"{k}={v}" for k, v in sorted(env.items())],
             "cwd": cwd,
             "noNewPrivileges": True,
@@ -580,3 +706,53 @@ def _relay(source: int, target: int) -> None:
         os.close(source)
         if target >= 0:
             os.close(target)
+
+
+def attach_views(views: list[tuple[int, str]]):
+    """The ``before_exec`` of ``runsc run``: its own mount namespace holding the views (None: none needed)."""
+    if not views:
+        return None
+    from blastwall.tiers.container import _raw_idmap
+
+    return lambda: _raw_idmap.attach(views)
+
+
+# The syscall families gVisor is asked to refuse itself: those whose effect
+# reaches the host through the gofer (a set-id mode or a device node on a
+# bound root).  The rest of the list guards a host kernel the sandbox never
+# talks to.
+OCI_FAMILIES = ("set-id", "devices")
+
+
+def inside_rules(plan: P.Plan) -> dict:
+    """The seccomp rules applied inside gVisor: (families, socket families).
+
+    The plan's socket families, and unix: in gVisor a unix socket is the
+    sandbox's own kernel's and reaches nothing of the host (tools use them
+    among their own processes).
+    """
+    (deny,) = plan.of(P.DenySyscalls)
+    (sockets,) = plan.of(P.SocketFamilies)
+    return {"families": tuple(f for f in OCI_FAMILIES if f in deny.families),
+            "socket_families": tuple(dict.fromkeys((*sockets.allowed, "unix")))}
+
+
+def oci_seccomp(plan: P.Plan) -> dict:
+    """The OCI seccomp profile gVisor applies to ``runsc run``'s processes (``runsc --oci-seccomp``)."""
+    from blastwall.tiers import _raw_seccomp
+
+    return _raw_seccomp.oci_profile(**inside_rules(plan))
+
+
+def filter_binary() -> str:
+    """The static program that installs a seccomp program inside gVisor (_raw_filter.c), built at install time."""
+    import importlib.machinery
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_raw_filter_bin" + suffix)
+        if os.access(path, os.X_OK):
+            return path
+    raise EnforcementError(
+        f"Can't find the container tier's seccomp starter in {here}: blastwall was installed without building it",
+        fix="install a C compiler and the static C library (sudo apt-get install gcc libc6-dev) and reinstall blastwall")

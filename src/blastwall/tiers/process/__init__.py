@@ -20,15 +20,17 @@ import signal
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 
-__all__ = ["ProcessSandbox", "find_bwrap", "landlock_abi"]
+__all__ = ["ProcessSandbox", "find_bwrap", "find_socat", "landlock_abi", "seccomp_instructions"]
 
 BWRAP_CANDIDATES = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
 INSTALL_BWRAP = "install bubblewrap: sudo apt-get install bubblewrap (Debian/Ubuntu) or sudo dnf install bubblewrap"
 
 # Operation types this tier enforces; anything else makes prepare() refuse the plan.
 HANDLED = frozenset({
-    P.ReadOnlyRoot, P.PrivateDev, P.PrivateProc, P.PrivateTmp, P.Writable, P.ReadOnly,
-    P.Hide, P.Placeholder, P.Chdir, P.IsolateNetwork, P.DenySyscalls, P.AllowUnixSockets,
+    P.ReadOnlyRoot, P.PrivateDev, P.PrivateProc, P.PrivateTmp, P.Writable, P.Pin, P.ReadOnly,
+    P.Hide, P.Placeholder, P.Chdir, P.IsolateNetwork, P.DenySyscalls, P.SocketFamilies, P.AllowUnixSockets,
+    P.User,  # bubblewrap's --uid/--gid: the user namespace maps that user onto the caller
+    P.Device,  # a hypervisor's plan only (the VM tier's QEMU): the host's /dev/kvm in the private /dev
     P.Environment, P.LandlockWrites, P.RequireLandlock, P.Egress,
     P.Resources,  # its timeout only; prepare() refuses memory, cpus and pids (no cgroups here)
 })
@@ -84,6 +86,25 @@ def landlock_abi() -> int:
     return abi()
 
 
+def find_socat() -> str | None:
+    """socat at a system path (the relays into the sandbox's network namespace), or None."""
+    from blastwall.tiers.process._raw_netns import find_socat as find
+
+    return find()
+
+
+def seccomp_instructions() -> int:
+    """The length, in BPF instructions, of the filter every sandbox gets; OSError without libseccomp."""
+    from blastwall.policy.defaults import DENIED_SYSCALL_FAMILIES, SOCKET_FAMILIES
+    from blastwall.tiers import _raw_seccomp
+
+    fd = _raw_seccomp.compile_filter(families=DENIED_SYSCALL_FAMILIES, socket_families=SOCKET_FAMILIES)
+    try:
+        return os.fstat(fd).st_size // 8
+    finally:
+        os.close(fd)
+
+
 def translate_bwrap_error(text: str) -> EnforcementError:
     """Map bubblewrap's own error output to an EnforcementError with a fix."""
     message = " ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or "bwrap failed"
@@ -103,10 +124,14 @@ def translate_bwrap_error(text: str) -> EnforcementError:
 class ProcessSandbox:
     """One sandboxed command under bubblewrap.  Use as a context manager."""
 
-    def __init__(self, plan: P.Plan, *, environ=os.environ, broker=None) -> None:
+    def __init__(self, plan: P.Plan, *, environ=os.environ, broker=None, die_with_parent: bool = True) -> None:
+        """``die_with_parent``: the sandbox dies with this process (PR_SET_PDEATHSIG, which follows the
+        starting *thread*: a long-lived sandbox started from a short-lived worker thread needs False and
+        a lifeline of its own)."""
         self.plan = plan
         self._environ = environ
         self._broker = broker
+        self._die_with_parent = die_with_parent
         self._bwrap: str | None = None
         self._launcher: str | None = None
         self._socat: str | None = None
@@ -153,8 +178,6 @@ class ProcessSandbox:
         self._bwrap = find_bwrap(self._environ)
         self._launcher = launcher_path()
         if self.plan.of(P.Egress):
-            from blastwall.tiers.process._raw_netns import find_socat
-
             self._socat = find_socat()
             if self._socat is None:
                 raise EnforcementError("Can't give the sandbox network access: socat is not installed",
@@ -165,11 +188,12 @@ class ProcessSandbox:
                 "Refusing to run: Landlock is required (--require landlock) but this kernel does not provide it",
                 fix="use a kernel >= 5.13 with CONFIG_SECURITY_LANDLOCK=y and landlock in the lsm= boot list",
             )
-        from blastwall.tiers.process import _raw_seccomp
+        from blastwall.tiers import _raw_seccomp
 
         (deny,) = self.plan.of(P.DenySyscalls)
+        (sockets,) = self.plan.of(P.SocketFamilies)
         try:
-            self._seccomp_fd = _raw_seccomp.compile_filter(families=deny.families)
+            self._seccomp_fd = _raw_seccomp.compile_filter(families=deny.families, socket_families=sockets.allowed)
         except OSError as exc:
             raise EnforcementError(f"Can't build the seccomp filter: {exc.strerror or exc}",
                                    fix="install libseccomp2 (sudo apt-get install libseccomp2)") from None
@@ -222,10 +246,11 @@ class ProcessSandbox:
         block_r = block_w = None
         if egress:
             block_r, block_w = os.pipe()
-        from blastwall.tiers.process._raw_bwrap import bwrap_argv
+        from blastwall.tiers._raw_bwrap import bwrap_argv
 
+        (user,) = self.plan.of(P.User)
         argv = bwrap_argv(
-            bwrap=self._bwrap, mounts=mounts, isolate_network=True, chdir=chdir.path,
+            bwrap=self._bwrap, mounts=mounts, isolate_network=True, chdir=chdir.path, uid=user.uid, gid=user.gid,
             seccomp_fd=_FD_SECCOMP, status_fd=_FD_STATUS, block_fd=_FD_BLOCK if egress else None,
             launcher=launcher, command=list(command),
         )
@@ -237,7 +262,7 @@ class ProcessSandbox:
             layout[_FD_BLOCK] = block_r
         from blastwall.tiers._lifecycle import spawn, start_deadline
 
-        pid = spawn(argv, env, layout, new_session=False)
+        pid = spawn(argv, env, layout, new_session=False, die_with_parent=self._die_with_parent)
         self._pid = pid
         self.deadline = start_deadline(self.plan, self.kill)  # [resources] timeout, counted from here
         os.close(err_w)
@@ -368,12 +393,14 @@ class ProcessSandbox:
                 mounts.append(("proc",))
             elif kind is P.PrivateTmp:
                 mounts.append(("tmpfs", op.path))
-            elif kind is P.Writable:
+            elif kind in (P.Writable, P.Pin):
                 mounts.append(("bind", op.path))
             elif kind in (P.ReadOnly, P.Placeholder):
                 mounts.append(("ro-bind", op.path))
             elif kind is P.Hide:
                 mounts.append(("hide-dir" if op.kind == "dir" else "hide-file", op.path))
+            elif kind is P.Device:
+                mounts.append(("dev-bind", op.path))
         return mounts
 
 

@@ -1,17 +1,16 @@
 /*
  * HAZMAT: the launcher that runs *inside* the sandbox, just before the command.
  *
- * This is the compiled twin of _raw_enter.py, with the same arguments and the
- * same steps in the same order; the process tier uses it when it was built
- * (it saves a second Python start-up, ~18 ms, on every `blastwall run`).
- * bubblewrap has set up the namespaces, dropped capabilities, set no-new-privs
+ * It is C, built at install time, so that no second Python starts inside on
+ * every `blastwall run` (~18 ms).  bubblewrap has set up the namespaces, dropped capabilities, set no-new-privs
  * and installed the seccomp filter before executing this.  In order, it:
  *
  *   1. puts the real stderr back on fd 2 and closes every other inherited fd
  *      but the ready pipe;
  *   2. verifies the boundary: no-new-privs, seccomp in filter mode, no
  *      effective capabilities, and probes that must fail (a new user
- *      namespace; a unix socket unless the policy allows them);
+ *      namespace; a unix socket unless the policy allows them, also with
+ *      garbage in the family's upper half; a netlink socket; a setuid mode);
  *   3. applies Landlock: writes only beneath the --write hierarchies, abstract
  *      unix sockets and signals scoped where the ABI allows;
  *   4. reports readiness, takes the terminal if asked, and execs the command.
@@ -34,6 +33,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <termios.h>
 #include <unistd.h>
@@ -162,6 +162,30 @@ static void verify_boundary(int allow_unix)
             close(s);
             fail(125, "Refusing to run: creating a unix socket succeeded");
         }
+        /* The family with garbage in the upper half, which the kernel drops. */
+        s = (int)syscall(SYS_socket, 0x100000000L | AF_UNIX, (long)(SOCK_STREAM | SOCK_CLOEXEC), 0L);
+        if (s >= 0) {
+            close(s);
+            fail(125, "Refusing to run: creating a unix socket succeeded (family 0x100000001)");
+        }
+    }
+    {
+        int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0);
+        if (s >= 0) {
+            close(s);
+            fail(125, "Refusing to run: creating a netlink socket succeeded");
+        }
+    }
+    {
+        /* A set-id mode must be refused, on an inode nobody else can see. */
+        int m = (int)syscall(SYS_memfd_create, "blastwall-probe", 1U /* MFD_CLOEXEC */);
+        if (m < 0)
+            fail(125, "Refusing to run: can't create the probe file: %s", strerror(errno));
+        if (fchmod(m, 04755) == 0) {
+            close(m);
+            fail(125, "Refusing to run: setting the setuid bit succeeded");
+        }
+        close(m);
     }
 }
 

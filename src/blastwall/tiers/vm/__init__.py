@@ -40,16 +40,19 @@ HANDLED = frozenset({
     P.ReadOnlyRoot,  # the image as a read-only disk, an in-memory overlay on top
     P.PrivateDev, P.PrivateProc, P.PrivateTmp,  # the guest's own devtmpfs, procfs and tmpfs
     P.Writable,  # the workspace, the one 9p share (a plan writing elsewhere is refused in check_plan)
-    P.ReadOnly, P.Placeholder, P.Hide,  # inside the workspace: read-only binds and empty mounts made by the agent
+    P.ReadOnly, P.Placeholder, P.Hide, P.Pin,  # inside the workspace: binds and empty mounts made by the agent
     P.Chdir, P.Environment,
     P.IsolateNetwork,  # -nic none: the guest has no network device at all
     P.DenySyscalls,  # the guest's kernel is not the host's: its syscalls never reach the host kernel
+    P.SocketFamilies,  # likewise: a socket in the guest is the guest kernel's
+    P.User,  # the guest user that runs every command (bw.uid), never root
     P.LandlockWrites,  # outside the workspace, writes land in the throw-away layer
     P.Resources,  # memory: the VM's RAM; cpus: whole vCPUs; pids: RLIMIT_NPROC of the guest's user; timeout: a Deadline
     P.Egress,  # QEMU user networking, restrict=on, forwards only to the session's gateway sockets (session.py)
 })
 REFUSED = {
     P.AllowUnixSockets: "host unix sockets cannot be shared into a VM",
+    P.Device: "host devices are never shared into the vm tier (only the VM tier's QEMU gets /dev/kvm)",
     P.RequireLandlock: "Landlock is a process-tier layer; the hypervisor is the VM tier's boundary",
 }
 
@@ -262,7 +265,7 @@ class VmSandbox:
         (chdir,) = self.plan.of(P.Chdir)
         # The workspace keeps its host path inside, so that paths in arguments mean the same thing.
         self._session = VmSession(self.plan, image=self.image, environ=self._environ, workspace=self.plan.workspace,
-                                  mount_at=os.path.realpath(self.plan.workspace), user=(os.getuid(), os.getgid()),
+                                  mount_at=os.path.realpath(self.plan.workspace),
                                   accel=self.accel, label=" ".join(command)[:2048],
                                   broker=self._broker)
         self._session.boot()

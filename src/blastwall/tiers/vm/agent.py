@@ -108,6 +108,9 @@ def _setup(conf: dict[str, str]) -> tuple[int, int, str]:
     """Mount the workspace, make the unprivileged user; returns (uid, gid, home)."""
     libc = _libc()
     uid, gid = int(conf.get("uid", "1000")), int(conf.get("gid", "1000"))
+    if uid == 0 or gid == 0:
+        # Root in the guest owns the overlay, the agent's channel and the kernel's helpers (modprobe).
+        raise OSError(1, "Refusing to run the user's commands as root")
     mount_at = bytes.fromhex(conf.get("ws", "")).decode() if conf.get("ws") else ""
     for target, fstype in (("/tmp", "tmpfs"), ("/run", "tmpfs"), ("/dev/shm", "tmpfs")):
         os.makedirs(target, exist_ok=True)
@@ -120,6 +123,12 @@ def _setup(conf: dict[str, str]) -> tuple[int, int, str]:
         pass
     if mount_at:
         os.makedirs(mount_at, exist_ok=True)
+        # A root caller's workspace keeps its host path (/root/...), and the image's /root is root's alone:
+        # the user may pass through each directory above it (this is the guest's throw-away overlay).
+        parent = os.path.dirname(mount_at)
+        while parent != "/":
+            os.chmod(parent, os.stat(parent).st_mode & 0o7777 | 0o111)
+            parent = os.path.dirname(parent)
         # msize: 512 KiB frames; cache=none keeps the host's view and the guest's the same.
         _mount(libc, "ws", mount_at, "9p", 0x2 | 0x4, "trans=virtio,version=9p2000.L,msize=524288,access=user,cache=none")
     _loopback_up()
@@ -434,28 +443,6 @@ class Agent:
                     self._ended(command, h["status"])
 
     # -- commands -------------------------------------------------------------------------------
-    def _demote(self, user: str):
-        """The set-up of a uid-0 user's command, run in the child before exec.
-
-        A host root's one-shot run (its workspace is root's) keeps uid 0 but no
-        capability: the bounding set is emptied and the securebits make execve
-        grant root nothing, locked.  No new privileges is the agent's own.
-        """
-        if user == "root":
-            return None
-
-        def demote() -> None:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            for cap in range(64):
-                libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP (unknown caps: EINVAL, ignored)
-            # PR_SET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS off, NO_CAP_AMBIENT_RAISE, each locked.
-            if libc.prctl(28, 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x80, 0, 0, 0) != 0:
-                os._exit(125)
-
-        return demote
-
     def exec(self, h: dict) -> None:
         import selectors
         import socket
@@ -483,7 +470,7 @@ class Agent:
         self.running[cid] = command
         cwd = h.get("cwd") or self.home
         try:
-            if not as_root and self.uid != 0:
+            if not as_root:
                 frame = pack({"id": cid, "argv": h["argv"], "env": env, "cwd": cwd})
                 try:
                     if self.spawner_sock is None:
@@ -494,12 +481,11 @@ class Agent:
                 except OSError as exc:
                     self._failed(command, 125, f"the command's starter is gone ({exc.strerror or exc})")
                 return
-            import subprocess  # Only here: root's commands and a uid-0 user's (slow to import under emulation).
+            import subprocess  # Only here: root's commands, the host's own (slow to import under emulation).
 
             try:
                 command.proc = subprocess.Popen(h["argv"], env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w,
-                                                start_new_session=True, close_fds=True,
-                                                preexec_fn=self._demote(h.get("user", "user")))
+                                                start_new_session=True, close_fds=True)
             except Exception as exc:  # noqa: BLE001 - pid 1 must not die of a command that cannot start
                 self._failed(command, 127 if isinstance(exc, FileNotFoundError) else 126,
                              getattr(exc, "strerror", None) or str(exc)[:300])
@@ -630,22 +616,33 @@ class Agent:
 
     # -- mounts and files -------------------------------------------------------------------------
     def mounts(self, h: dict) -> None:
-        """Read-only and hidden paths inside the workspace (the plan's mandatory denies), before any command."""
+        """The plan's mounts inside the workspace, in the order given, before any command.
+
+        ``pin``: a directory bound over itself (a mount point: it cannot be
+        renamed or removed); ``ro``: bound read-only; ``hide-dir``/``hide-file``:
+        covered by an empty one.  Every one nosuid, nodev.
+        """
         libc = _libc()
         error = None
+        bind, remount, rdonly, nosuid, nodev, noexec = 0x1000, 0x20, 0x1, 0x2, 0x4, 0x8
         try:
-            for path in h.get("ro", []):
-                if os.path.lexists(path) and not os.path.islink(path):
-                    _mount(libc, path, path, "", 0x1000, "")  # MS_BIND
-                    _mount(libc, "", path, "", 0x1000 | 0x20 | 0x1 | 0x2 | 0x4, "")  # remount bind ro,nosuid,nodev
-            for path in h.get("hide_dir", []):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    _mount(libc, "hidden", path, "tmpfs", 0x1 | 0x2 | 0x4 | 0x8, "mode=555,size=4k")
-            for path in h.get("hide_file", []):
-                if os.path.isfile(path) and not os.path.islink(path):
-                    _mount(libc, "/.blastwall/empty", path, "", 0x1000, "")
-                    _mount(libc, "", path, "", 0x1000 | 0x20 | 0x1 | 0x2 | 0x4, "")
-        except OSError as exc:
+            for kind, path in h.get("list", []):
+                if not os.path.lexists(path) or os.path.islink(path):
+                    continue
+                if kind == "pin" and os.path.isdir(path):
+                    _mount(libc, path, path, "", bind, "")
+                    _mount(libc, "", path, "", bind | remount | nosuid | nodev, "")
+                elif kind == "ro":
+                    _mount(libc, path, path, "", bind, "")
+                    _mount(libc, "", path, "", bind | remount | rdonly | nosuid | nodev, "")
+                elif kind == "hide-dir" and os.path.isdir(path):
+                    _mount(libc, "hidden", path, "tmpfs", rdonly | nosuid | nodev | noexec, "mode=555,size=4k")
+                elif kind == "hide-file" and os.path.isfile(path):
+                    _mount(libc, "/.blastwall/empty", path, "", bind, "")
+                    _mount(libc, "", path, "", bind | remount | rdonly | nosuid | nodev, "")
+                elif kind not in ("pin", "ro", "hide-dir", "hide-file"):
+                    raise OSError(22, f"unknown mount kind {kind!r}")
+        except (OSError, TypeError, ValueError) as exc:
             error = str(exc)
         self.send({"ev": "result", "id": h.get("id", 0), **({"error": error} if error else {})})
 
@@ -657,12 +654,9 @@ class Agent:
             os.close(r)
             try:
                 if h.get("user") != "root":  # Root only for the host's own set-up (the gateway's CA).
-                    if self.uid != 0:
-                        os.setgroups([])
-                        os.setresgid(self.gid, self.gid, self.gid)
-                        os.setresuid(self.uid, self.uid, self.uid)
-                    else:
-                        self._demote("user")()
+                    os.setgroups([])
+                    os.setresgid(self.gid, self.gid, self.gid)
+                    os.setresuid(self.uid, self.uid, self.uid)
                 if h["op"] == "read":
                     with open(h["path"], "rb") as f:
                         out = f.read(MAX_DATA)
@@ -787,8 +781,7 @@ def main() -> None:
     if _libc().prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
         raise OSError("can't set no-new-privileges")
     agent = Agent(port, uid, gid, home)
-    if uid != 0:
-        agent.start_spawner()  # Before the first command asks, while the agent is small.
+    agent.start_spawner()  # Before the first command asks, while the agent is small.
     agent.send({"ev": "ready", "kernel": os.uname().release})
     debug("ready sent")
     agent.serve()

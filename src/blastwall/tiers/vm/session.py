@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 
-from blastwall.errors import EnforcementError, Unsupported
+from blastwall.errors import EnforcementError
 from blastwall.policy import plan as P
 
 __all__ = ["Command", "VmSession", "VmStopped"]
@@ -134,15 +134,18 @@ class VmSession:
     """One QEMU microVM that stays up between commands."""
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
-                 mount_at: str = "/home/user", user: tuple[int, int] = (1000, 1000), accel: str | None = None,
-                 label: str = "", broker=None) -> None:
+                 mount_at: str = "/home/user", accel: str | None = None, label: str = "", broker=None) -> None:
         from blastwall.tiers.vm import vm_resources
 
         self.plan = plan
         self.image = image
         self.workspace = os.path.realpath(workspace or plan.workspace)
         self.mount_at = mount_at
-        self.user = user
+        (user,) = plan.of(P.User)
+        self.user = (user.uid, user.gid)
+        # QEMU serves the workspace as the guest user's uid in a user namespace that maps it onto the caller:
+        # the guest user's files belong to the caller on the host.
+        self.host_owner = (os.getuid(), os.getgid())
         self.accel = accel
         # The plan's [resources]: the VM's RAM, its vCPUs, and the guest user's process limit.
         self.memory_mb, self.cpus, self.pids = vm_resources(plan)
@@ -165,6 +168,7 @@ class VmSession:
         self._id_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._guard = None
+        self._box = None  # The process sandbox QEMU runs in.
         self.stopped = threading.Event()
 
     # -- the reaper ----------------------------------------------------------------------
@@ -188,10 +192,6 @@ class VmSession:
         from blastwall.tiers.vm import check_plan
 
         check_plan(self.plan)
-        if self.pids and self.user[0] == 0:
-            # The guest kernel exempts uid 0 from RLIMIT_NPROC, capabilities or not: the limit would not hold.
-            raise Unsupported("Refusing the plan: the VM tier limits pids for an unprivileged guest user only, and "
-                              "this run's user is root", fix="run as another user, or remove resources.pids")
         started = time.monotonic()
         try:
             self._boot()
@@ -203,7 +203,7 @@ class VmSession:
 
     def _boot(self) -> None:
         from blastwall.policy.load import state_dir
-        from blastwall.tiers._lifecycle import owner_record, spawn
+        from blastwall.tiers._lifecycle import owner_record
         from blastwall.tiers.process.placeholders import Guard
         from blastwall.tiers.vm import detect_accel, find_qemu
         from blastwall.tiers.vm._raw_qemu import qemu_argv
@@ -232,16 +232,25 @@ class VmSession:
         argv = qemu_argv(qemu=qemu, accel=self.accel, kernel=kernel, initrd=initrd, cmdline=cmdline, root_disk=disk,
                          share=self.workspace, control=control, console_log=os.path.join(self._dir, "console.log"),
                          memory_mb=self.memory_mb, cpus=self.cpus, guestfwd=guestfwd)
+        # QEMU runs in a process-tier sandbox built from the same plan: whatever the guest makes QEMU do
+        # to the workspace (guest root included) is held to the plan on the host side.
+        sockets = (self._gateway.http_path, self._gateway.socks_path) if self._gateway is not None else ()
+        qemu_plan = P.hypervisor_plan(self.plan, own=self._dir, sockets=sockets,
+                                      devices=("/dev/kvm",) if self.accel == "kvm" else (),
+                                      environment={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        from blastwall.tiers.process import ProcessSandbox
+
+        # Lifelines: the control socket is this process's (when it dies, the agent sees the host end close
+        # and powers the guest off); from the main thread, QEMU also dies with it (PR_SET_PDEATHSIG, which
+        # follows the forking thread: a worker thread's end must not kill a service's VM); the reaper
+        # covers the rest.
+        self._box = ProcessSandbox(qemu_plan, environ=self._environ,
+                                   die_with_parent=threading.current_thread() is threading.main_thread())
+        self._box.prepare()
         log = os.open(os.path.join(self._dir, "qemu.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
-            # Lifelines: the control socket is this process's (when it dies, the agent sees the host end close
-            # and powers the guest off); from the main thread, QEMU also dies with it (PR_SET_PDEATHSIG, which
-            # follows the forking thread: a worker thread's end must not kill a service's VM); the reaper
-            # covers the rest.
-            self._qemu = spawn(argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, {0: null, 1: log, 2: log},
-                               new_session=True,
-                               die_with_parent=threading.current_thread() is threading.main_thread())
+            self._qemu = self._box.start(argv, stdin=null, stdout=log, stderr=log)
         finally:
             os.close(log)
             os.close(null)
@@ -272,7 +281,7 @@ class VmSession:
         import shlex
 
         from blastwall.egress import client
-        from blastwall.tiers.process._raw_netns import find_socat
+        from blastwall.tiers.process import find_socat
 
         egress = self.plan.of(P.Egress)
         if not egress:
@@ -305,9 +314,18 @@ class VmSession:
             except OSError:
                 sock.close()
             assert self._qemu is not None
-            if exited(self._qemu) or time.monotonic() > deadline:
+            if exited(self._qemu):
+                self._box_failure()
+                raise EnforcementError(f"Can't start QEMU: {self._why()}", fix="run `blastwall doctor`")
+            if time.monotonic() > deadline:
                 raise EnforcementError(f"Can't start QEMU: {self._why()}", fix="run `blastwall doctor`")
             time.sleep(0.005)
+
+    def _box_failure(self) -> None:
+        """If QEMU's sandbox could not be set up, raise what bubblewrap or the launcher said."""
+        assert self._box is not None
+        self._qemu = None
+        self._box.wait()  # Raises EnforcementError when the sandbox never started QEMU.
 
     def _why(self) -> str:
         """The last words of QEMU or the guest, for an error message."""
@@ -323,17 +341,23 @@ class VmSession:
         return "no output (timed out)" if not self.stopped.is_set() else "it stopped without a word"
 
     def _mounts(self) -> None:
-        ro, hide_dir, hide_file = [], [], []
+        """The plan's mounts inside the workspace, in the plan's order, made by the agent before any command.
+
+        They hold the guest's unprivileged user; against root in the guest, the
+        same mounts on the host side (QEMU's own sandbox) hold.
+        """
+        kinds = {P.Pin: "pin", P.ReadOnly: "ro", P.Placeholder: "ro"}
+        mounts = []
         for op in self.plan.operations:
             kind = type(op)
-            if kind in (P.ReadOnly, P.Placeholder) and P.is_within(op.path, self.workspace):
-                ro.append(P.relocate(op.path, self.workspace, self.mount_at))
-            elif kind is P.Hide and P.is_within(op.path, self.workspace):
-                (hide_dir if op.kind == "dir" else hide_file).append(P.relocate(op.path, self.workspace,
-                                                                                  self.mount_at))
-        if not (ro or hide_dir or hide_file):
+            if kind not in (P.Pin, P.ReadOnly, P.Placeholder, P.Hide) or not P.is_within(op.path, self.workspace) \
+                    or op.path == self.workspace:
+                continue
+            name = kinds.get(kind) or ("hide-dir" if op.kind == "dir" else "hide-file")
+            mounts.append([name, P.relocate(op.path, self.workspace, self.mount_at)])
+        if not mounts:
             return
-        error, _ = self._request({"op": "mounts", "ro": ro, "hide_dir": hide_dir, "hide_file": hide_file})
+        error, _ = self._request({"op": "mounts", "list": mounts})
         if error:
             raise EnforcementError(f"Can't protect paths inside the workspace in the VM: {error}")
 
@@ -489,11 +513,14 @@ class VmSession:
                 while not exited(self._qemu) and time.monotonic() < deadline:
                     time.sleep(0.01)
             try:
-                os.kill(self._qemu, signal.SIGKILL)
+                os.kill(self._qemu, signal.SIGKILL)  # bubblewrap: QEMU, its pid 1's child, dies with it.
             except ProcessLookupError:
                 pass
             reap_quietly(self._qemu)
             self._qemu = None
+        if self._box is not None:
+            self._box.close()
+            self._box = None
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -554,4 +581,7 @@ def _is_our_qemu(pid: int, directory: str) -> bool:
             args = f.read().split(b"\0")
     except OSError:
         return False
-    return bool(args) and b"qemu-system" in args[0] and any(directory.encode() in a for a in args)
+    # The pid is bubblewrap's, which runs QEMU (older versions: QEMU's own).
+    names = (b"bwrap", b"qemu-system")
+    return bool(args) and any(n in os.path.basename(args[0]) for n in names) \
+        and any(directory.encode() in a for a in args)

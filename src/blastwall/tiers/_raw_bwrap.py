@@ -1,8 +1,10 @@
 """HAZMAT: assembling bubblewrap command lines.
 
-Only the process tier may import this module.  ``bwrap_argv`` turns already
-decided mount operations into bubblewrap arguments, in the order given; it makes
-no policy decisions and validates nothing but its own invariants.
+Only the tiers may import this module: the process tier runs the command
+under bubblewrap, the VM tier runs QEMU under it.  ``bwrap_argv`` turns
+already decided mount operations into bubblewrap arguments, in the order
+given; it makes no policy decisions and validates nothing but its own
+invariants.
 
 Misuse looks like: passing paths that were not resolved by the plan compiler
 (a symlink in a destination makes bubblewrap mount over its *target*), putting
@@ -16,7 +18,12 @@ or dropping one of the fixed isolation flags below.  Each flag is load-bearing:
   table, IPC, hostname, cgroup view, and a network with nothing but loopback;
 * ``--die-with-parent``: the command dies when bubblewrap does;
 * ``--new-session``: no controlling terminal shared with the host (TIOCSTI);
-* ``--cap-drop ALL``: no capabilities, even as root inside.
+* ``--cap-drop ALL``: no capabilities, even as root inside;
+* ``--uid``/``--gid``: the user inside, which the user namespace maps onto the
+  caller (a root caller's command is uid 1000 inside, owning what root owns,
+  with no capability); never 0.
+
+Every bind bubblewrap makes is ``nosuid,nodev``.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ def bwrap_argv(
     mounts: list[tuple[str, ...]],
     isolate_network: bool,
     chdir: str,
+    uid: int,
+    gid: int,
     seccomp_fd: int,
     status_fd: int,
     block_fd: int | None,
@@ -55,14 +64,17 @@ def bwrap_argv(
 
     ``mounts`` is a list of tuples, each one of ``("ro-root",)``, ``("dev",)``,
     ``("proc",)``, ``("tmpfs", path)``, ``("bind", path)``, ``("ro-bind", path)``,
-    ``("hide-dir", path)``, ``("hide-file", path)``, ``("ro-bind-at", source, destination)``;
+    ``("hide-dir", path)``, ``("hide-file", path)``, ``("ro-bind-at", source, destination)``,
+    ``("dev-bind", path)`` (a device node, usable: the VM tier's /dev/kvm, nothing else);
     they are emitted in order.
     ``block_fd``: bubblewrap waits for a byte on it before starting the command
     (None: no wait).
     """
     if not isolate_network:
         raise ValueError("the process tier always isolates the network")
-    argv = [bwrap, *FIXED_FLAGS, "--unshare-net"]
+    if uid == 0 or gid == 0:
+        raise ValueError("the sandbox's user is never root")
+    argv = [bwrap, *FIXED_FLAGS, "--unshare-net", "--uid", str(int(uid)), "--gid", str(int(gid))]
     for mount in mounts:
         kind = mount[0]
         if kind == "ro-root":
@@ -83,6 +95,8 @@ def bwrap_argv(
             argv += ["--ro-bind", "/dev/null", mount[1]]
         elif kind == "ro-bind-at":
             argv += ["--ro-bind", mount[1], mount[2]]
+        elif kind == "dev-bind":
+            argv += ["--dev-bind", mount[1], mount[1]]
         else:
             raise ValueError(f"unknown mount kind {kind!r}")
     argv += [
