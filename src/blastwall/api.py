@@ -167,6 +167,18 @@ def run(
         box.close()
 
 
+def _make_state_dir(environ) -> None:
+    """blastwall's state directory (journals, the gateway, sessions): made now, or a clear refusal."""
+    from blastwall.errors import EnforcementError
+
+    path = state_dir(environ)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise EnforcementError(f"Can't create blastwall's state directory {path}: {exc.strerror or exc}",
+                               fix="set XDG_STATE_HOME to a directory you can write") from None
+
+
 def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = None, environ=os.environ,
             broker=None):
     """An unprepared sandbox of the policy's tier for ``workspace``.
@@ -174,6 +186,7 @@ def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = N
     Call ``prepare()``, ``start(command)``, ``wait()`` and ``close()`` on it,
     or use it as a context manager (which prepares and closes).
     """
+    _make_state_dir(environ)
     tier = policy.sandbox.tier
     if tier == "container":
         from blastwall.tiers.container import ContainerSandbox

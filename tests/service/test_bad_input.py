@@ -175,6 +175,14 @@ CREATE_BODIES = [
     ({"policy": "[sandbox]\ntier = \"vm\"\n"}, 403, "ceiling_exceeded", "vm tier"),
     ({"resources": {"memory": "lots"}}, 422, "invalid_request", "memory"),
     ({"resources": {"gpus": 1}}, 422, "invalid_request", ""),
+    # Processes: whole numbers only, never more than the machine's pid space allows one sandbox (a 500 before).
+    ({"resources": {"pids": 1048576}}, 422, "invalid_request", "resources.pids"),
+    ({"resources": {"pids": 1000000}}, 422, "invalid_request", "more than one sandbox may hold on this machine"),
+    ({"resources": {"pids": "64"}}, 422, "invalid_request", "resources.pids"),
+    ({"resources": {"pids": True}}, 422, "invalid_request", "resources.pids"),
+    ({"resources": {"pids": 8}}, 422, "invalid_request", "resources.pids"),
+    ({"policy": "[resources]\npids = 1048576\n"}, 422, "invalid_policy", "pids"),
+    ({"policy": "[resources]\npids = 900000\n"}, 422, "invalid_request", "more than one sandbox may hold"),
     ({"image": "../../etc"}, 422, "invalid_policy", "image"),
     ({"policy": {"network": {"allow": ["evil.com"]}}}, 403, "ceiling_exceeded", "evil.com"),
     ({"policy": "[network]\nallow = [\"example.com\"]\n"}, 403, "ceiling_exceeded", "example.com"),
@@ -204,6 +212,19 @@ def test_bad_create_requests_change_nothing(service, victim, body, status, code,
     if status in (403, 422) and code != "invalid_request":
         refused = service.audit_rows()[-1]
         assert (refused["command"], refused["decision"], refused["rule"]) == ("create", "deny", code)
+
+
+@requires_gvisor
+def test_processes_beyond_the_tenants_ceiling_are_refused(service):
+    key = service.tenant(max_pids=32)
+    before = snapshot(service)
+    r = service.call("POST", "/v1/sandboxes", key, json={"resources": {"pids": 33}})
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "ceiling_exceeded"), r.text
+    assert "resources.pids" in r.json()["error"]["message"] and "32" in r.json()["error"]["message"]
+    assert snapshot(service) == before
+    created = service.create(key, resources={"pids": 32})  # The control: up to the ceiling.
+    assert created["resources"]["pids"] == 32
+    service.call("DELETE", f"/v1/sandboxes/{created['id']}", key)
 
 
 @requires_gvisor

@@ -151,3 +151,29 @@ def test_resources_merge_never_crashes(requested):
     except ValueError:
         return
     assert merged.memory >= 32 << 20 and merged.cpus > 0 and merged.pids >= 16
+
+
+@pytest.mark.parametrize("pid_limit", [4096, 32768, 192729, 4194304])
+def test_one_sandbox_holds_at_most_a_quarter_of_the_machines_pids(pid_limit):
+    from blastwall.service.ceiling import machine_max_pids
+    from blastwall.tiers.container import host_pids_for
+
+    most = machine_max_pids(pid_limit)
+    assert host_pids_for(most) <= pid_limit // 4 < host_pids_for(most + 1)
+
+
+def test_default_sandbox_fits_the_machine():
+    from blastwall.service.sessions import Config
+
+    config = Config(data_dir="/nonexistent-blastwall-test", pid_limit=32768)
+    assert config.default_resources.pids == config.max_pids == 160  # A quarter of 32768 host tasks, not 77%.
+    assert Config(data_dir="/nonexistent-blastwall-test", pid_limit=4194304).default_resources.pids == 256
+
+
+def test_ceiling_max_pids_is_validated():
+    from blastwall.service.ceiling import Ceiling
+
+    assert Ceiling.from_dict({}).max_pids == 1024
+    for bad in (True, "64", 8, 10**7):
+        with pytest.raises(ValueError, match="max_pids"):
+            Ceiling.from_dict({"max_pids": bad})

@@ -54,7 +54,8 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
                "--tls-cert": (True, False), "--tls-key": (True, False), "--log-level": (True, False)}, "none",
               "serve the multi-tenant sandbox HTTP API"),
     "tenant add": ({"--db": (True, False), "--max-sessions": (True, False), "--max-memory": (True, False),
-                    "--max-cpus": (True, False), "--max-ttl": (True, False), "--allow-domain": (True, True),
+                    "--max-cpus": (True, False), "--max-pids": (True, False), "--max-ttl": (True, False),
+                    "--allow-domain": (True, True),
                     "--image": (True, True), "--tier": (True, True), "--expires": (True, False)}, "one",
                    "add a tenant of the service and print its first API key"),
     "tenant key": ({"--db": (True, False), "--expires": (True, False)}, "one", "issue another API key for a tenant"),
@@ -77,7 +78,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall serve [--listen HOST:PORT] [--data-dir DIR] [--db FILE] [--warm N] [--policy FILE]
                        [--max-upload SIZE] [--default-ttl DURATION] [--max-sandboxes N] [--memory SIZE]
                        [--cpus N] [--tls-cert FILE --tls-key FILE] [--log-level LEVEL]
-       blastwall tenant add NAME [--max-sessions N] [--max-memory SIZE] [--max-cpus N] [--max-ttl DURATION]
+       blastwall tenant add NAME [--max-sessions N] [--max-memory SIZE] [--max-cpus N] [--max-pids N] [--max-ttl DURATION]
                             [--allow-domain HOST]... [--image NAME]... [--tier container|vm]...
                             [--expires DURATION|DATE] [--db FILE]
        blastwall tenant key NAME [--expires DURATION|DATE] | list [--json] | revoke NAME|KEY-ID  [--db FILE]

@@ -622,7 +622,7 @@ def _expiry(text: str) -> float:
 def cmd_serve(parsed) -> int:
     from blastwall.service.ceiling import Resources, parse_duration, parse_size
     from blastwall.service.server import parse_listen, serve
-    from blastwall.service.sessions import Config
+    from blastwall.service.sessions import Config, default_pids
     from blastwall.service.store import data_dir
 
     listen = parsed.get("--listen") or "127.0.0.1:8700"
@@ -637,7 +637,7 @@ def cmd_serve(parsed) -> int:
         max_upload=_option(parsed, "--max-upload", lambda v: parse_size(v, "size"), 64 << 20),
         default_ttl=_option(parsed, "--default-ttl", lambda v: parse_duration(v, "duration"), 300),
         max_sandboxes=_option(parsed, "--max-sandboxes", _whole, 100),
-        default_resources=Resources(memory, cpus, 512),
+        default_resources=Resources(memory, cpus, default_pids()),
     )
     if bool(parsed.get("--tls-cert")) != bool(parsed.get("--tls-key")):
         raise UsageError("serve: --tls-cert and --tls-key go together")
@@ -655,6 +655,7 @@ def cmd_tenant_add(parsed) -> int:
         "max_sessions": _option(parsed, "--max-sessions", _whole),
         "max_memory": _option(parsed, "--max-memory", lambda v: parse_size(v, "size")),
         "max_cpus": _option(parsed, "--max-cpus", _number),
+        "max_pids": _option(parsed, "--max-pids", _whole),
         "max_ttl": _option(parsed, "--max-ttl", lambda v: parse_duration(v, "duration")),
         "allow_domains": parsed.get("--allow-domain"),
         "images": parsed.get("--image"),
@@ -724,7 +725,8 @@ def cmd_tenant_list(parsed) -> int:
         c = tenant["ceiling"]
         state = f"revoked {when(tenant['revoked'])}" if tenant["revoked"] else "active"
         sys.stdout.write(f"{tenant['name']}  {state}  sessions<={c['max_sessions']} "
-                         f"memory<={format_size(c['max_memory'])} cpus<={c['max_cpus']:g} ttl<={c['max_ttl']}s "
+                         f"memory<={format_size(c['max_memory'])} cpus<={c['max_cpus']:g} "
+                         f"pids<={c.get('max_pids', 1024)} ttl<={c['max_ttl']}s "
                          f"tiers={','.join(c.get('tiers', ['container']))} "
                          f"images={','.join(c['images']) or '-'} domains={','.join(c['allow_domains']) or '-'}\n")
         for key in tenant["keys"]:

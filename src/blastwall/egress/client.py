@@ -162,12 +162,18 @@ class GatewaySession:
 
 
 def _connect(path: str):
+    from blastwall._unixpath import short
+
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        sock.connect(path)
+        with short(path) as name:
+            sock.connect(name)
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         return None
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 

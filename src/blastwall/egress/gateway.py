@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 
+from blastwall._unixpath import short
 from blastwall.egress.decide import Rules
 
 MAX_BLOCKED = 1000
@@ -367,9 +368,9 @@ class Gateway:
         self.registry.sessions[session.id] = session
         try:
             for kind in ("http", "socks"):
-                path = os.path.join(directory, f"{kind}.sock")
-                server = await asyncio.start_unix_server(
-                    lambda r, w, k=kind, s=session: self._relay(r, w, k, s), path=path)
+                with short(os.path.join(directory, f"{kind}.sock")) as path:
+                    server = await asyncio.start_unix_server(
+                        lambda r, w, k=kind, s=session: self._relay(r, w, k, s), path=path)
                 session.servers.append(server)
             listen = (fields.get("listen") or [""])[0]
             if listen:
@@ -493,7 +494,8 @@ class Gateway:
         await self.start_proxy()
         control_path = os.path.join(self.state, "control.sock")
         tmp_path = control_path + f".{os.getpid()}"
-        server = await asyncio.start_unix_server(self.control, path=tmp_path)
+        with short(tmp_path) as path:
+            server = await asyncio.start_unix_server(self.control, path=path)
         os.chmod(tmp_path, 0o600)
         os.replace(tmp_path, control_path)  # Atomic: clients never see a half-ready gateway.
         our_inode = os.stat(control_path).st_ino

@@ -35,7 +35,8 @@ JSON_BODY_LIMIT = 1 << 20
 # --- request bodies (also the OpenAPI schema) ------------------------------------------------------
 
 class ResourcesIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: "64" or true is not a number of processes (pydantic would coerce both).
+    model_config = ConfigDict(extra="forbid", strict=True)
     memory: int | str | None = Field(None, description="bytes, or a size like 512M / 2G")
     cpus: float | None = Field(None, description="CPUs, may be fractional")
     pids: int | None = Field(None, description="most processes at once")
@@ -48,7 +49,7 @@ class CreateSandbox(BaseModel):
     tier: str | None = Field(None, description="'container' (the default) or 'vm', where the tenant's ceiling allows it")
     policy: str | dict | None = Field(None, description="a policy layer: TOML text or the same as a JSON object")
     resources: ResourcesIn | None = None
-    ttl: int | None = Field(None, description="seconds until the sandbox is destroyed (default 300)")
+    ttl: int | None = Field(None, strict=True, description="seconds until the sandbox is destroyed (default 300)")
 
 
 class SetTimeout(BaseModel):

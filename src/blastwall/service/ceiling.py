@@ -17,8 +17,11 @@ resources.  Two separate questions are asked of it, in this order:
    tenant?  Every allowed host (and every rule's host) must be covered by one
    of the ceiling's domains; the tier and the image must be among its
    tiers and images (VMs are opt-in: a ceiling allows the container tier
-   unless the operator adds ``vm``); memory,
-   CPUs and TTL must not exceed its maxima.
+   unless the operator adds ``vm``); memory, CPUs, processes (``pids``) and
+   TTL must not exceed its maxima.
+
+Beside the tenant's ceiling, the machine's: ``machine_max_pids`` is the most
+processes one sandbox may hold, derived from the host's own pid space.
 
 Both raise (``TenantPolicyError`` -> 422, ``CeilingExceeded`` -> 403); neither
 returns a boolean for the caller to forget.
@@ -29,7 +32,7 @@ from __future__ import annotations
 from blastwall.errors import PolicyError
 
 __all__ = ["SERVICE_TIERS", "Ceiling", "CeilingExceeded", "Resources", "TenantPolicyError", "covers", "format_size",
-           "parse_duration", "parse_size", "tenant_layer"]
+           "machine_max_pids", "parse_duration", "parse_size", "tenant_layer"]
 
 # (section, key) a tenant may set.  Everything else is refused by name.
 TENANT_KEYS = frozenset({
@@ -61,6 +64,23 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 
                "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
                "tib": 1 << 40}
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def machine_max_pids(pid_limit: int) -> int:
+    """The most processes one sandbox may run on a machine whose pid space is ``pid_limit``.
+
+    gVisor's ptrace platform runs one host task per sandboxed task and more
+    (``_raw_cgroups.host_pids``), so a sandbox allowed ``pids`` holds up to
+    ``host_pids(pids)`` of the host's; one sandbox may take at most a quarter
+    of the machine.
+    """
+    from blastwall.tiers.container import host_pids_for
+
+    share = pid_limit // 4
+    pids = 0
+    while host_pids_for(pids + 1) <= share:
+        pids += 1
+    return pids
 
 
 class TenantPolicyError(PolicyError):
@@ -217,9 +237,11 @@ class Resources:
             cpus = float(raw)
         pids = self.pids
         if "pids" in requested:
+            from blastwall.policy.model import PIDS_MAX
+
             raw = requested["pids"]
-            if isinstance(raw, bool) or not isinstance(raw, int) or not 16 <= raw <= 1 << 20:
-                raise ValueError("resources.pids: expected a whole number of processes >= 16")
+            if isinstance(raw, bool) or not isinstance(raw, int) or not 16 <= raw <= PIDS_MAX:
+                raise ValueError(f"resources.pids: expected a whole number of processes, 16 to {PIDS_MAX:_}")
             pids = raw
         if memory < 32 << 20:
             raise ValueError("resources.memory: at least 32M")
@@ -232,17 +254,17 @@ class Resources:
 class Ceiling:
     """The most a tenant may ask for, set by the operator (``blastwall tenant add``)."""
 
-    __slots__ = ("max_sessions", "max_memory", "max_cpus", "max_ttl", "allow_domains", "images", "tiers")
+    __slots__ = ("max_sessions", "max_memory", "max_cpus", "max_pids", "max_ttl", "allow_domains", "images", "tiers")
 
-    DEFAULTS = {"max_sessions": 10, "max_memory": 4 << 30, "max_cpus": 2.0, "max_ttl": 3600,
+    DEFAULTS = {"max_sessions": 10, "max_memory": 4 << 30, "max_cpus": 2.0, "max_pids": 1024, "max_ttl": 3600,
                 "allow_domains": (), "images": ("default",), "tiers": ("container",)}
 
     def __init__(self, *, max_sessions: int, max_memory: int, max_cpus: float, max_ttl: int,
                  allow_domains: tuple[str, ...], images: tuple[str, ...],
-                 tiers: tuple[str, ...] = ("container",)) -> None:
+                 tiers: tuple[str, ...] = ("container",), max_pids: int = 1024) -> None:
         values = {"max_sessions": max_sessions, "max_memory": max_memory, "max_cpus": max_cpus,
-                  "max_ttl": max_ttl, "allow_domains": tuple(allow_domains), "images": tuple(images),
-                  "tiers": tuple(tiers)}
+                  "max_pids": max_pids, "max_ttl": max_ttl, "allow_domains": tuple(allow_domains),
+                  "images": tuple(images), "tiers": tuple(tiers)}
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -266,6 +288,11 @@ class Ceiling:
         cpus = values["max_cpus"]
         if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus <= 256:
             raise ValueError("max_cpus: expected a number of CPUs > 0")
+        pids = values["max_pids"]
+        from blastwall.policy.model import PIDS_MAX
+
+        if isinstance(pids, bool) or not isinstance(pids, int) or not 16 <= pids <= PIDS_MAX:
+            raise ValueError(f"max_pids: expected a whole number of processes, 16 to {PIDS_MAX:_}")
         ttl = parse_duration(values["max_ttl"], "max_ttl")
         domains = []
         for item in values["allow_domains"]:
@@ -285,13 +312,13 @@ class Ceiling:
         if isinstance(tiers, str) or not isinstance(tiers, (list, tuple)) \
                 or not all(isinstance(t, str) and t in SERVICE_TIERS for t in tiers):
             raise ValueError(f"tiers: expected a list of {' and '.join(SERVICE_TIERS)}")
-        return cls(max_sessions=sessions, max_memory=memory, max_cpus=float(cpus), max_ttl=ttl,
+        return cls(max_sessions=sessions, max_memory=memory, max_cpus=float(cpus), max_pids=pids, max_ttl=ttl,
                    allow_domains=tuple(dict.fromkeys(domains)), images=tuple(dict.fromkeys(images)),
                    tiers=tuple(dict.fromkeys(tiers)))
 
     def as_dict(self) -> dict:
         return {"max_sessions": self.max_sessions, "max_memory": self.max_memory, "max_cpus": self.max_cpus,
-                "max_ttl": self.max_ttl, "allow_domains": list(self.allow_domains), "images": list(self.images),
+                "max_pids": self.max_pids, "max_ttl": self.max_ttl, "allow_domains": list(self.allow_domains), "images": list(self.images),
                 "tiers": list(self.tiers)}
 
     def check(self, policy, resources: Resources, ttl: int) -> None:
@@ -316,6 +343,9 @@ class Ceiling:
         if resources.cpus > self.max_cpus:
             raise CeilingExceeded(f"{resources.cpus:g} CPUs is more than this tenant's {self.max_cpus:g}",
                                   field="resources.cpus")
+        if resources.pids > self.max_pids:
+            raise CeilingExceeded(f"{resources.pids} processes is more than this tenant's {self.max_pids}",
+                                  field="resources.pids")
         if ttl > self.max_ttl:
             raise CeilingExceeded(f"a TTL of {ttl}s is more than this tenant's {self.max_ttl}s", field="ttl")
 

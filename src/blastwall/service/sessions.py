@@ -36,16 +36,17 @@ import time
 
 from blastwall.errors import ContainmentError, PolicyError, Unsupported
 from blastwall.service.ceiling import (SERVICE_TIERS, CeilingExceeded, Resources, TenantPolicyError, format_size,
-                                       parse_size, tenant_layer)
+                                       machine_max_pids, parse_size, tenant_layer)
 from blastwall.service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
     ServiceError, Unavailable, Unprocessable
 
-__all__ = ["Config", "Manager", "prepare_data_dir"]
+__all__ = ["Config", "Manager", "default_pids", "host_pid_limit", "prepare_data_dir"]
 
 log = logging.getLogger("blastwall.service")
 
 MOUNT_AT = "/home/user"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_PIDS = 256            # processes and threads of a sandbox that asks for no number
 MAX_COMMANDS_RUNNING = 16     # per sandbox
 MAX_COMMANDS_KEPT = 64        # finished background commands remembered per sandbox
 MAX_ARGV_BYTES = 256 << 10
@@ -143,7 +144,9 @@ class Config:
     def __init__(self, *, data_dir: str, environ=None, audit_path: str | None = None, policy_file: str | None = None,
                  warm: int = 0, max_upload: int = 64 << 20, default_ttl: int = 300,
                  default_resources: Resources | None = None, max_sandboxes: int = 100,
-                 output_cap: int = 1 << 20, reap_interval: float = 0.5) -> None:
+                 output_cap: int = 1 << 20, reap_interval: float = 0.5, pid_limit: int | None = None) -> None:
+        """``pid_limit``: the machine's pid space (default: read from /proc/sys/kernel); one sandbox may
+        hold a quarter of it (``max_pids``), and the default sandbox no more than 256 processes."""
         self.data_dir = os.path.abspath(data_dir)
         self.environ = dict(os.environ if environ is None else environ)
         self.audit_path = audit_path
@@ -151,7 +154,9 @@ class Config:
         self.warm = warm
         self.max_upload = max_upload
         self.default_ttl = default_ttl
-        self.default_resources = default_resources or Resources(512 << 20, 1.0, 512)
+        self.pid_limit = pid_limit or host_pid_limit()
+        self.max_pids = machine_max_pids(self.pid_limit)
+        self.default_resources = default_resources or Resources(512 << 20, 1.0, default_pids(self.pid_limit))
         self.max_sandboxes = max_sandboxes
         self.output_cap = output_cap
         self.reap_interval = reap_interval
@@ -159,6 +164,23 @@ class Config:
     @property
     def sandboxes_dir(self) -> str:
         return os.path.join(self.data_dir, "sandboxes")
+
+
+def host_pid_limit() -> int:
+    """This machine's pid space: the smaller of kernel.pid_max and kernel.threads-max."""
+    limits = []
+    for name in ("pid_max", "threads-max"):
+        try:
+            with open(f"/proc/sys/kernel/{name}") as f:
+                limits.append(int(f.read().strip()))
+        except (OSError, ValueError):
+            pass
+    return min(limits) if limits else 32768
+
+
+def default_pids(pid_limit: int | None = None) -> int:
+    """The processes of a sandbox that asks for no number: DEFAULT_PIDS, or less on a small machine."""
+    return min(DEFAULT_PIDS, machine_max_pids(pid_limit or host_pid_limit()))
 
 
 def prepare_data_dir(directory: str) -> None:
@@ -642,6 +664,10 @@ class Manager:
             wanted = self.config.default_resources.merged(requested)
         except ValueError as exc:
             raise Unprocessable(str(exc), code="invalid_request") from None
+        if wanted.pids > self.config.max_pids:
+            raise Unprocessable(f"resources.pids: {wanted.pids} processes is more than one sandbox may hold on "
+                                f"this machine: at most {self.config.max_pids} (its pid space is "
+                                f"{self.config.pid_limit})", code="invalid_request")
         if ttl is None:
             ttl = min(self.config.default_ttl, tenant.ceiling.max_ttl)
         elif isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:

@@ -26,7 +26,7 @@ from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 from blastwall.tiers._lifecycle import owner_record
 
-__all__ = ["ContainerSandbox", "detect_platform", "find_runsc", "probe_platform"]
+__all__ = ["ContainerSandbox", "detect_platform", "find_runsc", "host_pids_for", "probe_platform"]
 
 # Fastest first.  kvm is not tried: in nested virtual machines it can hang
 # instead of failing; choose it with BLASTWALL_RUNSC_PLATFORM=kvm.
@@ -52,6 +52,13 @@ REFUSED = {
     P.Device: "host devices are never shared into the container tier (only the VM tier's QEMU gets /dev/kvm)",
     P.RequireLandlock: "Landlock is a process-tier layer; gVisor is the container tier's boundary",
 }
+
+
+def host_pids_for(pids: int) -> int:
+    """The host tasks a sandbox allowed ``pids`` processes inside may hold (its cgroup's pids.max)."""
+    from blastwall.tiers.container._raw_cgroups import host_pids
+
+    return host_pids(pids)
 
 
 def find_runsc() -> str:

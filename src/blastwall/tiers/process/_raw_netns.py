@@ -22,6 +22,8 @@ import os
 import signal
 import time
 
+from blastwall._unixpath import relative
+
 __all__ = ["SOCAT_CANDIDATES", "find_socat", "start_relays", "stop_relays"]
 
 CLONE_NEWUSER = 0x10000000
@@ -87,10 +89,14 @@ def start_relays(*, sandbox_pid: int, relays: dict[int, str], socat: str, timeou
                     for fd in (0, 1, 2):
                         os.dup2(devnull, fd)
                     os.closerange(3, 65536)
+                    # The socket by its name in its directory: a socket address holds 107
+                    # bytes, whatever the length of the user's state directory.
+                    directory, name = relative(path)
+                    os.chdir(directory)
                     # A bare environment: the helper was forked from `run`, whose
                     # environment may hold the real values of credentials.
                     os.execve(socat, [socat, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024",
-                                      f"UNIX-CONNECT:{path}"], {"PATH": "/usr/bin:/bin"})
+                                      f"UNIX-CONNECT:{name}"], {"PATH": "/usr/bin:/bin"})
                 children.append(child)
             deadline = time.monotonic() + timeout
             while not _listening(relays):

@@ -27,8 +27,9 @@ def qemu_argv(*, qemu: str, accel: str, kernel: str, initrd: str, cmdline: str, 
 
     ``accel``: "kvm" or "tcg".  ``root_disk``: attached read-only as the
     first virtio-blk disk.  ``share``: the one host directory the guest sees
-    (9p tag ``ws``).  ``control``: the unix socket path QEMU listens on for
-    the control port.  ``guestfwd``: None for no network device at all, else
+    (9p tag ``ws``).  ``control``: the unix socket QEMU listens on for the
+    control port, a name in QEMU's working directory (a socket address holds
+    107 bytes; the state directory's path may be longer).  ``guestfwd``: None for no network device at all, else
     the ``guestfwd=`` values of a restricted user network: each forwards
     one guest address:port to a command QEMU starts per connection (which is
     why QEMU's seccomp filter then allows spawning, and only then).
@@ -44,7 +45,7 @@ def qemu_argv(*, qemu: str, accel: str, kernel: str, initrd: str, cmdline: str, 
             "-cpu", "host" if accel == "kvm" else "max",
             "-m", str(memory_mb), "-smp", str(cpus),
             "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-            "-chardev", f"file,id=con,path={console_log}", "-serial", "chardev:con",
+            "-chardev", f"file,id=con,path={_escape(console_log)}", "-serial", "chardev:con",
             # QEMU's own seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
             # With forwards, QEMU must start their commands, whose set-up calls setsid (a set*id call
             # to the filter; "children" does not let it through in QEMU 7.2), so both are allowed then.

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 
+from blastwall._unixpath import relative, short
 from blastwall.errors import EnforcementError
 from blastwall.policy import plan as P
 
@@ -222,7 +223,7 @@ class VmSession:
         os.makedirs(self._dir, mode=0o700)
         with open(os.path.join(self._dir, "owner"), "w") as f:
             f.write(owner_record())
-        control = os.path.join(self._dir, "control.sock")
+        control = os.path.join(self._dir, "control.sock")  # QEMU binds it as "control.sock": its cwd is _dir.
         cmdline = " ".join(["console=ttyS0", *(["bw.debug=1"] if self._environ.get("BLASTWALL_VM_DEBUG") else ["quiet"]),
                             "panic=-1", "reboot=t", *clock_args(self.accel),
                             f"bw.ws={self.mount_at.encode().hex()}", f"bw.uid={int(self.user[0])}",
@@ -230,7 +231,7 @@ class VmSession:
                             *([f"bw.pids={int(self.pids)}"] if self.pids else []),
                             *([f"bw.net={GUEST_IP}"] if guestfwd else [])])
         argv = qemu_argv(qemu=qemu, accel=self.accel, kernel=kernel, initrd=initrd, cmdline=cmdline, root_disk=disk,
-                         share=self.workspace, control=control, console_log=os.path.join(self._dir, "console.log"),
+                         share=self.workspace, control="control.sock", console_log=os.path.join(self._dir, "console.log"),
                          memory_mb=self.memory_mb, cpus=self.cpus, guestfwd=guestfwd)
         # QEMU runs in a process-tier sandbox built from the same plan: whatever the guest makes QEMU do
         # to the workspace (guest root included) is held to the plan on the host side.
@@ -294,8 +295,11 @@ class VmSession:
                                         workspace=self.workspace)
         forwards = []
         for kind, path in (("http", self._gateway.http_path), ("socks", self._gateway.socks_path)):
-            # QEMU starts this per guest connection: stdio to the session's own socket on the gateway.
-            command = f"{shlex.quote(socat)} STDIO {shlex.quote('UNIX-CONNECT:' + path)}"
+            # QEMU starts this per guest connection: stdio to the session's own socket on the gateway, named
+            # in its directory (a socket address holds 107 bytes, whatever the state directory's length).
+            directory, name = relative(path)
+            script = f"cd {shlex.quote(directory)} && exec {shlex.quote(socat)} STDIO {shlex.quote('UNIX-CONNECT:' + name)}"
+            command = f"/bin/sh -c {shlex.quote(script)}"
             forwards.append(f"tcp:{GATEWAY_IP}:{GATEWAY_PORTS[kind]}-cmd:{command}")
         self.egress_env = client.proxy_environment(GATEWAY_IP, self._gateway.token, GATEWAY_PORTS,
                                                    ca=GUEST_CA if self._gateway.ca_bundle else None)
@@ -309,7 +313,8 @@ class VmSession:
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
-                sock.connect(path)
+                with short(path) as name:
+                    sock.connect(name)
                 return sock
             except OSError:
                 sock.close()
