@@ -15,7 +15,12 @@ from blastwall.policy import plan as P
 from blastwall.policy.load import cache_dir, config_dir, state_dir
 from blastwall.policy.model import Layer, Policy
 
-__all__ = ["load", "plan_for", "protected_paths", "run", "sandbox"]
+__all__ = ["MAX_STATE_PATH", "load", "plan_for", "protected_paths", "run", "sandbox"]
+
+# The longest state directory: SQLite opens no path over 512 bytes, and the
+# audit log and the gateway's session files live beneath it.  (Socket paths do
+# not count: they are bound through a descriptor of their directory.)
+MAX_STATE_PATH = 400
 
 
 def load(policy_file: str | None = None, *, flags: Layer | None = None, workspace: str | None = None,
@@ -172,6 +177,11 @@ def _make_state_dir(environ) -> None:
     from blastwall.errors import EnforcementError
 
     path = state_dir(environ)
+    if len(os.fsencode(path)) > MAX_STATE_PATH:
+        raise EnforcementError(f"Can't use {path[:60]}... as blastwall's state directory: its path is "
+                               f"{len(os.fsencode(path))} bytes, more than the {MAX_STATE_PATH} its databases "
+                               "accept (SQLite's limit, with room for the names inside)",
+                               fix="set XDG_STATE_HOME to a shorter path")
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:

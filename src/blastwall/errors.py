@@ -6,7 +6,11 @@
     ├── PolicyError             the policy (file, flags, import) is invalid   -> exit 2
     ├── EnforcementError        a sandbox could not be set up or verified     -> exit 125
     ├── Unsupported             this machine or tier cannot enforce the plan  -> exit 125
-    └── PolicyViolation         an action was refused by the policy
+    ├── PolicyViolation         an action was refused by the policy
+    │   └── PathRefused         a file tool's path is read-only or hidden in the sandbox,
+    │                           or holds a protected path
+    └── FileError               a file tool's path is malformed, missing, not a regular
+                                file or directory, or too large
 
 Each tier translates the failures of its primitives (bubblewrap's messages,
 ``OSError`` from libseccomp or Landlock) into the most specific member of this
@@ -21,6 +25,8 @@ __all__ = [
     "ContainmentError",
     "EnforcementError",
     "PolicyError",
+    "FileError",
+    "PathRefused",
     "PolicyViolation",
     "Unsupported",
 ]
@@ -94,3 +100,27 @@ class PolicyViolation(ContainmentError):
     def __init__(self, message: str, *, reason: object, fix: str | None = None) -> None:
         super().__init__(message, fix=fix)
         self.reason = reason
+
+
+class PathRefused(PolicyViolation):
+    """A file tool may not do this at ``path``: the sandbox sees it ``state`` (read-only, hidden, busy)."""
+
+    def __init__(self, message: str, *, path: str, state: str, reason: object) -> None:
+        super().__init__(message, reason=reason)
+        self.path = path
+        self.state = state
+
+
+class FileError(ContainmentError):
+    """A file tool's path is malformed, missing, of the wrong kind, or too large; ``code`` is stable.
+
+    Codes: ``invalid_path``, ``not_found``, ``not_regular``, ``not_directory``,
+    ``is_directory``, ``exists``, ``too_large``, ``no_space``.
+    """
+
+    exit_status = 1
+
+    def __init__(self, message: str, *, path: str, code: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.code = code

@@ -52,8 +52,8 @@ def test_policy_show_never_reads_project_policy(home, workspace):
 
 def test_import_srt_writes_and_refuses_to_overwrite(home, workspace, scratch):
     src = scratch / "srt.json"
-    src.write_text(json.dumps({"network": {"allowedDomains": ["github.com"]},
-                               "filesystem": {"denyRead": ["~/.ssh"], "allowWrite": ["."]}}))
+    src.write_text(json.dumps({"network": {"allowedDomains": ["github.com"], "deniedDomains": []},
+                               "filesystem": {"denyRead": ["~/.ssh"], "allowWrite": ["."], "denyWrite": []}}))
     out = scratch / "policy.toml"
     r = run_cli(["policy", "import-srt", str(src), "--output", str(out)], home=home, cwd=workspace)
     assert r.returncode == 0, r.stderr
@@ -63,6 +63,16 @@ def test_import_srt_writes_and_refuses_to_overwrite(home, workspace, scratch):
     # The imported policy is usable as is.
     r = run_cli(["policy", "show", "--policy", str(out)], home=home, cwd=workspace)
     assert r.returncode == 0, r.stderr
+    # What srt itself refuses, or a deny blastwall cannot express, is refused whole: nothing written.
+    for bad in ({"network": {"allowedDomains": ["not-a-domain"], "deniedDomains": []},
+                 "filesystem": {"denyRead": [], "allowWrite": [], "denyWrite": []}},
+                {"network": {"allowedDomains": []}},
+                {"network": {"allowedDomains": [], "deniedDomains": []},
+                 "filesystem": {"denyRead": ["~/.secret*"], "allowWrite": [], "denyWrite": []}}):
+        src.write_text(json.dumps(bad))
+        target = scratch / "refused.toml"
+        r = run_cli(["policy", "import-srt", str(src), "--output", str(target)], home=home, cwd=workspace)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and not target.exists(), (bad, r.stderr)
 
 
 @needs_bwrap

@@ -44,7 +44,8 @@ def test_handshake_tools_and_calls(home, workspace):
         assert "tools" in init["result"]["capabilities"]
         client.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
         names = [t["name"] for t in client.call("tools/list")["result"]["tools"]]
-        assert names == ["run_command", "read_file", "write_file"]
+        assert names == ["run_command", "read_file", "write_file", "list_directory", "get_file_info",
+                         "make_directory", "remove_path", "move_path"]
         assert client.tool("write_file", path="hello.py", content="print('hi')")["isError"] is False
         result = client.tool("run_command", command="python3 hello.py; cat ~/.aws/credentials")
         assert "hi" in result["content"][0]["text"] and SECRET not in result["content"][0]["text"]

@@ -204,11 +204,11 @@ def test_every_operation_type_is_handled_or_refused_by_the_container_tier():
 
 def test_home_only_write_denies_apply_where_the_root_is_home():
     plan = compile_()
-    assert f"{WS}/.gitconfig" not in {op.path for op in plan.of(P.Placeholder)}
+    assert f"{WS}/.local" not in {op.path for op in plan.of(P.Placeholder)}
     assert f"{WS}/.bashrc" in {op.path for op in plan.of(P.Placeholder)}
     fs = FakeFS(dirs=[HOME])
     plan = compile_(workspace=HOME, fs=fs)
-    assert f"{HOME}/.gitconfig" in {op.path for op in plan.of(P.Placeholder)}
+    assert f"{HOME}/.local" in {op.path for op in plan.of(P.Placeholder)}
 
 
 def test_every_operation_type_is_handled_or_refused_by_the_vm_tier():

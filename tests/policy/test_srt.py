@@ -33,27 +33,57 @@ def test_converts_the_common_keys(tmp_path):
     assert any("allowLocalBinding" in w for w in warnings)
 
 
+def srt(network=None, filesystem=None, **rest) -> dict:
+    """A minimal settings file srt itself accepts, with these sections merged in."""
+    return {"network": {"allowedDomains": [], "deniedDomains": [], **(network or {})},
+            "filesystem": {"denyRead": [], "allowWrite": [], "denyWrite": [], **(filesystem or {})}, **rest}
+
+
 def test_refuses_invalid_values_whole():
-    with pytest.raises(PolicyError, match="network.allow"):
-        convert_srt({"network": {"allowedDomains": ["*"]}}, "srt.json")
+    with pytest.raises(PolicyError, match="allowedDomains"):
+        convert_srt(srt({"allowedDomains": ["*"]}), "srt.json")
 
 
-def test_glob_paths_are_reported_not_guessed():
-    document, warnings = convert_srt({"filesystem": {"denyRead": ["~/.ssh", "**/*.pem"]}}, "srt.json")
-    assert document["filesystem"]["deny_read"] == ["~/.ssh"]
-    assert any("*.pem" in w for w in warnings)
+@pytest.mark.parametrize("pattern", ["not-a-domain", "*", "*.com", "https://example.com", "example.com:443",
+                                     "example.com/path", "a.*.example.com", "example..com", ".example.com"])
+def test_domain_patterns_srt_rejects_are_refused(pattern):
+    with pytest.raises(PolicyError, match="not a domain pattern srt accepts"):
+        convert_srt(srt({"allowedDomains": [pattern]}), "srt.json")
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"network": 5}', "null"])
+@pytest.mark.parametrize("section, key", [("network", "allowedDomains"), ("network", "deniedDomains"),
+                                          ("filesystem", "denyRead"), ("filesystem", "allowWrite"),
+                                          ("filesystem", "denyWrite")])
+def test_missing_required_sections_are_refused(section, key):
+    settings = srt()
+    del settings[section][key]
+    with pytest.raises(PolicyError, match=f"{section}.{key}"):
+        convert_srt(settings, "srt.json")
+    with pytest.raises(PolicyError):
+        convert_srt({k: v for k, v in srt().items() if k != section}, "srt.json")
+
+
+@pytest.mark.parametrize("key", ["denyRead", "denyWrite"])
+def test_glob_denies_refuse_the_import_instead_of_weakening_it(key, tmp_path):
+    path = tmp_path / "srt.json"
+    path.write_text(json.dumps(srt(filesystem={key: ["~/.ssh", "~/.secret*"]})))
+    with pytest.raises(PolicyError, match="glob") as info:
+        import_srt_file(str(path))
+    assert "~/.secret*" in str(info.value) and info.value.fix
+
+
+def test_glob_grants_are_left_out_which_only_narrows():
+    document, warnings = convert_srt(srt(filesystem={"allowWrite": [".", "/tmp/*"]}), "srt.json")
+    assert document["filesystem"]["allow_write"] == ["."]
+    assert any("/tmp/*" in w and "grants less" in w for w in warnings)
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"network": 5}', "null", "{}"])
 def test_bad_json(tmp_path, text):
     path = tmp_path / "srt.json"
     path.write_text(text)
-    try:
+    with pytest.raises(PolicyError):
         import_srt_file(str(path))
-    except PolicyError:
-        return
-    # '{"network": 5}' is valid JSON with an unusable section: warned, not fatal.
-    assert text == '{"network": 5}'
 
 
 def test_credentials_and_tls_keys():

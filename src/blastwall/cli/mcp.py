@@ -1,7 +1,10 @@
 """``blastwall mcp``: an MCP server (stdio) exposing sandboxed tools to any MCP-speaking agent.
 
 Tools: ``run_command`` (in a new sandbox of the policy's tier over the
-workspace), ``read_file`` and ``write_file`` (inside the workspace only).
+workspace) and the file tools (``read_file``, ``write_file``,
+``list_directory``, ``get_file_info``, ``make_directory``, ``remove_path``,
+``move_path``), held to the same plan as the command: a path the command
+could not write or read is refused with its reason, as a tool error.
 Configure an agent with one line, e.g. ``{"command": "blastwall", "args":
 ["mcp", "--workspace", "/path/to/project"]}``.
 
@@ -20,6 +23,10 @@ import sys
 __all__ = ["serve"]
 
 PROTOCOL_VERSIONS = ("2025-06-18", "2025-03-26", "2024-11-05")
+
+
+def _paths(*names: str) -> dict:
+    return {"type": "object", "properties": {name: {"type": "string"} for name in names}, "required": list(names)}
 MAX_LINE = 8 << 20
 
 TOOLS = [
@@ -31,10 +38,20 @@ TOOLS = [
          "timeout": {"type": "number", "description": "seconds (default 60)"}},
          "required": ["command"]}},
     {"name": "read_file", "description": "Read a text file inside the workspace.",
-     "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}},
-    {"name": "write_file", "description": "Write a text file inside the workspace.",
+     "inputSchema": _paths("path")},
+    {"name": "write_file", "description": "Write a text file inside the workspace (whole or not at all).",
      "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
                      "required": ["path", "content"]}},
+    {"name": "list_directory", "description": "List a directory inside the workspace (default: the workspace).",
+     "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}}},
+    {"name": "get_file_info", "description": "Type, size, mode and whether the sandbox may write a path.",
+     "inputSchema": _paths("path")},
+    {"name": "make_directory", "description": "Make a directory (and its parents) inside the workspace.",
+     "inputSchema": _paths("path")},
+    {"name": "remove_path", "description": "Remove a file, or a directory with its contents, inside the workspace.",
+     "inputSchema": _paths("path")},
+    {"name": "move_path", "description": "Move a file or directory to a new path inside the workspace.",
+     "inputSchema": _paths("source", "target")},
 ]
 
 
@@ -84,21 +101,53 @@ def handle(message: object, sandbox) -> dict | None:
                 result, error = exc.result, True
             text = f"exit code: {result.exit_code}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
             reply = _text(text, is_error=error)
-        elif name == "read_file":
-            reply = _text(sandbox.files.read(str(args.get("path", ""))))
-        elif name == "write_file":
-            content = args.get("content")
-            if not isinstance(content, str):
-                return _error(msg_id, -32602, "write_file needs string content")
-            sandbox.files.write(str(args.get("path", "")), content)
-            reply = _text(f"wrote {len(content.encode())} bytes")
+        elif name in _FILE_TOOLS:
+            reply = _file_tool(name, args, sandbox.files)
         else:
             return _error(msg_id, -32602, f"unknown tool {name!r}")
     except SandboxFileError as exc:
-        reply = _text(str(exc), is_error=True)
+        # A tool error the agent can act on: what was refused and why, as a command inside would be.
+        why = exc.details[0].get("reason") if exc.details and isinstance(exc.details[0], dict) else None
+        reply = _text(f"{exc}" + (f" [{exc.code}{': ' + why if why else ''}]" if exc.code else ""), is_error=True)
     except Exception as exc:  # noqa: BLE001 - a tool failure is reported, never a crash
         reply = _text(f"blastwall: {exc}", is_error=True)
     return {"jsonrpc": "2.0", "id": msg_id, "result": reply}
+
+
+_FILE_TOOLS = ("read_file", "write_file", "list_directory", "get_file_info", "make_directory", "remove_path",
+               "move_path")
+
+
+def _file_tool(name: str, args: dict, files) -> dict:
+    """One file tool's result; a bad argument or a refusal is a tool error (SandboxFileError), not a crash."""
+    from blastwall.client import SandboxFileError
+
+    def arg(key: str, default: str | None = None) -> str:
+        value = args.get(key, default)
+        if not isinstance(value, str):
+            raise SandboxFileError(f"{name} needs a string {key}", code="invalid_argument")
+        return value
+
+    if name == "read_file":
+        return _text(files.read(arg("path")))
+    if name == "write_file":
+        content = arg("content")
+        files.write(arg("path"), content)
+        return _text(f"wrote {len(content.encode())} bytes to {arg('path')}")
+    if name == "list_directory":
+        entries = files.list(arg("path", ""))
+        lines = [f"{e.type}\t{e.size}\t{e.state}\t{e.name}" for e in entries]
+        return _text("\n".join(lines) if lines else "(empty)")
+    if name == "get_file_info":
+        e = files.get_info(arg("path"))
+        return _text(f"type: {e.type}\nsize: {e.size}\nmode: {e.mode:o}\nsandbox: {e.state}")
+    if name == "make_directory":
+        return _text("created" if files.make_dir(arg("path")) else "already a directory")
+    if name == "remove_path":
+        files.remove(arg("path"))
+        return _text(f"removed {arg('path')}")
+    files.rename(arg("source"), arg("target"))
+    return _text(f"moved {arg('source')} to {arg('target')}")
 
 
 def serve(sandbox, stdin=None, stdout=None) -> int:

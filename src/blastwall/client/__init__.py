@@ -21,16 +21,17 @@ Remote, a ``blastwall serve`` service (``api_url``/``api_key``, or the
         sbx.commands.run("pip download requests", on_stdout=print)
 
 One gVisor sandbox that lives until ``kill()`` (the ``with`` block's end) or
-its TTL, its workspace at ``/home/user``.  ``files`` refuses any path that
-would leave the workspace (``..``, other absolute paths, symlinks), on either
-backend.  ``AsyncSandbox`` is the same, awaitable.  Errors: see ``_errors``.
+its TTL, its workspace at ``/home/user``.  ``files`` (read, write, list,
+get_info, exists, make_dir, remove, rename) refuses any path that would leave
+the workspace (``..``, other absolute paths, symlinks), and anything a command
+inside would be refused (a protected or hidden path), on either backend.  ``AsyncSandbox`` is the same, awaitable.  Errors: see ``_errors``.
 """
 
 from __future__ import annotations
 
 from blastwall.client._async import AsyncCommandHandle, AsyncSandbox
 from blastwall.client._errors import (AuthenticationError, CeilingExceededError, CommandExitError, CommandResult,
-                                      InvalidRequestError, QuotaExceededError, RateLimitError, SandboxClosedError,
+                                      EntryInfo, InvalidRequestError, QuotaExceededError, RateLimitError, SandboxClosedError,
                                       SandboxError, SandboxFileError, SandboxNotFoundError, ServiceError)
 from blastwall.client._sync import UNSET, CommandHandle, Sandbox
 
@@ -42,6 +43,7 @@ __all__ = [
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
+    "EntryInfo",
     "InvalidRequestError",
     "QuotaExceededError",
     "RateLimitError",

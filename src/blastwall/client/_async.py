@@ -43,11 +43,29 @@ class _AsyncFiles:
     def __init__(self, sync) -> None:
         self._sync = sync
 
-    async def write(self, path: str, data) -> None:
-        await asyncio.to_thread(self._sync.write, path, data)
+    async def write(self, path: str, data):
+        return await asyncio.to_thread(self._sync.write, path, data)
 
     async def read(self, path: str, format: str = "text"):  # noqa: A002
         return await asyncio.to_thread(self._sync.read, path, format)
+
+    async def list(self, path: str = ""):
+        return await asyncio.to_thread(self._sync.list, path)
+
+    async def get_info(self, path: str):
+        return await asyncio.to_thread(self._sync.get_info, path)
+
+    async def exists(self, path: str) -> bool:
+        return await asyncio.to_thread(self._sync.exists, path)
+
+    async def make_dir(self, path: str) -> bool:
+        return await asyncio.to_thread(self._sync.make_dir, path)
+
+    async def remove(self, path: str) -> None:
+        await asyncio.to_thread(self._sync.remove, path)
+
+    async def rename(self, old_path: str, new_path: str):
+        return await asyncio.to_thread(self._sync.rename, old_path, new_path)
 
 
 class AsyncSandbox:

@@ -8,7 +8,9 @@
     ├── CeilingExceededError        asks more than the tenant's ceiling allows (403)
     ├── QuotaExceededError          too many sandboxes or too much memory in use now (429);
     │                               ``RateLimitError`` is the same class, for E2B users
-    ├── SandboxFileError            a path outside the workspace, a link, a missing or oversized file
+    ├── SandboxFileError            a path outside the workspace, a link, a missing or oversized file, or
+    │                               one the sandbox could not write or read either (``code``
+    │                               "path_refused"; ``details`` has the reason and what the sandbox sees)
     ├── CommandExitError            the command ran and exited non-zero (124: timed out); ``.result``
     ├── SandboxClosedError          this Sandbox object was killed
     └── ServiceError                the service failed (5xx), is unreachable, or did not answer as the API does
@@ -21,7 +23,8 @@ service defines and proves it is mapped.  ``.code`` keeps the service's code,
 
 from __future__ import annotations
 
-__all__ = ["AuthenticationError", "CeilingExceededError", "CommandExitError", "CommandResult", "InvalidRequestError",
+__all__ = ["AuthenticationError", "CeilingExceededError", "CommandExitError", "CommandResult", "EntryInfo",
+           "InvalidRequestError",
            "QuotaExceededError", "RateLimitError", "SandboxClosedError", "SandboxError", "SandboxFileError",
            "SandboxNotFoundError", "ServiceError", "error_for"]
 
@@ -34,6 +37,22 @@ class CommandResult:
 
     def __repr__(self) -> str:
         return f"CommandResult(exit_code={self.exit_code}, stdout={self.stdout[:60]!r}, stderr={self.stderr[:60]!r})"
+
+
+class EntryInfo:
+    """A file or directory of the sandbox: ``name``, ``path``, ``type`` ("file", "dir", "symlink", "other",
+    or "hidden": what the sandbox sees there is empty), ``size``, ``mode``, ``modified`` (a Unix time) and
+    ``state`` ("writable", "read-only", "hidden": as a command inside sees it)."""
+
+    __slots__ = ("name", "path", "type", "size", "mode", "modified", "state")
+
+    def __init__(self, data: dict) -> None:
+        self.name, self.path, self.type = str(data.get("name", "")), str(data.get("path", "")), str(data.get("type", ""))
+        self.size, self.mode = int(data.get("size", 0)), int(data.get("mode", 0))
+        self.modified, self.state = float(data.get("mtime", 0.0)), str(data.get("state", ""))
+
+    def __repr__(self) -> str:
+        return f"EntryInfo({self.path!r}, {self.type}, size={self.size}, {self.state})"
 
 
 class SandboxError(Exception):
@@ -98,6 +117,8 @@ _BY_CODE = {
     "command_not_found": InvalidRequestError,
     "file_not_found": SandboxFileError,
     "invalid_path": SandboxFileError,
+    "path_refused": SandboxFileError,
+    "file_exists": SandboxFileError,
     "invalid_json": InvalidRequestError,
     "invalid_request": InvalidRequestError,
     "invalid_policy": InvalidRequestError,

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 import threading
 
-from blastwall.client import _files
 from blastwall.client._errors import CommandResult, SandboxFileError
 
 __all__ = ["LocalBackend", "LocalCommandHandle"]
@@ -109,10 +108,14 @@ class LocalBackend:
             argv = ["env", *[f"{k}={v}" for k, v in envs.items()], *argv]
         workdir = self.workspace
         if cwd:
+            from blastwall.errors import FileError
+            from blastwall.tiers.files import split_relative
+
             try:
-                workdir = os.path.join(self.workspace, *_files.split_relative(cwd))
-            except ValueError as exc:
-                raise SandboxFileError(f"Can't use {cwd!r} as the working directory: {exc}") from None
+                workdir = os.path.join(self.workspace, *split_relative(cwd))
+            except FileError as exc:
+                raise SandboxFileError(f"Can't use {cwd!r} as the working directory: {exc.message}",
+                                       code="invalid_path") from None
         return argv, workdir
 
     def run(self, cmd, *, timeout: float, envs, cwd, on_stdout=None, on_stderr=None) -> CommandResult:
@@ -200,17 +203,52 @@ class LocalBackend:
             return CommandResult(out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"), status)
 
     # -- files ------------------------------------------------------------------------------------
-    def write(self, path: str, data: bytes) -> None:
+    def _files(self):
+        """The sandbox's files, held to a plan compiled now: what exists decides what is protected."""
+        from blastwall import api
+        from blastwall.tiers.files import Files
+
+        return Files(api.plan_for(self.policy, workspace=self.workspace, cwd=self.workspace, environ=self._environ))
+
+    def _do(self, operation):
+        from blastwall.errors import FileError, PathRefused
+
         try:
-            _files.write(self.workspace, path, data)
-        except (OSError, ValueError) as exc:
-            raise SandboxFileError(f"Can't write {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+            return operation(self._files())
+        except PathRefused as exc:
+            raise SandboxFileError(exc.message, code="path_refused",
+                                   details=[{"reason": str(exc.reason), "state": exc.state, "path": exc.path}]) from None
+        except FileError as exc:
+            raise SandboxFileError(exc.message, code=_LOCAL_CODES.get(exc.code, "invalid_path")) from None
+
+    def write(self, path: str, data: bytes) -> dict:
+        def write(files) -> dict:
+            files.write(path, data)
+            return files.stat(path).as_dict()
+
+        return self._do(write)
 
     def read(self, path: str) -> bytes:
-        try:
-            return _files.read(self.workspace, path)
-        except (OSError, ValueError) as exc:
-            raise SandboxFileError(f"Can't read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        return self._do(lambda files: files.read(path))
+
+    def list(self, path: str) -> list[dict]:
+        return self._do(lambda files: [entry.as_dict() for entry in files.list(path)[0]])
+
+    def stat(self, path: str) -> dict:
+        return self._do(lambda files: files.stat(path).as_dict())
+
+    def make_dir(self, path: str) -> bool:
+        return self._do(lambda files: files.make_dir(path))
+
+    def remove(self, path: str) -> None:
+        self._do(lambda files: files.remove(path))
+
+    def rename(self, source: str, target: str) -> dict:
+        def rename(files) -> dict:
+            files.rename(source, target)
+            return files.stat(target).as_dict()
+
+        return self._do(rename)
 
     # -- life ---------------------------------------------------------------------------------------
     def kill(self) -> None:
@@ -220,3 +258,8 @@ class LocalBackend:
                 self._vm = None
         if self._owns:
             shutil.rmtree(self.workspace, ignore_errors=True)
+
+
+# FileError codes -> the codes the service answers with, so both backends raise alike.
+_LOCAL_CODES = {"not_found": "file_not_found", "exists": "file_exists", "too_large": "payload_too_large",
+                "no_space": "no_space"}

@@ -27,15 +27,15 @@ HOME = "/home/user"
 def _url_path(path: object) -> str:
     """The workspace-relative, percent-encoded form of ``path`` (relative, or absolute under /home/user)."""
     if not isinstance(path, str) or not path or "\x00" in path or len(path) > 4096:
-        raise SandboxFileError(f"{str(path)[:200]!r} is not a file path")
+        raise SandboxFileError(f"{str(path)[:200]!r} is not a file path", code="invalid_path")
     relative = path
     if path.startswith("/"):
         if not path.startswith(HOME + "/"):
-            raise SandboxFileError(f"{path[:200]!r} is not inside {HOME}")
+            raise SandboxFileError(f"{path[:200]!r} is not inside {HOME}", code="invalid_path")
         relative = path[len(HOME) + 1:]
     parts = [p for p in relative.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
-        raise SandboxFileError(f"{path[:200]!r} is not a file path inside {HOME}")
+        raise SandboxFileError(f"{path[:200]!r} is not a file path inside {HOME}", code="invalid_path")
     return quote("/".join(parts), safe="/")
 
 
@@ -205,15 +205,41 @@ class RemoteBackend:
         return RemoteCommandHandle(self._client, self.sandbox_id, answer["id"])
 
     # -- files ----------------------------------------------------------------------------------
-    def write(self, path: str, data: bytes) -> None:
+    def write(self, path: str, data: bytes) -> dict:
         target = _url_path(path)
         if len(data) > MAX_UPLOAD:
-            raise SandboxFileError(f"Can't write {path!r}: larger than {MAX_UPLOAD} bytes")
+            raise SandboxFileError(f"Can't write {path!r}: larger than {MAX_UPLOAD} bytes", code="payload_too_large")
         self._client.call("PUT", f"{self._base}/files/{target}", data=data, files=True).close()
+        return self.stat(path)
 
     def read(self, path: str) -> bytes:
         response = self._client.call("GET", f"{self._base}/files/{_url_path(path)}", files=True)
         return response.content
+
+    def _fs(self, method: str, operation: str, *, query: str | None = None, body: dict | None = None):
+        target = f"{self._base}/fs/{operation}" + (f"?path={quote(query, safe='/')}" if query is not None else "")
+        response = self._client.call(method, target, json_body=body, files=True)
+        try:
+            return None if response.status_code == 204 else response.json()
+        except ValueError:
+            raise ServiceError("the service answered with something that is not JSON", code="bad_answer") from None
+        finally:
+            response.close()
+
+    def list(self, path: str) -> list[dict]:
+        return self._fs("GET", "list", query=path or "/home/user")["entries"]
+
+    def stat(self, path: str) -> dict:
+        return self._fs("GET", "stat", query=path or "/home/user")
+
+    def make_dir(self, path: str) -> bool:
+        return self._fs("POST", "mkdir", body={"path": path})["created"]
+
+    def remove(self, path: str) -> None:
+        self._fs("POST", "remove", body={"path": path})
+
+    def rename(self, source: str, target: str) -> dict:
+        return self._fs("POST", "rename", body={"source": source, "target": target})
 
     # -- life -----------------------------------------------------------------------------------------
     def refresh(self) -> dict:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from blastwall.client._errors import (CommandExitError, CommandResult, InvalidRequestError, SandboxClosedError,
-                                      SandboxFileError)
+from blastwall.client._errors import (CommandExitError, CommandResult, EntryInfo, InvalidRequestError,
+                                      SandboxClosedError, SandboxFileError)
 
 __all__ = ["UNSET", "CommandHandle", "Sandbox"]
 
@@ -85,12 +85,19 @@ class Commands:
         return result
 
 
+def _path(path: object, *, root: bool = False) -> str:
+    """A files-API path: a string, relative to the workspace (or absolute under it, remote)."""
+    if not isinstance(path, str) or (not root and not path.strip("/.")):
+        raise SandboxFileError(f"invalid file path {path!r}", code="invalid_path")
+    return path
+
+
 class Files:
     def __init__(self, sandbox: "Sandbox") -> None:
         self._sandbox = sandbox
 
-    def write(self, path: str, data) -> None:
-        """Write ``data`` (str or bytes) to ``path`` in the workspace, creating directories."""
+    def write(self, path: str, data) -> EntryInfo:
+        """Write ``data`` (str or bytes) to ``path`` in the workspace, creating directories; whole or not at all."""
         backend = self._sandbox._open()
         if isinstance(data, str):
             payload = data.encode()
@@ -98,7 +105,35 @@ class Files:
             payload = bytes(data)
         else:
             raise SandboxFileError(f"Can't write {path!r}: data must be str or bytes")
-        backend.write(path, payload)
+        return EntryInfo(backend.write(_path(path), payload))
+
+    def list(self, path: str = "") -> list[EntryInfo]:
+        """The entries of directory ``path`` (default: the workspace), sorted by name."""
+        return [EntryInfo(entry) for entry in self._sandbox._open().list(_path(path, root=True))]
+
+    def get_info(self, path: str) -> EntryInfo:
+        return EntryInfo(self._sandbox._open().stat(_path(path, root=True)))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.get_info(path)
+        except SandboxFileError as exc:
+            if exc.code in ("file_not_found", "invalid_path"):
+                return False
+            raise
+        return True
+
+    def make_dir(self, path: str) -> bool:
+        """Make directory ``path`` and its parents; False if it existed."""
+        return bool(self._sandbox._open().make_dir(_path(path)))
+
+    def remove(self, path: str) -> None:
+        """Remove the file, or the directory with its contents, at ``path``."""
+        self._sandbox._open().remove(_path(path))
+
+    def rename(self, old_path: str, new_path: str) -> EntryInfo:
+        """Move ``old_path`` to ``new_path`` (which must not exist)."""
+        return EntryInfo(self._sandbox._open().rename(_path(old_path), _path(new_path)))
 
     def read(self, path: str, format: str = "text"):  # noqa: A002 - E2B's argument name
         """The file's content: text (UTF-8), or bytes with ``format="bytes"``."""

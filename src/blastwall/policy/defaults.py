@@ -122,6 +122,14 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
     ".git/hooks",
     ".git/config",
     ".git/modules",
+    # git reads a .gitconfig wherever HOME points (sandboxes and CI often point
+    # it at the project), and .gitmodules chooses the URLs and paths that
+    # `git submodule update` fetches into; both are on srt's list too.
+    ".gitconfig",
+    ".gitmodules",
+    # ripgrep reads the file RIPGREP_CONFIG_PATH names (agents point it into the
+    # project): `--pre` there runs a program on every file searched.
+    ".ripgreprc",
     # Editors run tasks and load per-project settings and scripts.
     ".vscode",
     ".idea",
@@ -134,6 +142,7 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
     ".mcp.json",
     ".cursor",
     ".codex",
+    ".agents",  # Codex's skills and agent instructions.
     ".gemini",
     ".blastwall",
 )
@@ -142,7 +151,6 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
 # contains it): files that git, the desktop session and the login shell read
 # from the home directory only.
 MANDATORY_HOME_WRITE_DENY: tuple[str, ...] = (
-    ".gitconfig",
     ".config/git",
     ".config/autostart",
     ".config/systemd",

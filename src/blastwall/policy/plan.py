@@ -19,6 +19,7 @@ from blastwall.policy import defaults as _defaults
 from blastwall.policy.reasons import Reason
 
 __all__ = [
+    "Access",
     "AllowUnixSockets",
     "Chdir",
     "DenySyscalls",
@@ -43,7 +44,9 @@ __all__ = [
     "SocketFamilies",
     "User",
     "Writable",
+    "access",
     "compile_plan",
+    "guarded_beneath",
     "hypervisor_plan",
 ]
 
@@ -428,9 +431,12 @@ def compile_plan(policy, host: Host) -> Plan:
     secret_sources += [(p, Reason.DENY_READ) for p in fs.deny_read]
     # blastwall's state (audit log, gateway sessions, trust store) is nobody's business inside.
     secret_sources += [(p, Reason.SELF_PROTECTION) for p in host.hidden]
+    missing_denied: list[str] = []  # deny_read entries that do not exist (yet): see 3.
     for raw, reason in secret_sources:
         expanded = expand(raw, home=host.home, base=workspace, uid=host.uid)
         if not probe.lexists(expanded):
+            if reason is Reason.DENY_READ:
+                missing_denied.append(expanded)
             continue  # Most of the list is absent on any one machine: skip realpath.
         target = probe.realpath(expanded)
         kind = probe.kind(target)
@@ -531,6 +537,15 @@ def compile_plan(policy, host: Host) -> Plan:
         deny_write(probe.realpath(lexical), Reason.DENY_WRITE)
     for raw in host.protected:
         deny_write(probe.realpath(raw), Reason.SELF_PROTECTION)
+    # A deny_read path that does not exist yet, inside a writable root, must
+    # not be made there either: it is held by a placeholder like a protected
+    # path, so nothing -- a command, a file tool -- writes a file the policy
+    # says nobody inside may read.
+    for lexical in missing_denied:
+        root = writable_root(lexical)
+        if root is not None:
+            refuse_links(root, lexical)
+            deny_write(lexical, Reason.DENY_READ)
 
     # 3b. Pins.  A read-only bind protects a path, not its name: the sandbox
     # could rename the writable directory holding it (`mv .git .old`) and
@@ -681,6 +696,57 @@ def hypervisor_plan(plan: Plan, *, own: str, sockets: tuple[str, ...], devices: 
     # command with a TCP connection over the loopback of QEMU's own, empty network namespace.
     tail += [SocketFamilies(("unix", "inet")), AllowUnixSockets(tuple(sockets))]
     return Plan(tuple(head + mounts + tail), (), plan.workspace)
+
+
+class Access:
+    """What a sandbox of ``plan`` sees at a path: ``state`` and the ``reason`` for it.
+
+    ``state``: ``"writable"``, ``"read-only"`` or ``"hidden"``; ``mount``: the
+    path itself is a mount point inside (a writable root, a pin, a protected or
+    hidden path), which the kernel refuses to rename or remove.
+    """
+
+    __slots__ = ("state", "reason", "mount")
+
+    def __init__(self, state: str, reason: Reason, mount: bool) -> None:
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "mount", mount)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("an Access is immutable")
+
+    def __repr__(self) -> str:
+        return f"Access({self.state!r}, {self.reason}, mount={self.mount})"
+
+
+_STATES = {Writable: "writable", Pin: "writable", ReadOnly: "read-only", Placeholder: "read-only",
+           Hide: "hidden", PrivateTmp: "hidden", Device: "hidden"}
+_UNREADABLE = (Reason.SECRET_PATH, Reason.DENY_READ)  # A placeholder for these stands for a hidden path.
+
+
+def access(plan: Plan, path: str) -> Access:
+    """What the sandbox sees at ``path`` (absolute, normalised, no symlink in it): the last mount covering it.
+
+    The plan's mounts are in mount order, so the last operation whose path
+    holds ``path`` is the one on top there; outside every writable root the
+    root filesystem is read-only.  A placeholder's path stands for everything
+    beneath it, existing or not: the protected path may not be created.
+    """
+    state, reason, mount = "read-only", Reason.OUTSIDE_WRITABLE, False
+    for op in plan.operations:
+        kind = type(op)
+        if kind in _STATES and is_within(path, op.path):
+            state, mount = _STATES[kind], path == op.path
+            reason = getattr(op, "reason", Reason.OUTSIDE_WRITABLE)
+            if kind is Placeholder and reason in _UNREADABLE:
+                state = "hidden"
+    return Access(state, reason, mount)
+
+
+def guarded_beneath(plan: Plan, path: str) -> list:
+    """The plan's mount operations strictly beneath ``path``: moving or removing ``path`` would carry them off."""
+    return [op for op in plan.operations if type(op) in _STATES and op.path != path and is_within(op.path, path)]
 
 
 def _check_workspace(workspace: str, probe: FileProbe) -> None:

@@ -4,6 +4,13 @@ srt settings are JSON.  Keys with a blastwall equivalent are converted; keys
 that would weaken the sandbox beyond what blastwall offers, or that have no
 equivalent yet, are reported and left out, never silently approximated.  The
 result is validated with the same schema as any policy file.
+
+An import never yields a policy weaker than the srt settings it came from:
+what srt itself rejects (a missing required section, a domain pattern it
+would refuse) is refused here too, and a deny that blastwall cannot express
+(a glob in ``denyRead`` or ``denyWrite``: blastwall denies paths, not
+patterns) refuses the whole import instead of being dropped.  Only grants
+may be left out (that narrows), with a warning.
 """
 
 from __future__ import annotations
@@ -45,10 +52,48 @@ _REFUSED = {
 }
 
 
+# What srt's own schema requires: each of these lists must be present.
+_REQUIRED = (("network", "allowedDomains"), ("network", "deniedDomains"), ("filesystem", "denyRead"),
+             ("filesystem", "allowWrite"), ("filesystem", "denyWrite"))
+_DENIES = (("filesystem", "denyRead"), ("filesystem", "denyWrite"))
+
+
+def srt_domain_ok(pattern: object) -> bool:
+    """True for a domain pattern srt accepts: ``example.com``, ``*.example.com``, ``localhost``."""
+    if not isinstance(pattern, str) or any(bad in pattern for bad in ("://", "/", ":")):
+        return False
+    if pattern == "localhost":
+        return True
+    name = pattern[2:] if pattern.startswith("*.") else pattern
+    labels = name.split(".")
+    return "*" not in name and len(labels) >= 2 and all(labels)
+
+
+def _check_srt(settings: dict, source: str) -> None:
+    """Refuse what srt itself would refuse, naming the key."""
+    for section, key in _REQUIRED:
+        body = settings.get(section)
+        if not isinstance(body, dict) or not isinstance(body.get(key), list):
+            raise PolicyError(f"srt requires the list {section}.{key} (srt itself refuses this file)",
+                              source=source, fix="add it, even empty: \"%s\": []" % key)
+    for key in ("allowedDomains", "deniedDomains"):
+        for pattern in settings["network"][key]:
+            if not srt_domain_ok(pattern):
+                raise PolicyError(f"network.{key}: {pattern!r} is not a domain pattern srt accepts "
+                                  "(example.com, *.example.com or localhost)", source=source)
+    for section, key in _DENIES:
+        for path in settings[section][key]:
+            if isinstance(path, str) and any(c in path for c in "*?["):
+                raise PolicyError(f"{section}.{key}: {path!r} is a glob; blastwall denies paths, not patterns, so "
+                                  "importing it would hide or protect less than your srt settings do",
+                                  source=source, fix="replace the glob by the paths it should cover, then import")
+
+
 def convert_srt(settings: object, source: str) -> tuple[dict, list[str]]:
     """The blastwall policy document for srt ``settings`` and the warnings."""
     if not isinstance(settings, dict):
         raise PolicyError("expected a JSON object at the top level", source=source)
+    _check_srt(settings, source)
     document: dict[str, dict[str, object]] = {}
     warnings: list[str] = []
     for top, body in settings.items():
@@ -65,12 +110,12 @@ def convert_srt(settings: object, source: str) -> tuple[dict, list[str]]:
             slot = (top, key)
             if slot in _MAPPED:
                 section, name = _MAPPED[slot]
-                if isinstance(value, list):
-                    globbed = [v for v in value if isinstance(v, str) and any(c in v for c in "*?[")
-                               and not (section == "network")]
+                if isinstance(value, list) and section != "network":
+                    # Denies with globs were refused above; a globbed *grant* left out only narrows.
+                    globbed = [v for v in value if isinstance(v, str) and any(c in v for c in "*?[")]
                     if globbed:
-                        warnings.append(f"{top}.{key}: glob patterns not imported (list paths instead): "
-                                        + ", ".join(globbed))
+                        warnings.append(f"{top}.{key}: glob patterns not imported, which grants less "
+                                        "(list paths instead): " + ", ".join(globbed))
                         value = [v for v in value if v not in globbed]
                 document.setdefault(section, {})[name] = value
             elif slot in _REFUSED:

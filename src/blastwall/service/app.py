@@ -66,6 +66,17 @@ class RunCommand(BaseModel):
     background: bool = Field(False, description="return a command id at once instead of streaming")
 
 
+class FilePath(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    path: str = Field(..., max_length=4096, description="relative to /home/user, or absolute under it")
+
+
+class RenameFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    source: str = Field(..., max_length=4096)
+    target: str = Field(..., max_length=4096)
+
+
 # --- the application ----------------------------------------------------------------------------------
 
 def create_app(manager, store) -> FastAPI:
@@ -159,6 +170,27 @@ def create_app(manager, store) -> FastAPI:
         fd, size = await run_in_threadpool(manager.open_file, tenant, sandbox_id, path)
         return StreamingResponse(_file_chunks(fd), media_type="application/octet-stream",
                                  headers={"content-length": str(size)})
+
+    # Files beyond read and write: each held to the sandbox's plan like every other path into it.
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/list", tags=["files"])
+    def list_files(sandbox_id: str, path: str = "/home/user", tenant=Depends(tenant_of)):
+        return manager.list_files(tenant, sandbox_id, path)
+
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/stat", tags=["files"])
+    def stat_file(sandbox_id: str, path: str, tenant=Depends(tenant_of)):
+        return manager.stat_file(tenant, sandbox_id, path)
+
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir", tags=["files"])
+    def make_dir(sandbox_id: str, body: FilePath, tenant=Depends(tenant_of)):
+        return manager.make_dir(tenant, sandbox_id, body.path)
+
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/remove", tags=["files"], status_code=204)
+    def remove_file(sandbox_id: str, body: FilePath, tenant=Depends(tenant_of)):
+        manager.remove_file(tenant, sandbox_id, body.path)
+
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/rename", tags=["files"])
+    def rename_file(sandbox_id: str, body: RenameFile, tenant=Depends(tenant_of)):
+        return manager.rename_file(tenant, sandbox_id, body.source, body.target)
 
     return app
 

@@ -5,8 +5,10 @@
     ServiceError                       (status, code)
     ├── BadRequest                     400 invalid_request, invalid_json, invalid_path
     ├── Unauthorized                   401 unauthorized
-    ├── Forbidden                      403 ceiling_exceeded
+    ├── Forbidden                      403 ceiling_exceeded, path_refused (a path the sandbox could not
+    │                                      touch either: read-only or hidden in it; details say why)
     ├── NotFound                       404 sandbox_not_found, command_not_found, file_not_found, not_found
+    ├── Conflict                       409 file_exists
     ├── PayloadTooLarge                413 payload_too_large
     ├── Unprocessable                  422 invalid_policy, invalid_request
     ├── QuotaExceeded                  429 quota_exceeded
@@ -20,7 +22,7 @@ never see one.  The SDK maps each code onto its own error classes
 
 from __future__ import annotations
 
-__all__ = ["CODES", "BadRequest", "Forbidden", "NotFound", "PayloadTooLarge", "QuotaExceeded", "ServiceError",
+__all__ = ["CODES", "BadRequest", "Conflict", "Forbidden", "NotFound", "PayloadTooLarge", "QuotaExceeded", "ServiceError",
            "Unauthorized", "Unavailable", "Unprocessable"]
 
 
@@ -58,6 +60,10 @@ class NotFound(ServiceError):
     status, code = 404, "sandbox_not_found"
 
 
+class Conflict(ServiceError):
+    status, code = 409, "file_exists"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
@@ -78,7 +84,8 @@ class Unavailable(ServiceError):
 CODES = {
     (400, "invalid_request"), (400, "invalid_json"), (400, "invalid_path"),
     (401, "unauthorized"),
-    (403, "ceiling_exceeded"),
+    (403, "ceiling_exceeded"), (403, "path_refused"),
+    (409, "file_exists"),
     (404, "sandbox_not_found"), (404, "command_not_found"), (404, "file_not_found"), (404, "not_found"),
     (405, "method_not_allowed"),
     (413, "payload_too_large"),

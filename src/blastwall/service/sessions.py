@@ -37,7 +37,7 @@ import time
 from blastwall.errors import ContainmentError, PolicyError, Unsupported
 from blastwall.service.ceiling import (SERVICE_TIERS, CeilingExceeded, Resources, TenantPolicyError, format_size,
                                        machine_max_pids, parse_size, tenant_layer)
-from blastwall.service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
+from blastwall.service.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
     ServiceError, Unavailable, Unprocessable
 
 __all__ = ["Config", "Manager", "default_pids", "host_pid_limit", "prepare_data_dir"]
@@ -888,37 +888,69 @@ class Manager:
         return command
 
     # -- files --------------------------------------------------------------------------------------
-    def write_file(self, tenant, sandbox_id: str, path: str, data: bytes) -> int:
-        from blastwall.client import _files
+    def _files(self, sandbox: Sandbox):
+        """The sandbox's files, held to its plan; what it creates belongs to its user on the host."""
+        from blastwall.tiers.files import Files
+
+        return Files(sandbox.session.plan, owner=sandbox.session.host_owner, limit=self.config.max_upload)
+
+    def _file_op(self, tenant, sandbox_id: str, verb: str, paths: tuple, operation, *, detail: str = ""):
+        """Run ``operation(files, *relative paths)`` on a running sandbox, under its lock, audited."""
+        from blastwall.errors import FileError, PathRefused
 
         sandbox = self.get(tenant, sandbox_id)
-        relative = _workspace_path(path)
-        if len(data) > self.config.max_upload:
-            raise PayloadTooLarge(f"the file is larger than {format_size(self.config.max_upload)}")
+        relative = tuple(_workspace_path(p, root=verb in ("list", "stat")) for p in paths)
         # Under the sandbox's lock: a sandbox being destroyed never gets a file
         # written into its half-removed workspace.
         with sandbox.lock:
             if sandbox.state != "running":
                 raise NotFound(f"no sandbox {sandbox_id!r}")
-            self.audit("write", tenant.name, sandbox.id, detail=relative, reason=f"{len(data)} bytes")
+            files = self._files(sandbox)
             try:
-                _files.write(sandbox.workspace, relative, data, limit=self.config.max_upload,
-                             owner=sandbox.session.host_owner)
-            except (OSError, ValueError) as exc:
-                raise _file_error(path, exc) from None
-        return len(data)
+                files.check(verb, *relative)
+            except (PathRefused, FileError) as exc:
+                self.audit(verb, tenant.name, sandbox.id, decision="deny", detail=" ".join(relative),
+                           rule=getattr(exc, "state", "invalid"), reason=exc.message[:300], strict=False)
+                raise _file_error(exc) from None
+            # Recorded before it happens: with the audit log down, nothing is done (503).
+            self.audit(verb, tenant.name, sandbox.id, detail=" ".join(relative), reason=detail)
+            try:
+                return operation(files, *relative)
+            except (PathRefused, FileError) as exc:
+                raise _file_error(exc) from None
+
+    def write_file(self, tenant, sandbox_id: str, path: str, data: bytes) -> int:
+        if len(data) > self.config.max_upload:
+            raise PayloadTooLarge(f"the file is larger than {format_size(self.config.max_upload)}")
+        return self._file_op(tenant, sandbox_id, "write", (path,), lambda files, p: files.write(p, data),
+                             detail=f"{len(data)} bytes")
 
     def open_file(self, tenant, sandbox_id: str, path: str) -> tuple[int, int]:
         """(fd, size) of a file in the sandbox's workspace; the caller closes fd."""
-        from blastwall.client import _files
+        return self._file_op(tenant, sandbox_id, "read", (path,), lambda files, p: files.open(p))
 
-        sandbox = self.get(tenant, sandbox_id)
-        relative = _workspace_path(path)
-        self.audit("read", tenant.name, sandbox.id, detail=relative)
-        try:
-            return _files.open_regular(sandbox.workspace, relative, limit=self.config.max_upload)
-        except (OSError, ValueError) as exc:
-            raise _file_error(path, exc) from None
+    def list_files(self, tenant, sandbox_id: str, path: str) -> dict:
+        def listing(files, p):
+            entries, truncated = files.list(p)
+            return {"entries": [_entry(e) for e in entries], "truncated": truncated}
+
+        return self._file_op(tenant, sandbox_id, "list", (path,), listing)
+
+    def stat_file(self, tenant, sandbox_id: str, path: str) -> dict:
+        return self._file_op(tenant, sandbox_id, "stat", (path,), lambda files, p: _entry(files.stat(p)))
+
+    def make_dir(self, tenant, sandbox_id: str, path: str) -> dict:
+        return self._file_op(tenant, sandbox_id, "mkdir", (path,), lambda files, p: {"created": files.make_dir(p)})
+
+    def remove_file(self, tenant, sandbox_id: str, path: str) -> None:
+        self._file_op(tenant, sandbox_id, "remove", (path,), lambda files, p: files.remove(p))
+
+    def rename_file(self, tenant, sandbox_id: str, source: str, target: str) -> dict:
+        def rename(files, src, dst):
+            files.rename(src, dst)
+            return _entry(files.stat(dst))
+
+        return self._file_op(tenant, sandbox_id, "rename", (source, target), rename)
 
     # -- background threads --------------------------------------------------------------------------
     def _reap_loop(self) -> None:
@@ -1033,40 +1065,50 @@ def _cwd(cwd) -> str:
     return "/" + "/".join(parts)
 
 
-def _workspace_path(path: object) -> str:
-    """The workspace-relative form of a files API path: relative, or absolute under /home/user."""
-    if not isinstance(path, str) or not path or "\x00" in path or len(path) > 4096:
+def _workspace_path(path: object, *, root: bool = False) -> str:
+    """The workspace-relative form of a files API path: relative, or absolute under /home/user.
+
+    ``root``: the workspace itself ("", "/home/user") is a path too (to list or look at).
+    """
+    if not isinstance(path, str) or "\x00" in path or len(path) > 4096 or (not path and not root):
         raise BadRequest("invalid file path", code="invalid_path")
     relative = path
     if path.startswith("/"):
         prefix = MOUNT_AT + "/"
+        if root and path.rstrip("/") == MOUNT_AT:
+            return ""
         if not path.startswith(prefix):
             raise BadRequest(f"{path[:200]!r} is not inside {MOUNT_AT}", code="invalid_path")
         relative = path[len(prefix):]
     parts = [p for p in relative.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
+    if (not parts and not root) or ".." in parts:
         raise BadRequest(f"{path[:200]!r} is not a file path inside {MOUNT_AT}", code="invalid_path")
     return "/".join(parts)
 
 
-def _file_error(path: str, exc: Exception) -> ServiceError:
-    import errno
+def _entry(entry) -> dict:
+    """A file's description in the API: its path as the sandbox names it."""
+    data = entry.as_dict()
+    data["path"] = f"{MOUNT_AT}/{entry.path}" if entry.path else MOUNT_AT
+    return data
 
-    shown = repr(path[:200])
-    if isinstance(exc, ValueError):
-        return BadRequest(f"{shown}: {exc}", code="invalid_path")
-    number = getattr(exc, "errno", None)
-    if number == errno.ENOENT:
-        return NotFound(f"{shown}: no such file", code="file_not_found")
-    if number in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-        return BadRequest(f"{shown}: a component is a symbolic link or not a directory", code="invalid_path")
-    if number in (errno.EFBIG, 27):
-        return PayloadTooLarge(f"{shown}: {getattr(exc, 'strerror', None) or exc}")
-    if number in (errno.EISDIR, errno.EINVAL, errno.ENXIO):
-        return BadRequest(f"{shown}: not a regular file", code="invalid_path")
-    if number == errno.ENOSPC:
-        return Unavailable(f"{shown}: no space left for the workspace")
-    return BadRequest(f"{shown}: {getattr(exc, 'strerror', None) or 'cannot be accessed'}", code="invalid_path")
+
+def _file_error(exc) -> ServiceError:
+    """A file tool's refusal (PathRefused) or failure (FileError) as the API answers it."""
+    from blastwall.errors import PathRefused
+
+    if isinstance(exc, PathRefused):
+        return Forbidden(exc.message, code="path_refused", details=[{"reason": str(exc.reason), "state": exc.state,
+                                                                     "path": exc.path}])
+    if exc.code == "not_found":
+        return NotFound(exc.message, code="file_not_found")
+    if exc.code == "too_large":
+        return PayloadTooLarge(exc.message)
+    if exc.code == "exists":
+        return Conflict(exc.message, code="file_exists")
+    if exc.code == "no_space":
+        return Unavailable(exc.message)
+    return BadRequest(exc.message, code="invalid_path")
 
 
 def _translate(exc: BaseException) -> BaseException:
