@@ -97,7 +97,7 @@ def test_planted_attacker_key_is_refused_and_upstream_gets_nothing(home, workspa
 
 
 @pytest.mark.parametrize("method,path,status", [("DELETE", "/v1/messages", 403), ("GET", "/v1/admin", 403),
-                                                ("GET", "/v1/models/a/b", 403), ("GET", "/v1/messages/../admin", 403),
+                                                ("GET", "/v1/models/a/b", 403), ("GET", "/v1/messages/../admin", 400),
                                                 ("PUT", "/v1/messages", 403)])
 def test_ungranted_method_or_path(home, workspace, scratch, api, gw_state, method, path, status):
     r = run(["run", "--policy", str(grant_policy(scratch, api)), "--", *curl(
@@ -224,15 +224,23 @@ def test_websocket_through_interception(home, workspace, scratch, api, gw_state)
     assert api.requests[0][0] == "WEBSOCKET" and api.requests[0][2]["x-api-key"] == REAL_KEY
 
 
-def test_unruled_allowed_host_is_tunnelled_untouched(home, workspace, scratch, api, gw_state):
-    # plain.test has no rules: its TLS is not decrypted, so a client that
-    # trusts only the upstream's own CA succeeds there, and fails on api.test,
-    # where the gateway presents its own certificate.
+def test_in_a_session_with_grants_only_passthrough_hosts_are_tunnelled_untouched(home, workspace, scratch, api,
+                                                                                  gw_state):
+    # A grant is only as strong as the weakest tunnel beside it: plain.test has no rules, but a session with
+    # grants decrypts it too (a client that trusts only the upstream's own CA sees the gateway's certificate)
+    # -- unless the policy lists it in network.passthrough: then it is tunnelled untouched.
     shutil.copy(api.ca, workspace / "upstream-ca.pem")
-    r = run(["run", "--policy", str(grant_policy(scratch, api)), "--", "sh", "-c",
-             f"curl -sS --cacert upstream-ca.pem -w ' plain=%{{http_code}}' https://plain.test:{api.port}/x; "
-             f"curl -sS --cacert upstream-ca.pem -w ' api=%{{http_code}}' https://api.test:{api.port}/v1/messages; "
-             "echo"],
+    script = (f"curl -sS --cacert upstream-ca.pem -w ' plain=%{{http_code}}' https://plain.test:{api.port}/x; "
+              f"curl -sS --cacert upstream-ca.pem -w ' api=%{{http_code}}' https://api.test:{api.port}/v1/messages; "
+              "echo")
+    r = run(["run", "--policy", str(grant_policy(scratch, api)), "--", "sh", "-c", script],
+            home=home, workspace=workspace, gw_state=gw_state)
+    assert "plain=000" in r.stdout and "api=000" in r.stdout, r.stdout + r.stderr  # Both the gateway's cert.
+    assert api.requests == []
+    passthrough = grant_policy(scratch, api, extra="")
+    passthrough.write_text(passthrough.read_text().replace('allow = ["plain.test"]',
+                                                           'allow = ["plain.test"]\npassthrough = ["plain.test"]'))
+    r = run(["run", "--policy", str(passthrough), "--", "sh", "-c", script],
             home=home, workspace=workspace, gw_state=gw_state)
     assert "plain=200" in r.stdout, r.stdout + r.stderr
     assert "api=000" in r.stdout  # curl: (60) the gateway's certificate, not the upstream's

@@ -23,24 +23,39 @@ import logging
 import socket
 
 from mitmproxy import http
-from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy import commands, layer, layers, mode_specs
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.http import HTTPMode
 
-from blastwall.egress.decide import (check_addresses, check_request, decide, foreign_credentials, names_agree,
-                                     needs_interception, pinned_address)
+from blastwall.egress.decide import Verdict, check_addresses, decide, inspects, names_agree, pinned_address
 from blastwall.egress.gateway import SESSION_PEER
+from blastwall.egress.messages import (Scrubber, check_binding, check_form, check_overrides, check_request,
+                                       decoder_for, host_of, normalize_path, query_keys)
 
 logger = logging.getLogger("blastwall.gateway")
 
 USERNAME = "blastwall"
 
 
+# What would allow it, for each refusal a user can do something about.
+HOW = {
+    "not-allowed": "To allow it: blastwall run --allow-domain HOST, or add it to [network] allow.",
+    "denied": "It is listed in network.deny; deny wins over allow.",
+    "forbidden-address": "To reach it: blastwall run --trust-address CIDR, or list the range in [network] "
+                         "trusted_addresses.",
+    "bad-host": "Give the host name in its canonical form.",
+    "not-granted": "The host's [[network.rules]] grant other methods or paths: add this one to its methods/paths.",
+    "header-not-granted": "Add the header's name to the rule's headers = [...] if it carries no credential.",
+    "query-not-granted": "Add the key to the rule's query = [...] if it carries no credential.",
+    "cookie-not-granted": "Add the cookie's name to the rule's cookies = [...] if it carries no credential.",
+    "foreign-credential": "Only the session's own credential may be used on this host.",
+    "ambiguous-path": "Send the path without dot segments, encoded slashes or dots, ';' parameters or "
+                      "double encoding.",
+}
+
+
 def refusal_body(what: str, reason: str, detail: str = "") -> str:
-    how = {
-        "not-allowed": "To allow it: blastwall run --allow-domain HOST, or add it to [network] allow.",
-        "denied": "It is listed in network.deny; deny wins over allow.",
-        "forbidden-address": "To reach a private address, list its range in [network] trusted_addresses.",
-        "bad-host": "Give the host name in its canonical form.",
-    }.get(reason, "")
+    how = HOW.get(reason, "")
     text = f"blastwall: refused {what}: {reason}"
     if detail:
         text += f" ({detail})"
@@ -54,14 +69,20 @@ def _fail_closed(hook):
         logger.error("blastwall gateway: %s failed: %r", hook.__name__, exc)
         target = args[1] if len(args) > 1 else None
         if isinstance(target, http.HTTPFlow):
-            target.response = http.Response.make(500, b"blastwall: internal error; request refused\n",
-                                                 {"content-type": "text/plain"})
+            if target.response is not None:
+                # A response hook: the server's body would still come under a new head.  Kill the flow.
+                target.kill()
+            else:
+                target.response = http.Response.make(500, b"blastwall: internal error; request refused\n",
+                                                     {"content-type": "text/plain"})
         elif hasattr(target, "server"):  # ServerConnectionHookData
             target.server.error = "blastwall: internal error; connection refused"
         elif hasattr(target, "ignore_connection"):  # ClientHelloData
             target.context.client.error = "blastwall: internal error"
         elif hasattr(target, "valid"):  # Socks5AuthData
             target.valid = False
+        elif isinstance(target, layer.NextLayer):
+            target.layer = _Close(target.context)
         elif hasattr(target, "error"):  # Client
             target.error = "blastwall: internal error"
 
@@ -154,6 +175,48 @@ class Gatekeeper:
 
     # -- hooks ----------------------------------------------------------------------
     @_fail_closed
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Which protocol a connection speaks next: parsed whole, or closed (mitmproxy's NextLayer is not loaded).
+
+        mitmproxy decides from the first bytes, and relays as raw TCP what does
+        not look like HTTP yet -- two bytes, no space, a leading CRLF -- where
+        no HTTP rule or credential check runs.  Here a connection whose host
+        must be read (a session with grants, not passthrough) is HTTP (or TLS
+        that is then decrypted) whatever its first bytes: a stream that is not
+        HTTP fails in the parser and is closed.
+        """
+        if nextlayer.layer:
+            return
+        context = nextlayer.context
+        session = self._session(context.client)
+        if session is None:
+            nextlayer.layer = _Close(context)
+            return
+        data = nextlayer.data_client()
+        if len(context.layers) == 1 and isinstance(context.layers[0], modes.HttpProxy):
+            nextlayer.layer = _delegate()._setup_explicit_http_proxy(context, data)  # CONNECT or absolute form.
+            return
+        if data[:1] == b"\x16" and len(data) < 3:
+            return  # Perhaps TLS: wait for the record header.
+        from mitmproxy.net.tls import starts_like_tls_record
+
+        if starts_like_tls_record(data):
+            tls = layers.ServerTLSLayer(context)
+            tls.child_layer = layers.ClientTLSLayer(context)  # Decrypted or passed through: tls_clienthello.
+            nextlayer.layer = tls
+            return
+        target = self.registry.target(context.client.id) or context.server.address
+        if context.client.tls_established or (target and inspects(session.rules, target[0], target[1])):
+            nextlayer.layer = layers.HttpLayer(context, HTTPMode.transparent)
+            return
+        from mitmproxy.addons.next_layer import NeedsMoreData
+
+        try:
+            nextlayer.layer = _delegate()._next_layer(context, data, nextlayer.data_server())
+        except NeedsMoreData:
+            pass
+
+    @_fail_closed
     def socks5_auth(self, data) -> None:
         session = self._session(data.client_conn)
         data.valid = bool(session and data.username == USERNAME
@@ -168,11 +231,30 @@ class Gatekeeper:
             return None
         host, port = flow.request.host, flow.request.port
         verdict = await self._decide(session, flow.client_conn.id, host, port)
+        if verdict.allowed:
+            # Refused before the tunnel opens, with the reason: a client whose address is refused
+            # learns it now instead of retrying TLS on a connection that is reset.
+            verdict = await self._address(session, flow.client_conn.id, host, port)
         if not verdict.allowed:
             self._record(session, host, port, verdict, "connect")
             return self._deny_response(flow, 403, refusal_body(f"CONNECT {host}:{port}", verdict.reason, verdict.detail))
         self.registry.set_target(flow.client_conn.id, host, port)
         return None
+
+    async def _address(self, session, client_id, host, port):
+        """Resolve ``host`` here and check every address; remember the one to connect to.  The verdict."""
+        known = self.registry.address(client_id, host, port)
+        if known is not None:
+            return Verdict(True, "allowed")
+        pinned = pinned_address(session.rules, host)
+        try:
+            addresses = [pinned] if pinned else await self.resolver(host, port)
+        except OSError as exc:
+            return Verdict(False, "resolve-failed", detail=str(exc))
+        checked, address = check_addresses(session.rules, addresses)
+        if checked.allowed:
+            self.registry.set_address(client_id, host, port, (checked, address))
+        return checked
 
     @_fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -180,6 +262,16 @@ class Gatekeeper:
         if session is None:
             return self._deny_response(flow, 403, "blastwall: no session\n")
         target = self.registry.target(flow.client_conn.id)
+        request = flow.request
+        # Strict HTTP in, on every protocol, before anything is decided on a header.
+        form = check_form(method=request.method, http_version=request.http_version,
+                          headers=[(k, v) for k, v in request.headers.items(multi=True)],
+                          target=request.data.path.decode("ascii", "surrogateescape"), authority=request.authority)
+        if not form.allowed:
+            where = target[0] if target else request.authority or "the request"
+            self._record(session, where, target[1] if target else 0, form, "http")
+            return self._deny_response(flow, 400, refusal_body(f"{request.method} to {where}", form.reason,
+                                                               form.detail))
         # The Host header in HTTP/1, the :authority pseudo-header in HTTP/2.
         host_header = flow.request.host_header
         if target is None and isinstance(flow.client_conn.proxy_mode, mode_specs.Socks5Mode):
@@ -226,45 +318,55 @@ class Gatekeeper:
                 return self._deny_response(flow, 403, refusal_body(f"{flow.request.method} {host}:{port}",
                                                                    verdict.reason, verdict.detail))
             return self._capabilities(session, flow, host, port)
-        # HTTP inside a CONNECT or SOCKS tunnel (plain, or decrypted): it must
-        # address the tunnel's host, and so must the TLS SNI.
+        # HTTP inside a CONNECT or SOCKS tunnel (plain, or decrypted): the Host
+        # header, an absolute-form target and the TLS SNI must all name the
+        # tunnel's host (servers route on any of them).
         host, port = target
         sni = self.registry.sni(flow.client_conn.id)
-        for what, name in (("host-mismatch", host_header), ("sni-mismatch", sni)):
+        for what, name in (("host-mismatch", host_header), ("target-mismatch", request.authority),
+                           ("sni-mismatch", sni)):
             if not names_agree(host, name):
                 session.blocked(host, port, what, f"{name}")
                 return self._deny_response(flow, 421, refusal_body(f"{host}:{port}", what,
                                                                    f"the request names {name}"))
+        _canonical_out(request, host, port)
         return self._capabilities(session, flow, host, port)
+
+    def _refuse(self, session, flow, host, port, verdict, kind: str = "http") -> None:
+        self._record(session, host, port, verdict, kind)
+        status = {"body-too-large": 413, "ambiguous-path": 400}.get(verdict.reason, 403)
+        self._deny_response(flow, status, refusal_body(f"{flow.request.method} {host}{flow.request.path[:100]}",
+                                                       verdict.reason, verdict.detail))
 
     def _capabilities(self, session, flow: http.HTTPFlow, host: str, port: int) -> None:
         """HTTP rules and credentials for a request the gateway can see."""
         request = flow.request
         length = request.headers.get("content-length")
         length = int(length) if length and length.isdigit() else None
-        verdict, rule = check_request(session.http_rules, host, port, request.method, request.path, length)
-        if not verdict.allowed:
-            self._record(session, host, port, verdict, "http")
-            return self._deny_response(flow, 413 if verdict.reason == "body-too-large" else 403,
-                                       refusal_body(f"{request.method} {host}{request.path[:100]}", verdict.reason,
-                                                    verdict.detail))
         headers = list(request.headers.items(multi=True))
+        rules = [r for r in session.http_rules if r.applies_to(host, port)]
+        rule = None
+        if rules:
+            # One normal path: the rules match it, and it is what goes upstream.
+            normal = normalize_path(request.data.path.decode("ascii", "surrogateescape"))
+            keys = query_keys(normal[1]) if normal is not None else None
+            if normal is None or keys is None:
+                return self._refuse(session, flow, host, port, Verdict(False, "ambiguous-path",
+                                                                       detail=request.path[:200]))
+            verdict = check_overrides(headers, keys)
+            if verdict.allowed:
+                verdict, rule = check_request(rules, host, port, request.method, normal[0], length)
+            if verdict.allowed and rule is not None and rule.credential:
+                verdict = check_binding(rule, session.credentials[rule.credential], headers, keys)
+            if not verdict.allowed:
+                return self._refuse(session, flow, host, port, verdict,
+                                    "credential" if verdict.reason.endswith(("credential", "granted")) else "http")
+            request.path = normal[0] + ("?" + normal[1] if normal[1] else "")
         visible = request.path + "\n" + "\n".join(f"{k}: {v}" for k, v in headers)
         for cred in session.credentials.values():
             if cred.placeholder in visible and not cred.bound_to(host, port):
-                refusal = type(verdict)(False, "placeholder-to-unbound-host", detail=f"credential {cred.name}")
-                self._record(session, host, port, refusal, "credential")
-                return self._deny_response(flow, 403, refusal_body(f"{request.method} {host}", refusal.reason,
-                                                                   refusal.detail))
-        if rule is not None and rule.credential:
-            cred = session.credentials[rule.credential]
-            query_keys = [k for k, _ in request.query.items(multi=True)]
-            foreign = foreign_credentials(headers, query_keys, cred)
-            if foreign:
-                refusal = type(verdict)(False, "foreign-credential", detail=", ".join(foreign))
-                self._record(session, host, port, refusal, "credential")
-                return self._deny_response(flow, 403, refusal_body(f"{request.method} {host}", refusal.reason,
-                                                                   f"only {cred.name} may be used on this host"))
+                refusal = Verdict(False, "placeholder-to-unbound-host", detail=f"credential {cred.name}")
+                return self._refuse(session, flow, host, port, refusal, "credential")
         used = []
         for cred in session.credentials.values():
             if not cred.bound_to(host, port):
@@ -277,30 +379,68 @@ class Gatekeeper:
         if limit is not None:
             request.stream = _body_limit(limit)
         if used:
+            # A reply that could carry the secret back comes plain, to be read whole (and scrubbed).
+            request.headers["accept-encoding"] = "identity"
             session.bound.add(flow.id)
-            self._record(session, host, port, type(verdict)(True, "credential-used",
-                                                           rule=f"credentials.{','.join(sorted(set(used)))}"),
+            self._record(session, host, port, Verdict(True, "credential-used",
+                                                      rule=f"credentials.{','.join(sorted(set(used)))}"),
                          "credential")
         return None
 
     @_fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Whatever comes back, the sandbox sees placeholders: headers, the reason phrase, the body decoded."""
         session = self._session(flow.client_conn)
-        if session is None or flow.id not in session.bound:
+        if session is None or not session.credentials:
             return
         secrets = [(c.value, c.placeholder) for c in session.credentials.values()]
-        for name, value in list(flow.response.headers.items(multi=True)):
+        response = flow.response
+        for name, value in list(response.headers.items(multi=True)):
             for secret, placeholder in secrets:
                 if secret in value:
-                    flow.response.headers[name] = value.replace(secret, placeholder)
-        # Whatever the upstream echoes, the sandbox sees the placeholder.
-        flow.response.stream = _Scrubber(secrets)
+                    response.headers[name] = value.replace(secret, placeholder)
+        for secret, placeholder in secrets:
+            response.reason = response.reason.replace(secret, placeholder)
+        host, port = flow.request.host, flow.request.port
+        decoder = None
+        if flow.id in session.bound or any(c.bound_to(host, port) for c in session.credentials.values()):
+            # A host that knows a secret may send it back compressed: read the body decoded.
+            coding = response.headers.get("content-encoding", "").strip().lower()
+            if coding and coding != "identity":
+                decoder = decoder_for(coding)
+                if decoder is None:
+                    _replace_response(response, 502, f"blastwall: refused the response of {host}: it is encoded "
+                                                     f"as {coding[:40]!r}, which the gateway cannot read to check\n")
+                    return
+                del response.headers["content-encoding"]
+                del response.headers["content-length"]
+                if not flow.request.is_http2 and "chunked" not in response.headers.get("transfer-encoding", ""):
+                    response.headers["transfer-encoding"] = "chunked"
+        response.stream = Scrubber(secrets, decoder)
 
     @_fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         session = self._session(flow.client_conn)
-        if session is not None:
-            session.bound.discard(flow.id)
+        if session is None:
+            return
+        session.bound.discard(flow.id)
+        if session.credentials and flow.response is not None and flow.response.trailers:
+            trailers = flow.response.trailers
+            for name, value in list(trailers.items(multi=True)):
+                for cred in session.credentials.values():
+                    if cred.value in value:
+                        trailers[name] = value.replace(cred.value, cred.placeholder)
+
+    @_fail_closed
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        session = self._session(flow.client_conn)
+        if session is None or not session.credentials or flow.websocket is None:
+            return
+        message = flow.websocket.messages[-1]
+        content = message.content
+        for cred in session.credentials.values():
+            content = content.replace(cred.value.encode(), cred.placeholder.encode())
+        message.content = content
 
     @_fail_closed
     def tls_clienthello(self, data) -> None:
@@ -324,11 +464,10 @@ class Gatekeeper:
             self.registry.set_target(client.id, host, port)
             data.context.server.address = (host, port)
         target = self.registry.target(client.id) or data.context.server.address
-        # Decrypt only hosts with HTTP rules or bound credentials.  Every other
-        # tunnel passes through untouched; its SNI is checked in server_connect.
-        intercept = bool(target) and needs_interception(session.http_rules, list(session.credentials.values()),
-                                                        target[0], target[1])
-        data.ignore_connection = not intercept
+        # A session with grants has every TLS connection decrypted and read, but for its passthrough hosts:
+        # a tunnel to an unruled name can carry a request for a ruled host on the same server.  A session
+        # without grants tunnels TLS untouched; its SNI is checked in server_connect.
+        data.ignore_connection = not (bool(target) and inspects(session.rules, target[0], target[1]))
 
     @_fail_closed
     async def server_connect(self, data) -> None:
@@ -347,18 +486,10 @@ class Gatekeeper:
             if not names_agree(host, sni):
                 verdict = type(verdict)(False, "sni-mismatch", detail=f"TLS SNI is {sni}")
         if verdict.allowed:
-            pinned = pinned_address(session.rules, host)
-            try:
-                addresses = [pinned] if pinned else await self.resolver(host, port)
-            except OSError as exc:
-                verdict = type(verdict)(False, "resolve-failed", detail=str(exc))
-            else:
-                checked, address = check_addresses(session.rules, addresses)
-                if not checked.allowed:
-                    verdict = type(verdict)(False, checked.reason, detail=checked.detail)
-                else:
-                    # Connect to exactly the address that was checked: no second lookup.
-                    data.server.address = (address, port)
+            verdict = await self._address(session, client.id, host, port)
+            if verdict.allowed:
+                # Connect to exactly the address that was checked: no second lookup.
+                data.server.address = (self.registry.address(client.id, host, port)[1], port)
         self._record(session, host, port, verdict, "connect")
         if not verdict.allowed:
             data.server.error = f"blastwall: refused {host}:{port}: {verdict.reason}"
@@ -366,6 +497,48 @@ class Gatekeeper:
     @_fail_closed
     def client_disconnected(self, client) -> None:
         self.registry.forget_client(client.id)
+
+
+class _Close(layer.Layer):
+    """The next layer of a connection that is refused: it closes the client's side at once."""
+
+    def _handle_event(self, event):
+        yield commands.CloseConnection(self.context.client)
+
+
+@functools.cache
+def _delegate():
+    """mitmproxy's own choice of layer, asked only where the gateway need not read the traffic."""
+    from mitmproxy.addons.next_layer import NextLayer
+
+    return NextLayer()
+
+
+def _replace_response(response, status: int, text: str) -> None:
+    """Refuse a response whose head arrived: the same response object, its body the refusal, the server's dropped.
+
+    (A new Response object would be sent with the server's body as its content.)
+    """
+    body = text.encode()
+    response.status_code = status
+    response.reason = "Bad Gateway" if status == 502 else "Refused"
+    response.headers.clear()
+    response.headers["content-type"] = "text/plain"
+    response.headers["content-length"] = str(len(body))
+    response.headers["connection"] = "close"
+    response.stream = lambda chunk: [] if chunk else [body]
+
+
+def _canonical_out(request, host: str, port: int) -> None:
+    """Canonical HTTP out: origin-form, and a Host of the tunnel's own name (HTTP/2 keeps :authority)."""
+    default = 443 if request.scheme == "https" else 80
+    name = host if ":" not in host or host.startswith("[") else f"[{host}]"
+    value = name if port == default else f"{name}:{port}"
+    if request.is_http2 or request.is_http3:
+        request.authority = value
+    else:
+        request.authority = ""
+        request.headers["host"] = value
 
 
 def _kind(client) -> str:
@@ -399,33 +572,13 @@ def _body_limit(limit: int):
     """A stream filter that fails the request once its body exceeds ``limit`` bytes."""
     seen = [0]
 
-    def count(chunk: bytes) -> bytes:
+    def count(chunk: bytes) -> list[bytes]:
         seen[0] += len(chunk)
         if seen[0] > limit:
             raise ValueError(f"request body larger than {limit} bytes")
-        return chunk
+        return [chunk] if chunk else []  # Never an empty chunk: it would end a chunked body.
 
     return count
-
-
-class _Scrubber:
-    """Replaces secrets by placeholders in a streamed body, across chunk boundaries."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = [(s.encode(), p.encode()) for s, p in pairs]
-        self.keep = max((len(s) for s, _ in self.pairs), default=1) - 1
-        self.buffer = b""
-
-    def __call__(self, chunk: bytes) -> bytes:
-        data = self.buffer + chunk
-        for secret, placeholder in self.pairs:
-            data = data.replace(secret, placeholder)
-        if not chunk:  # End of the body: flush everything.
-            self.buffer = b""
-            return data
-        cut = max(0, len(data) - self.keep)
-        self.buffer = data[cut:]
-        return data[:cut]
 
 
 async def _resolve(host: str, port: int) -> list[str]:

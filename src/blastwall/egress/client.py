@@ -270,14 +270,19 @@ def register(rules: dict, command: str, environ=os.environ, *, broker=None, work
     fields += [("deny", d) for d in rules.get("deny", ())]
     fields += [("resolve", pack([name, addr])) for name, addr in (rules.get("resolve") or {}).items()]
     fields += [("trusted", t) for t in rules.get("trusted_addresses", ())]
+    def listed(items) -> str:
+        # A list inside a field: packed again (a path may hold a comma); "*" for "any".
+        return "*" if items is None else pack(list(items))
+
     for rule in rules.get("rules", ()):
-        fields.append(("rule", pack([rule["host"], ",".join(rule["methods"] or ()) or "*",
-                                     ",".join(rule["paths"] or ()) or "*",
+        fields.append(("rule", pack([rule["host"], listed(rule["methods"]), listed(rule["paths"]),
                                      "" if rule["max_body_bytes"] is None else str(rule["max_body_bytes"]),
-                                     rule["credential"] or ""])))
+                                     rule["credential"] or "", listed(rule.get("headers") or ()),
+                                     listed(rule.get("query") or ()), listed(rule.get("cookies") or ())])))
     for cred in rules.get("credentials", ()):
         fields.append(("credential", pack([cred["name"], read_secret(cred["name"], cred["from"], environ),
-                                           cred["header"], cred["template"], ",".join(cred["hosts"])])))
+                                           cred["header"], cred["template"], listed(cred["hosts"])])))
+    fields += [("passthrough", p) for p in rules.get("passthrough", ())]
     if rules.get("upstream_ca"):
         fields.append(("upstream_ca", rules["upstream_ca"]))
     fields.append(("unlisted", rules.get("unlisted", "deny")))

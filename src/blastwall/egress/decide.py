@@ -10,7 +10,7 @@ The gateway addon asks three questions, in this order, for each connection:
    is every address acceptable?  Loopback, private, link-local, cloud metadata,
    CGNAT, multicast, unspecified and reserved ranges are refused unless listed
    in ``trusted_addresses``, including when hidden in an IPv4-mapped,
-   IPv4-compatible, NAT64 or 6to4 IPv6 address.  The connection then goes to
+   IPv4-translated, IPv4-compatible, NAT64 or 6to4 IPv6 address.  The connection then goes to
    the address that was checked.
 """
 
@@ -20,8 +20,8 @@ import ipaddress
 
 from blastwall.policy.hosts import HostPatternError, normalize_host_pattern
 
-__all__ = ["Rules", "Verdict", "check_addresses", "classify_address", "decide", "names_agree",
-           "normalize_target_host"]
+__all__ = ["Rules", "Verdict", "check_addresses", "classify_address", "decide", "inspects", "names_agree",
+           "normalize_target_host", "pinned_address"]
 
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
              ipaddress.ip_address("100.100.100.200")}
@@ -30,6 +30,8 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _COMPAT = ipaddress.ip_network("::/96")
 _6TO4 = ipaddress.ip_network("2002::/16")
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765's IPv4-translated addresses.
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 
 
 class Verdict:
@@ -45,20 +47,28 @@ class Verdict:
 
 
 class Rules:
-    """One session's network policy, compiled once when the session registers."""
+    """One session's network policy, compiled once when the session registers.
 
-    __slots__ = ("allow", "deny", "resolve", "trusted")
+    ``grants``: the session has HTTP rules or credentials, so every connection
+    it makes is decrypted and read (a grant is only as strong as the weakest
+    tunnel beside it), but for the ``passthrough`` hosts.
+    """
 
-    def __init__(self, *, allow=(), deny=(), resolve=None, trusted=()) -> None:
+    __slots__ = ("allow", "deny", "resolve", "trusted", "passthrough", "grants")
+
+    def __init__(self, *, allow=(), deny=(), resolve=None, trusted=(), passthrough=(), grants=False) -> None:
         self.allow = tuple(_split(p) for p in allow)
         self.deny = tuple(_split(p) for p in deny)
         self.resolve = {normalize_host_pattern(k): ipaddress.ip_address(v) for k, v in (resolve or {}).items()}
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted)
+        self.passthrough = tuple(_split(p) for p in passthrough)
+        self.grants = grants
 
     @classmethod
     def from_dict(cls, data: dict) -> "Rules":
         return cls(allow=data.get("allow", ()), deny=data.get("deny", ()), resolve=data.get("resolve") or {},
-                   trusted=data.get("trusted_addresses", ()))
+                   trusted=data.get("trusted_addresses", ()), passthrough=data.get("passthrough", ()),
+                   grants=bool(data.get("rules") or data.get("credentials")))
 
 
 def _split(pattern: str) -> tuple[str, int | None, str]:
@@ -112,6 +122,17 @@ def decide(rules: Rules, host: str, port: int) -> Verdict:
     return Verdict(False, "not-allowed")
 
 
+def inspects(rules: Rules, host: str, port: int) -> bool:
+    """Must the gateway decrypt and read this connection?  In a session with grants, all but passthrough hosts."""
+    if not rules.grants:
+        return False
+    try:
+        canonical = normalize_target_host(host)
+    except HostPatternError:
+        return True
+    return not any(_matches(p, canonical, port) for p in rules.passthrough)
+
+
 def names_agree(target: str, other: str | None) -> bool:
     """True when ``other`` (Host header or SNI; port ignored) names ``target``'s host."""
     if not other:
@@ -137,13 +158,18 @@ def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
         return addr.ipv4_mapped
     if addr.sixtofour is not None:
         return addr.sixtofour
-    if addr in _NAT64 or addr in _NAT64_LOCAL or (addr in _COMPAT and int(addr) > 1):
+    if addr in _NAT64 or addr in _NAT64_LOCAL or addr in _TRANSLATED or (addr in _COMPAT and int(addr) > 1):
         return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return None
 
 
 def classify_address(addr) -> str | None:
-    """None for an ordinary public address, else why it is special."""
+    """None for an ordinary public address, else why it is special.
+
+    ``private`` is only what RFC 1918 and RFC 4193 (unique local) say;
+    documentation, benchmarking and other special-purpose ranges are
+    ``reserved``.
+    """
     addr = ipaddress.ip_address(addr)
     if addr in _METADATA:
         return "cloud-metadata"
@@ -162,7 +188,7 @@ def classify_address(addr) -> str | None:
         return "multicast"
     if addr.version == 4 and addr in _CGNAT:
         return "cgnat"
-    if addr.is_private:
+    if any(addr in net for net in _PRIVATE if net.version == addr.version):
         return "private"
     if not addr.is_global:
         return "reserved"
@@ -207,140 +233,3 @@ def pinned_address(rules: Rules, host: str) -> str | None:
         return None
     addr = rules.resolve.get(canonical)
     return str(addr) if addr is not None else None
-
-
-# --- HTTP capability rules and credentials (intercepted hosts only) -------------------------
-
-
-class HttpRule:
-    """One ``[[network.rules]]`` entry: which methods and paths a host grants, and how."""
-
-    __slots__ = ("host", "methods", "paths", "max_body_bytes", "credential")
-
-    def __init__(self, *, host: str, methods=None, paths=None, max_body_bytes=None, credential=None) -> None:
-        self.host = _split(host)
-        self.methods = tuple(methods) if methods else None
-        self.paths = tuple(paths) if paths else None
-        self.max_body_bytes = max_body_bytes
-        self.credential = credential or None
-
-    def applies_to(self, host: str, port: int) -> bool:
-        try:
-            return _matches(self.host, normalize_target_host(host), port)
-        except HostPatternError:
-            return False
-
-
-class Credential:
-    """A secret the gateway holds for a session; the sandbox only ever sees ``placeholder``."""
-
-    __slots__ = ("name", "value", "placeholder", "hosts", "header", "template")
-
-    def __init__(self, *, name: str, value: str, placeholder: str, hosts, header: str, template: str) -> None:
-        if not value:
-            raise ValueError(f"credential {name} is empty")
-        self.name, self.value, self.placeholder = name, value, placeholder
-        self.hosts = tuple(_split(h) for h in hosts)
-        self.header, self.template = header.lower(), template
-
-    def bound_to(self, host: str, port: int) -> bool:
-        try:
-            canonical = normalize_target_host(host)
-        except HostPatternError:
-            return False
-        return any(_matches(p, canonical, port) for p in self.hosts)
-
-
-def needs_interception(rules: list[HttpRule], credentials: list[Credential], host: str, port: int) -> bool:
-    """Decrypt only hosts with HTTP rules or bound credentials; tunnel the rest untouched."""
-    return any(r.applies_to(host, port) for r in rules) or any(c.bound_to(host, port) for c in credentials)
-
-
-def normalize_request_path(raw: str) -> str | None:
-    """The path part of a request target, or None when it is ambiguous.
-
-    Refused: dot segments (also percent-encoded), encoded slashes or
-    backslashes, empty segments, anything that different servers could read
-    as different paths.
-    """
-    path = raw.split("?", 1)[0].split("#", 1)[0]
-    if not path.startswith("/") or "\\" in path or "//" in path:
-        return None
-    lowered = path.lower()
-    if "%2e" in lowered or "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
-        return None
-    if any(seg in (".", "..") for seg in path.split("/")[1:]):
-        return None
-    if any(ord(ch) < 33 or ord(ch) == 127 for ch in path):
-        return None
-    return path
-
-
-def path_matches(pattern: str, path: str) -> bool:
-    """'*' is one whole segment, '**' any number (also none) of trailing segments."""
-    want = pattern.split("/")[1:]
-    have = path.split("/")[1:]
-    for i, seg in enumerate(want):
-        if seg == "**":
-            return True
-        if i >= len(have):
-            return False
-        if seg != "*" and seg != have[i]:
-            return False
-        if seg == "*" and not have[i]:
-            return False
-    return len(have) == len(want)
-
-
-def check_request(rules: list[HttpRule], host: str, port: int, method: str, raw_path: str,
-                  content_length: int | None) -> tuple[Verdict, HttpRule | None]:
-    """May this request go to a ruled host?  Returns the verdict and the granting rule."""
-    applicable = [r for r in rules if r.applies_to(host, port)]
-    if not applicable:
-        return Verdict(True, "allowed", rule="no HTTP rules for this host"), None
-    path = normalize_request_path(raw_path)
-    if path is None:
-        return Verdict(False, "ambiguous-path", detail=raw_path[:200]), None
-    for rule in applicable:
-        if rule.methods is not None and method.upper() not in rule.methods:
-            continue
-        if rule.paths is not None and not any(path_matches(p, path) for p in rule.paths):
-            continue
-        if rule.max_body_bytes is not None and content_length is not None and content_length > rule.max_body_bytes:
-            return Verdict(False, "body-too-large", detail=f"{content_length} > {rule.max_body_bytes} bytes"), rule
-        return Verdict(True, "allowed", rule=f"network.rules host {rule.host[2]!r}"), rule
-    return Verdict(False, "not-granted", detail=f"{method} {path}"), None
-
-
-# Header and query names that carry credentials.  A request to a host whose
-# rule binds a credential may carry no credential but that one.
-CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "x-api-key", "api-key", "x-auth-token", "x-access-token",
-                                "x-goog-api-key", "x-amz-security-token", "private-token", "x-csrf-token"})
-_CREDENTIAL_HEADER_SUFFIXES = ("-key", "-token", "-secret", "-auth", "-signature", "-session")
-CREDENTIAL_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "access_token", "token", "auth", "signature",
-                                   "sig", "secret", "password", "x-amz-signature", "x-amz-credential",
-                                   "client_secret", "session"})
-
-
-def is_credential_header(name: str) -> bool:
-    lowered = name.lower()
-    if lowered.startswith("sec-"):
-        return False  # Browser/WebSocket protocol headers (Sec-WebSocket-Key is a nonce, not a secret).
-    return lowered in CREDENTIAL_HEADERS or lowered.endswith(_CREDENTIAL_HEADER_SUFFIXES)
-
-
-def foreign_credentials(headers: list[tuple[str, str]], query_keys: list[str], credential: Credential) -> list[str]:
-    """Credential-bearing parts of a request other than ``credential``'s own placeholder."""
-    foreign = []
-    expected = credential.template.replace("{}", credential.placeholder)
-    for name, value in headers:
-        lowered = name.lower()
-        if not is_credential_header(lowered):
-            continue
-        if lowered == credential.header and value.strip() == expected:
-            continue
-        foreign.append(f"header {name}")
-    for key in query_keys:
-        if key.lower() in CREDENTIAL_QUERY_KEYS:
-            foreign.append(f"query {key}")
-    return foreign

@@ -145,6 +145,7 @@ class Registry:
         self._targets: dict[str, tuple[str, int]] = {}
         self._sni: dict[str, str | None] = {}
         self._decided: dict[tuple[str, str, int], object] = {}
+        self._addresses: dict[tuple[str, str, int], tuple] = {}
         self.last_active = time.monotonic()
 
     # Keyed by listener kind and source port: a source port is unique only per
@@ -176,11 +177,20 @@ class Registry:
     def remember(self, client_id: str, host: str, port: int, verdict) -> None:
         self._decided[(client_id, host, port)] = verdict
 
+    def address(self, client_id: str, host: str, port: int):
+        """(verdict, address) checked for this connection's ``host:port``, or None."""
+        return self._addresses.get((client_id, host, port))
+
+    def set_address(self, client_id: str, host: str, port: int, checked: tuple) -> None:
+        self._addresses[(client_id, host, port)] = checked
+
     def forget_client(self, client_id: str) -> None:
         self._targets.pop(client_id, None)
         self._sni.pop(client_id, None)
         for key in [k for k in self._decided if k[0] == client_id]:
             del self._decided[key]
+        for key in [k for k in self._addresses if k[0] == client_id]:
+            del self._addresses[key]
 
 
 # The peer "address" a session connection shows to mitmproxy.  No real socket
@@ -219,18 +229,20 @@ class Gateway:
     # -- mitmproxy ------------------------------------------------------------------
     async def start_proxy(self) -> None:
         from mitmproxy import master, options
-        from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+        from mitmproxy.addons import core, disable_h2c, proxyserver, tlsconfig
 
         from blastwall.audit.log import AuditLog, BackgroundAppender, default_path
         from blastwall.egress.addon import Gatekeeper
 
+        _drop_interim_responses()
         opts = options.Options()
         self.master = master.Master(opts, event_loop=asyncio.get_running_loop())
         self.audit = BackgroundAppender(AuditLog(os.environ.get("BLASTWALL_AUDIT_DB") or default_path()))
         self.addon = Gatekeeper(self.registry, self.audit)
         self.tls = tlsconfig.TlsConfig()
-        self.master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),
-                               disable_h2c.DisableH2C(), self.tls, _SocksAuthOption(), self.addon)
+        # No NextLayer addon: the Gatekeeper chooses every next layer itself (no raw fallback where it reads).
+        self.master.addons.add(core.Core(), proxyserver.Proxyserver(), disable_h2c.DisableH2C(), self.tls,
+                               _SocksAuthOption(), self.addon)
         confdir = self._ephemeral_ca_dir()
         http_port, socks_port, transparent_port = _free_ports(3)
         opts.update(
@@ -331,26 +343,31 @@ class Gateway:
     async def register(self, fields: dict[str, list[str]]) -> Session:
         from blastwall.egress.protocol import unpack
 
-        from blastwall.egress.decide import Credential, HttpRule
+        from blastwall.egress.messages import Credential, HttpRule
 
         resolve = {}
         for item in fields.get("resolve", []):
             name, addr = unpack(item)
             resolve[name] = addr
+        def listed(packed: str):
+            return None if packed == "*" else [item for item in unpack(packed) if item]
+
         http_rules = []
         for item in fields.get("rule", []):
-            host, methods, paths, limit, credential = unpack(item)
-            http_rules.append(HttpRule(host=host, methods=None if methods == "*" else methods.split(","),
-                                       paths=None if paths == "*" else paths.split(","),
-                                       max_body_bytes=int(limit) if limit else None, credential=credential))
+            host, methods, paths, limit, credential, headers, query, cookies = unpack(item)
+            http_rules.append(HttpRule(host=host, methods=listed(methods), paths=listed(paths),
+                                       max_body_bytes=int(limit) if limit else None, credential=credential,
+                                       headers=listed(headers) or (), query=listed(query) or (),
+                                       cookies=listed(cookies) or ()))
         credentials = {}
         for item in fields.get("credential", []):
             name, value, header, template, hosts = unpack(item)
             credentials[name] = Credential(name=name, value=value, placeholder=make_placeholder(value),
-                                           hosts=hosts.split(","), header=header, template=template)
+                                           hosts=listed(hosts), header=header, template=template)
         # A rule grants its host: it is an allow entry with restrictions.
         allow = list(fields.get("allow", [])) + [rule.host[2] for rule in http_rules]
-        rules = Rules(allow=allow, deny=fields.get("deny", []), resolve=resolve, trusted=fields.get("trusted", []))
+        rules = Rules(allow=allow, deny=fields.get("deny", []), resolve=resolve, trusted=fields.get("trusted", []),
+                      passthrough=fields.get("passthrough", []), grants=bool(http_rules or credentials))
         for ca in fields.get("upstream_ca", []):
             self._trust_upstream(ca)
         directory = os.path.join(self.state, "sessions", secrets.token_hex(8))
@@ -529,6 +546,36 @@ class Gateway:
                 pass
             self.audit.close()
             shutil.rmtree(getattr(self, "_ca_dir", ""), ignore_errors=True)
+
+
+def _drop_interim_responses() -> None:
+    """Let a final HTTP/1 response through after interim ``1xx`` ones (``103 Early Hints``).
+
+    mitmproxy 11 takes the first response head from a server as the
+    response, so after a ``103`` the real one was "unexpected data" and the
+    connection was closed.  The interim heads (all 1xx but 101, which
+    switches protocols) are dropped from the server's buffer before mitmproxy
+    reads it; the client gets the final response.  (A proxy should forward
+    them, but mitmproxy has one response per request.)
+    """
+    import re
+
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.layers.http._http1 import Http1Client
+
+    if getattr(Http1Client.read_headers, "blastwall", False):
+        return
+    interim = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9][0-9][^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n")
+    original = Http1Client.read_headers
+
+    def read_headers(self, event):
+        if isinstance(event, events.DataReceived) and self.request:
+            while interim.match(bytes(self.buf)):
+                self.buf.maybe_extract_lines()  # Exactly that head: it ends at its blank line.
+        yield from original(self, event)
+
+    read_headers.blastwall = True
+    Http1Client.read_headers = read_headers
 
 
 def _session_address(value: str) -> str:

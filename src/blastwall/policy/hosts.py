@@ -18,7 +18,7 @@ empty labels, wildcards anywhere but the leftmost label, over-broad wildcards
 
 from __future__ import annotations
 
-__all__ = ["HostPatternError", "normalize_host_pattern"]
+__all__ = ["HostPatternError", "normalize_host_pattern", "patterns_overlap"]
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 _MAX_NAME = 253
@@ -147,3 +147,22 @@ def _canonical_ipv4(host: str, labels: list[str]) -> str:
         if int(label) > 255:
             raise HostPatternError(f"{host!r}: IPv4 octet out of range")
     return ".".join(labels)
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """True when canonical host patterns ``a`` and ``b`` can match one same host and port."""
+    host_a, port_a = _split_port(a)
+    host_b, port_b = _split_port(b)
+    if port_a is not None and port_b is not None and port_a != port_b:
+        return False
+
+    def names(pattern: str, other: str) -> bool:  # Does ``pattern`` match a name ``other`` matches too?
+        if pattern == other:
+            return True
+        if pattern.startswith("*."):
+            suffix = pattern[1:]
+            return other.endswith(suffix) and other != suffix[1:]
+        return False
+
+    return names(host_a, host_b) or names(host_b, host_a) or (
+        host_a.startswith("*.") and host_b.startswith("*.") and (host_a.endswith(host_b[1:]) or host_b.endswith(host_a[1:])))

@@ -169,10 +169,10 @@ def _rules(value: object, key: str, source: str) -> tuple:
         where = f"{key}[{index}]"
         if not isinstance(rule, dict):
             raise PolicyError(f"expected a table, got {_type_name(rule)}", key=where, source=source)
-        unknown = set(rule) - {"host", "methods", "paths", "max_body_bytes", "credential"}
+        known = ["host", "methods", "paths", "max_body_bytes", "credential", "headers", "query", "cookies"]
+        unknown = set(rule) - set(known)
         if unknown:
-            raise PolicyError(_unknown("key", sorted(unknown)[0], ["host", "methods", "paths", "max_body_bytes",
-                                                                 "credential"]), key=where, source=source)
+            raise PolicyError(_unknown("key", sorted(unknown)[0], known), key=where, source=source)
         if "host" not in rule:
             raise PolicyError("a rule needs a host", key=where, source=source)
         try:
@@ -200,8 +200,23 @@ def _rules(value: object, key: str, source: str) -> tuple:
         credential = rule.get("credential")
         if credential is not None and (not isinstance(credential, str) or not is_env_name(credential)):
             raise PolicyError("expected a credential name", key=f"{where}.credential", source=source)
+        # What a request to a credential's host may carry besides the safe headers (egress/messages.py).
+        allowed = {}
+        for name in ("headers", "query", "cookies"):
+            if name not in rule:
+                allowed[name] = None
+                continue
+            items = _string_list(rule[name], f"{where}.{name}", source)
+            for i, item in enumerate(items):
+                bad = not item or len(item) > 200 or (name == "query" and any(c in item for c in "&=#;")) \
+                    or (name != "query" and not all(c.isalnum() or c in "-_." for c in item))
+                if bad:
+                    raise PolicyError(f"{item!r} is not a {name[:-1] if name != 'query' else 'query key'} name",
+                                      key=f"{where}.{name}[{i}]", source=source)
+            allowed[name] = tuple(_dedupe([i.lower() for i in items] if name == "headers" else items))
         out.append((("host", host), ("methods", methods), ("paths", paths), ("max_body_bytes", limit),
-                    ("credential", credential)))
+                    ("credential", credential), ("headers", allowed["headers"]), ("query", allowed["query"]),
+                    ("cookies", allowed["cookies"])))
     return tuple(out)
 
 
@@ -471,6 +486,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "resolve": (_resolve_map, "set", ()),
         "trusted_addresses": (_networks, "set", ()),
         "rules": (_rules, "set", ()),
+        "passthrough": (_allow_hosts, "set", ()),
         "upstream_ca": (_ca_path, "set", ""),
         "unlisted": (_unlisted, "set", "deny"),
     },

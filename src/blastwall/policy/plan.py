@@ -172,7 +172,8 @@ class Egress(Operation):
     may be reached although private, loopback or otherwise special.
     """
 
-    __slots__ = ("allow", "deny", "resolve", "trusted", "http_rules", "credentials", "upstream_ca", "unlisted")
+    __slots__ = ("allow", "deny", "resolve", "trusted", "http_rules", "credentials", "upstream_ca", "unlisted",
+                 "passthrough")
 
     def rules(self) -> dict:
         return {"allow": list(self.allow), "deny": list(self.deny), "resolve": dict(self.resolve),
@@ -180,7 +181,8 @@ class Egress(Operation):
                 "rules": [dict(rule) for rule in self.http_rules],
                 "credentials": [dict(cred) for cred in self.credentials],
                 "upstream_ca": self.upstream_ca,
-                "unlisted": self.unlisted}
+                "unlisted": self.unlisted,
+                "passthrough": list(self.passthrough)}
 
 
 class DenySyscalls(Operation):
@@ -616,10 +618,18 @@ def compile_plan(policy, host: Host) -> Plan:
         if name is not None and name not in known:
             raise PolicyError(f"credential {name!r} is not defined in [credentials]",
                               key=f"network.rules[{index}].credential")
+    from blastwall.policy.hosts import patterns_overlap
+
+    granted = [dict(rule)["host"] for rule in net.rules] + [h for c in credentials for h in dict(c)["hosts"]]
+    for index, pattern in enumerate(net.passthrough):
+        clash = next((g for g in granted if patterns_overlap(pattern, g)), None)
+        if clash is not None:
+            raise PolicyError(f"{pattern!r} covers {clash!r}, which has rules or a credential: a host the gateway "
+                              "must read can never be passed through", key=f"network.passthrough[{index}]")
     if net.allow or net.rules or net.unlisted == "ask":
         upstream_ca = resolve(net.upstream_ca, workspace) if net.upstream_ca else ""
         ops.append(Egress(net.allow, net.deny, net.resolve, net.trusted_addresses, net.rules, credentials,
-                          upstream_ca, net.unlisted))
+                          upstream_ca, net.unlisted, net.passthrough))
     ops.append(DenySyscalls(_defaults.DENIED_SYSCALL_FAMILIES))
     ops.append(SocketFamilies(_defaults.SOCKET_FAMILIES + (("unix",) if sockets else ())))
     if sockets:
