@@ -11,6 +11,10 @@ PACKAGES=(bubblewrap libseccomp2 socat gcc libc6-dev git curl ca-certificates py
           runsc mmdebstrap nftables
           qemu-system-x86 linux-image-amd64 busybox-static erofs-utils)
 
+# The tests also attack a real server that routes on the request line and virtual hosts: Debian's nginx,
+# started by the tests themselves (never as a system service: see policy-rc.d below).
+[ "${1:-}" = "test" ] && PACKAGES+=(nginx)
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -20,6 +24,11 @@ if ((${#missing[@]})); then
         echo "setup: installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
+        # Packages with a daemon (nginx) must not start one: the tests run their own on loopback.
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+            trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        fi
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
         echo "setup: please install these packages first, then run this again:" >&2

@@ -140,6 +140,50 @@ def test_pip_download_through_gateway(home, workspace, scratch, gw_state):
         up.close()
 
 
+def test_everyday_clients_through_interception(home, workspace, scratch, gw_state):
+    """A session with grants decrypts every host: pip, git, requests, httpx and urllib must work, trusting the
+    gateway's CA through the variables the sandbox gets (no --cert, no sslCAInfo)."""
+    import zipfile
+
+    served = scratch / "served"
+    (served / "simple" / "demo-pkg").mkdir(parents=True)
+    wheel = served / "simple" / "demo-pkg" / "demo_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("demo_pkg/__init__.py", "")
+        z.writestr("demo_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n")
+        z.writestr("demo_pkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
+                                                   "Tag: py3-none-any\n")
+        z.writestr("demo_pkg-1.0.dist-info/RECORD", "")
+    (served / "simple" / "demo-pkg" / "index.html").write_text(
+        '<html><body><a href="demo_pkg-1.0-py3-none-any.whl">demo_pkg-1.0-py3-none-any.whl</a></body></html>')
+    src = scratch / "src"
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    (src / "file.txt").write_text("cloned through interception\n")
+    subprocess.run(["git", "-C", str(src), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(served / "repo.git")], check=True)
+    subprocess.run(["git", "-C", str(served / "repo.git"), "update-server-info"], check=True)
+    up = Upstream(str(scratch), root=str(served))
+    try:
+        grants = policy(scratch, extra=f'upstream_ca = "{up.ca}"\n[[network.rules]]\nhost = "other.test"\n'
+                                       'paths = ["/**"]\n')
+        base = f"https://api.test:{up.https_port}"
+        script = (f"{sys.executable} -m pip download -q --no-deps --disable-pip-version-check --no-cache-dir "
+                  f"--index-url {base}/simple/ demo-pkg -d dl && git clone -q {base}/repo.git out && "
+                  f"{sys.executable} -c \"import requests, httpx, urllib.request; "
+                  f"u = '{base}/simple/demo-pkg/index.html'; "
+                  "print(requests.get(u).status_code, httpx.get(u).status_code, urllib.request.urlopen(u).status)\"")
+        r = run(["run", "--policy", str(grants), "--", "sh", "-c", script], home=home, workspace=workspace,
+                gw_state=gw_state)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (workspace / "dl" / "demo_pkg-1.0-py3-none-any.whl").exists()
+        assert (workspace / "out" / "file.txt").read_text() == "cloned through interception\n"
+        assert r.stdout.split() == ["200", "200", "200"], r.stdout
+    finally:
+        up.close()
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_node_fetch(home, workspace, scratch, upstream, gw_state):
     major = int(subprocess.run(["node", "-p", "process.versions.node.split('.')[0]"], capture_output=True,

@@ -81,7 +81,11 @@ class TerminalBroker:
             if raw is not None and GATE.cooked_attrs is not None:
                 termios.tcsetattr(fd, termios.TCSANOW, GATE.cooked_attrs)
             termios.tcflush(fd, termios.TCIFLUSH)  # Nothing typed before the question counts.
-            os.write(fd, (f"\r\nblastwall: the sandbox ({self.command[:60]}) wants to connect to {host}:{port}, "
+            from blastwall._display import shown
+
+            # The host is the sandbox's choice: escaped, so that it cannot rewrite the question.
+            os.write(fd, (f"\r\nblastwall: the sandbox ({shown(self.command[:60])}) wants to connect to "
+                          f"{shown(host)}:{port}, "
                           f"which your policy does not list.\r\n{PROMPT}? ").encode())
             answer = b""
             while not answer.endswith((b"\n", b"\r")) and len(answer) < 32:

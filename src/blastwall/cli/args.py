@@ -13,6 +13,7 @@ _SANDBOX_OPTIONS = {
     "--policy": (True, False),
     "--workspace": (True, False),
     "--allow-domain": (True, True),
+    "--trust-address": (True, True),
     "--allow-write": (True, True),
     "--deny-read": (True, True),
     "--deny-write": (True, True),
@@ -88,6 +89,7 @@ Sandbox options:
   --policy FILE        policy file (default: ~/.config/blastwall/policy.toml)
   --workspace DIR      the writable project directory (default: current directory)
   --allow-domain HOST  allow network access to HOST (repeatable)
+  --trust-address CIDR let allowed hosts resolve to this private or reserved range (repeatable)
   --allow-write PATH   also make PATH writable (repeatable)
   --deny-read PATH     also hide PATH (repeatable)
   --deny-write PATH    also make PATH read-only (repeatable)

@@ -69,6 +69,7 @@ def main(argv: list[str]) -> int:
 # Command-line options that map one-to-one onto a policy key.
 _FLAG_KEYS = {
     "--allow-domain": ("network", "allow"),
+    "--trust-address": ("network", "trusted_addresses"),
     "--allow-write": ("filesystem", "allow_write"),
     "--deny-read": ("filesystem", "deny_read"),
     "--deny-write": ("filesystem", "deny_write"),
@@ -229,10 +230,13 @@ def _report_egress(sandbox) -> None:
     summary = getattr(sandbox, "egress_summary", None)
     if not summary or not summary.get("blocked_count"):
         return
+    from blastwall._display import shown as safe
+
     counts: dict[str, int] = {}
     for item in summary["blocked"]:
+        # Host, reason and detail come from inside the sandbox: escaped before they reach the terminal.
         why = f"{item['reason']}: {item['detail']}" if item.get("detail") else item["reason"]
-        key = f"{item['host']}:{item['port']} ({why})"
+        key = safe(f"{item['host']}:{item['port']} ({why})")
         counts[key] = counts.get(key, 0) + 1
     shown = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in list(counts.items())[:5])
     more = summary["blocked_count"] - sum(list(counts.values())[:5])
@@ -267,7 +271,7 @@ def cmd_policy_show(parsed) -> int:
     if parsed.get("--json"):
         import json
 
-        out = {"policy": data, "sources": list(policy.sources),
+        out = {"policy": data, "sources": list(policy.sources), "egress": egress_reading(policy),
                "builtin_secrets": [s for s in defaults.BUILTIN_SECRETS if s not in policy.filesystem.reveal],
                "mandatory_write_deny": list(defaults.MANDATORY_WRITE_DENY)}
         if plan is not None:
@@ -278,6 +282,7 @@ def cmd_policy_show(parsed) -> int:
     lines = ["# Effective blastwall policy", "# layers, lowest first: built-in defaults"
              + "".join(f" < {s}" for s in policy.sources)]
     lines.append("# plus the built-in secret list (hidden) and mandatory write-denies: see docs/policy.md")
+    lines += [f"# {line}" for line in egress_reading(policy)]
     sys.stdout.write("\n".join(lines) + "\n\n" + dumps(data))
     if plan is not None:
         sys.stdout.write("\n# Compiled plan for workspace " + plan.workspace + "\n")
@@ -286,6 +291,25 @@ def cmd_policy_show(parsed) -> int:
         for note in plan.notes:
             sys.stdout.write("# note: " + note + "\n")
     return 0
+
+
+def egress_reading(policy) -> list[str]:
+    """What the gateway reads of the policy's connections, and what network.passthrough gives up."""
+    net = policy.network
+    if not (net.allow or net.rules):
+        return ["egress: none (no network at all)"]
+    if not (net.rules or policy.credentials.entries):
+        return ["egress: allowed hosts are tunnelled; the gateway checks each connection's name (CONNECT, SNI, "
+                "Host) and address, nothing inside it"]
+    lines = ["egress: this policy has rules or credentials, so the gateway decrypts and reads every connection: "
+             "each request must name the host its tunnel and TLS name (no fronting), and ruled hosts get their "
+             "methods, paths and credential binding"]
+    if net.passthrough:
+        lines.append("egress: passthrough " + ", ".join(net.passthrough) + ": tunnelled untouched. The gateway "
+                     "sees only their name and address: nothing inside is checked (no methods, paths or "
+                     "credentials), and a request for another host on the same server would go unnoticed. "
+                     "Keep it for clients that pin certificates.")
+    return lines
 
 
 def cmd_import_srt(parsed) -> int:
@@ -424,12 +448,13 @@ def cmd_trust(parsed) -> int:
 def cmd_approvals_list(parsed) -> int:
     import time
 
+    from blastwall._display import shown
     from blastwall.approvals.store import ApprovalStore
 
     workspace = parsed.get("--workspace")
     for entry in ApprovalStore().entries(workspace):
         until = time.strftime("%Y-%m-%d", time.localtime(entry["expires"]))
-        sys.stdout.write(f"{entry['id']}  {entry['decision']:<5} {entry['host']}:{entry['port']}  "
+        sys.stdout.write(f"{entry['id']}  {entry['decision']:<5} {shown(entry['host'])}:{entry['port']}  "
                          f"in {entry['workspace']}  until {until}\n")
     return 0
 
@@ -465,14 +490,16 @@ def cmd_audit_tail(parsed) -> int:
         _say("blastwall: audit tail: -n takes a number")
         return 2
     rows = rows[-int(count):] if int(count) else []
+    from blastwall._display import shown as safe
+
     for row in rows:
         if parsed.get("--json"):
-            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.write(json.dumps(row) + "\n")  # JSON escapes every control character itself.
             continue
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"]))
-        target = f"{row['host']}:{row['port']}" if row["host"] else ""
-        sys.stdout.write(f"{row['seq']:>6} {when} {row['decision']:<5} {row['kind']:<8} {target:<30} "
-                         f"{row['reason']}  [{row['session']}] {row['command'][:40]}\n")
+        target = safe(f"{row['host']}:{row['port']}") if row["host"] else ""
+        sys.stdout.write(f"{row['seq']:>6} {when} {safe(row['decision']):<5} {safe(row['kind']):<8} {target:<30} "
+                         f"{safe(row['reason'])}  [{safe(row['session'])}] {safe(row['command'][:40])}\n")
     return 0
 
 
@@ -481,10 +508,12 @@ def cmd_audit_show(parsed) -> int:
     wanted = parsed.args[0]
     for row in (log.rows() if log else []):
         if str(row["seq"]) == wanted:
+            from blastwall._display import shown as safe
+
             for key, value in row.items():
-                sys.stdout.write(f"{key:>9}: {value}\n")
+                sys.stdout.write(f"{key:>9}: {safe(value)}\n")
             return 0
-    _say(f"blastwall: no audit row {wanted!r}")
+    _say(f"blastwall: no audit row {wanted[:40]!r}")
     return 1
 
 

@@ -309,9 +309,12 @@ def register(rules: dict, command: str, environ=os.environ, *, broker=None, work
         raise EnforcementError(f"Can't register with the egress gateway: {exc}") from None
 
 
-# Where common clients look for extra CA certificates (the gateway's, when it decrypts).
+# Where common clients look for extra CA certificates (the gateway's, when it decrypts).  SSL_CERT_FILE
+# serves OpenSSL, Go, Ruby, and Rust tools using native roots (uv, reqwest, rustls-native-certs); the
+# others are the tools' own: requests, curl, Node, git, pip, boto/aws, Deno, cargo.  Java reads no
+# variable (its truststore is a keystore): see docs/security.md.
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO",
-                "PIP_CERT")
+                "PIP_CERT", "AWS_CA_BUNDLE", "DENO_CERT", "CARGO_HTTP_CAINFO")
 
 
 def proxy_environment(host: str, token: str, ports: dict[str, int], *, ca: str | None = None) -> dict[str, str]:
@@ -321,7 +324,9 @@ def proxy_environment(host: str, token: str, ports: dict[str, int], *, ca: str |
     env = {}
     for name in ("HTTP_PROXY", "HTTPS_PROXY"):
         env[name] = env[name.lower()] = http
-    env["ALL_PROXY"] = env["all_proxy"] = socks
+    # ALL_PROXY is the HTTP proxy too: some clients (httpx) refuse a socks5h:// URL there and fail whole.
+    env["ALL_PROXY"] = env["all_proxy"] = http
+    env["BLASTWALL_SOCKS_PROXY"] = socks  # SOCKS5, for the tools that want it.
     env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
     env["npm_config_proxy"] = env["npm_config_https_proxy"] = http
     env["NODE_USE_ENV_PROXY"] = "1"
