@@ -147,7 +147,8 @@ def test_network_allow_compiles_to_egress_with_its_rules():
     (egress,) = plan.of(P.Egress)
     assert egress.rules() == {"allow": ["example.com"], "deny": ["bad.example.com"],
                               "resolve": {"example.com": "192.0.2.1"}, "trusted_addresses": ["192.0.2.0/24"],
-                              "rules": [], "credentials": [], "upstream_ca": "", "unlisted": "deny"}
+                              "rules": [], "credentials": [], "upstream_ca": "", "unlisted": "deny",
+                              "passthrough": []}
     assert not compile_().of(P.Egress)  # No allow list: no gateway, no route out at all.
 
 
@@ -216,3 +217,12 @@ def test_every_operation_type_is_handled_or_refused_by_the_vm_tier():
 
     for kind in P.OPERATION_TYPES:
         assert (kind in vm.HANDLED) != (kind in vm.REFUSED), kind.__name__
+
+
+def test_passthrough_never_covers_a_ruled_or_credential_host():
+    for pattern in ("api.example.com", "*.example.com"):
+        with pytest.raises(PolicyError, match="can never be passed through"):
+            compile_({"network": {"passthrough": [pattern], "rules": [{"host": "api.example.com"}]}})
+    plan = compile_({"network": {"allow": ["pinned.example.org"], "passthrough": ["pinned.example.org"],
+                                 "rules": [{"host": "api.example.com"}]}})
+    assert plan.of(P.Egress)[0].rules()["passthrough"] == ["pinned.example.org"]
