@@ -60,7 +60,7 @@ def ensure_srt() -> tuple[list[str] | None, str]:
 
 def bare_bwrap(workspace: str) -> list[str]:
     from blastwall.tiers.process import find_bwrap
-    from blastwall.tiers.process._raw_bwrap import FIXED_FLAGS
+    from blastwall.tiers._raw_bwrap import FIXED_FLAGS
 
     return [find_bwrap(), *FIXED_FLAGS, "--unshare-net", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp", "--bind", workspace, workspace, "--chdir", workspace, "--", "true"]
