@@ -339,3 +339,31 @@ def test_refused_address_is_answered_before_the_tunnel_opens(place, hostile):
         assert time.monotonic() - started < 5
     finally:
         s.close()
+
+
+def test_refused_socks_destination_gets_a_reply_code_at_once(place, hostile):
+    s = session_for({"network": {"allow": ["addr.test", "evil.test"], "deny": ["evil.test"],
+                                 "resolve": {"addr.test": "10.9.8.7"}}},
+                    workspace=place / "ws", gw_state=place / "state", environ={})
+    try:
+        for host in ("addr.test", "evil.test", "unlisted.test"):
+            started = time.monotonic()
+            sock, reply = socks_tunnel(s, host, 443)
+            assert sock is None and reply[:2] == b"\x05\x04", (host, reply)  # Not "succeeded", then a close.
+            assert time.monotonic() - started < 5
+    finally:
+        s.close()
+
+
+def test_socks_tunnel_whose_sni_names_another_host(session, hostile):
+    """SOCKS5 connects before the SNI is known: a ClientHello naming another host is never relayed."""
+    marker = os.urandom(4).hex()
+    sock, reply = socks_tunnel(session, "plain.test", hostile.port)
+    assert sock is not None, reply
+    try:
+        sock = tls(sock, session, "other.test")
+        answer = exchange(sock, request("/x", "none", host="other.test", extra=f"x-marker: {marker}\r\n"))
+    except OSError:
+        answer = b""
+    assert status_of(answer) in (None, 421), answer
+    assert arrived(hostile, marker) == []

@@ -464,6 +464,18 @@ class Gatekeeper:
             self.registry.set_target(client.id, host, port)
             data.context.server.address = (host, port)
         target = self.registry.target(client.id) or data.context.server.address
+        sni = data.client_hello.sni
+        if data.context.server.connected:
+            # A SOCKS5 tunnel, connected before the SNI was known (_decide_socks_before_replying): the upstream
+            # TLS starts now, named for the SOCKS destination whatever the client's SNI says.
+            data.establish_server_tls_first = True
+            data.context.server.sni = target[0]
+            if sni and not names_agree(target[0], sni):
+                # Never relayed as it is: decrypted, which a client without the session's CA cannot finish,
+                # and a request in it is refused for the mismatch.
+                session.blocked(target[0], target[1], "sni-mismatch", f"TLS SNI is {sni}")
+                data.ignore_connection = False
+                return
         # A session with grants has every TLS connection decrypted and read, but for its passthrough hosts:
         # a tunnel to an unruled name can carry a request for a ruled host on the same server.  A session
         # without grants tunnels TLS untouched; its SNI is checked in server_connect.

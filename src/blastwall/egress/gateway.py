@@ -235,6 +235,7 @@ class Gateway:
         from blastwall.egress.addon import Gatekeeper
 
         _drop_interim_responses()
+        _decide_socks_before_replying()
         opts = options.Options()
         self.master = master.Master(opts, event_loop=asyncio.get_running_loop())
         self.audit = BackgroundAppender(AuditLog(os.environ.get("BLASTWALL_AUDIT_DB") or default_path()))
@@ -576,6 +577,39 @@ def _drop_interim_responses() -> None:
 
     read_headers.blastwall = True
     Http1Client.read_headers = read_headers
+
+
+def _decide_socks_before_replying() -> None:
+    """Make a SOCKS5 request's decision before mitmproxy answers it, so a refusal is a reply code.
+
+    With the lazy connection strategy (which the rest of the gateway needs:
+    the TLS SNI must be known before an HTTP CONNECT tunnel connects),
+    mitmproxy answers a SOCKS5 request "succeeded" at once and refuses only
+    when the client's first bytes arrive, and pip and npm retry TLS for a
+    minute.  For SOCKS5 only, the upstream connection is opened before the
+    answer: ``server_connect`` decides (name, resolution, address), and a
+    refusal is answered with reply code 4 and the connection closed.  The
+    SNI, unknown then, is checked against the SOCKS destination in
+    ``tls_clienthello``.
+    """
+    from mitmproxy.proxy import commands
+    from mitmproxy.proxy.layers.modes import Socks5Proxy
+
+    if getattr(Socks5Proxy.finish_start, "blastwall", False):
+        return
+    original = Socks5Proxy.finish_start
+
+    def finish_start(self):
+        if self.context.server.address and self.context.server.transport_protocol == "tcp" \
+                and not self.context.server.connected:
+            err = yield commands.OpenConnection(self.context.server)
+            if err:
+                self._handle_event = self.done
+                return err
+        return (yield from original(self))
+
+    finish_start.blastwall = True
+    Socks5Proxy.finish_start = finish_start
 
 
 def _session_address(value: str) -> str:
