@@ -37,8 +37,10 @@ class BuildHelpers(build_ext):
 
 setup(
     ext_modules=[
-        Extension("blastwall.tiers.process._raw_enter_bin", sources=["src/blastwall/tiers/process/_raw_enter.c"]),
-        Extension("blastwall.tiers.container._raw_filter_bin", sources=["src/blastwall/tiers/container/_raw_filter.c"]),
+        Extension("blastwall.tiers.process._raw_enter_bin", sources=["src/blastwall/tiers/process/_raw_enter.c"],
+                  depends=["src/blastwall/tiers/_raw_fail.h"]),
+        Extension("blastwall.tiers.container._raw_filter_bin", sources=["src/blastwall/tiers/container/_raw_filter.c"],
+                  depends=["src/blastwall/tiers/_raw_fail.h"]),
     ],
     cmdclass={"build_ext": BuildHelpers},
 )

@@ -189,7 +189,7 @@ def classify(action: dict) -> str:
     """'inside' (no prompt), 'outside' (refused, no prompt) or 'ask' (one prompt per destination).
 
     Writes inside the workspace are inside the boundary except blastwall's
-    mandatory write-denies (.git/hooks, .git/config, ...), which are refused.
+    mandatory write-denies (.git, .bashrc, .vscode, ...), which are refused.
     """
     from blastwall.policy.defaults import MANDATORY_WRITE_DENY
 

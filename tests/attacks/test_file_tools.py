@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from tests.attacks.host import snapshot
 from tests.attacks.tiers import tier_run, tiers_for
 from tests.conftest import SECRET, bw_env, needs_bwrap
 
@@ -100,17 +101,6 @@ def shell_kind(request):
 
 def open_shell(kind, **kwargs):
     return SHELLS[kind](**kwargs)
-
-
-def snapshot(root):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            info = os.lstat(path)
-            body = open(path, "rb").read() if stat.S_ISREG(info.st_mode) else None
-            out[os.path.relpath(path, root)] = (stat.S_IFMT(info.st_mode), body)
-    return out
 
 
 PROTECTED = [".git/config", ".git/hooks/pre-commit", ".git/hooks/x", ".bashrc", ".vscode/settings.json",

@@ -60,6 +60,8 @@ def _fingerprint(workspace, paths):
 
 @pytest.mark.parametrize("tier", tiers_for("rename-protected-ancestor"))
 def test_rename_protected_ancestor_away(tier, home, workspace, tier_env):
+    """With git writes allowed, ``.git`` is a writable ancestor of protected paths (by default it is read-only
+    whole, and test_git_dir attacks it)."""
     subprocess.run(["git", "init", "-q", str(workspace)], check=True)
     (workspace / "config" / "prod").mkdir(parents=True)
     (workspace / "config" / "prod" / "app.yml").write_text("prod: true\n")
@@ -71,7 +73,7 @@ def test_rename_protected_ancestor_away(tier, home, workspace, tier_env):
     top = sorted(os.listdir(workspace))
 
     r = tier_run(tier, MOVE_AWAY.replace("PATHS", " ".join(PROTECTED)), home=home, workspace=workspace,
-                 env=tier_env, args=["--deny-write", "config/prod/app.yml"])
+                 env=tier_env, args=["--deny-write", "config/prod/app.yml", "--allow-git-writes"])
     assert_no_traceback(r)
     assert "CONTROL" in r.stdout, (r.stdout, r.stderr)  # Writes beside the protected paths work.
     for word in ("MOVED", "GONE", "LINKED", "REPLACED"):

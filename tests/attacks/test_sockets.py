@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import socket
 import sys
 
 import pytest
@@ -76,3 +77,60 @@ def test_everyday_clients_resolve_without_netlink(tier, home, workspace, tier_en
                        "flags=socket.AI_ADDRCONFIG)) > 0)\"; getent hosts localhost >/dev/null && echo resolved",
                  home=home, workspace=workspace, env=tier_env)
     assert r.stdout.split() == ["True", "resolved"], (r.stdout, r.stderr)
+
+
+DATAGRAM_PAIR = r"""
+import ctypes, json, os, socket, stat, sys
+path = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+out = {"visible": stat.S_ISSOCK(os.stat(path).st_mode)}
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # The control: an anonymous stream pair.
+a.sendall(b"x"); out["stream-pair"] = b.recv(1).decode()
+for name, kind in (("dgram", 2), ("dgram-nonblock-cloexec", 2 | 0o4000 | 0o2000000), ("dgram-upper-half", 0x1_00000002),
+                   ("raw", 3), ("rdm", 4), ("packet", 10)):  # The kernel makes a unix SOCK_RAW a datagram socket.
+    fds = (ctypes.c_int * 2)()
+    ctypes.set_errno(0)
+    if libc.syscall(ctypes.c_long(53), ctypes.c_long(1), ctypes.c_long(kind), ctypes.c_long(0), fds) < 0:
+        out[name] = ctypes.get_errno()
+        continue
+    s = socket.socket(fileno=fds[0])
+    try:
+        s.sendto(name.encode(), path)
+        out[name] = "sent"
+    except OSError as exc:
+        out[name] = exc.errno
+# A seqpacket pair ignores the address it is given: the datagram goes to its peer.
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+a.sendto(b"seqpacket", path)
+out["seqpacket-peer"] = b.recv(16).decode()
+print(json.dumps(out))
+"""
+
+
+def test_datagram_pair_reaches_no_host_socket(home, workspace, scratch):
+    """socketpair(AF_UNIX, SOCK_DGRAM) -- or SOCK_RAW, which the kernel makes a datagram socket -- then sendto(path)
+    delivered to any datagram socket the sandbox could see (/run/systemd/journal/socket, /dev/log).  Pairs are
+    allowed by type, stream and seqpacket only, and the host's listener gets nothing."""
+    path = str(scratch / "journal.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.setblocking(False)
+    try:
+        r = blastwall(["run", "--", sys.executable, "-c", DATAGRAM_PAIR, path], home=home, cwd=workspace)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert got["visible"] is True and got["stream-pair"] == "x" and got["seqpacket-peer"] == "seqpacket", got
+        kinds = ("dgram", "dgram-nonblock-cloexec", "dgram-upper-half", "raw", "rdm", "packet")
+        assert {k: got[k] for k in kinds} == {k: 1 for k in kinds}, got  # Exactly EPERM, from the filter.
+        with pytest.raises(BlockingIOError):
+            listener.recv(64)
+        # The positive control: a policy naming the socket lets the same sandbox reach this listener.
+        policy = scratch / "policy.toml"
+        policy.write_text(f'[filesystem]\nallow_unix_sockets = ["{path}"]\n')
+        send = f"import socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'allowed', {path!r})"
+        r = blastwall(["run", "--policy", str(policy), "--", sys.executable, "-c", send], home=home, cwd=workspace)
+        assert r.returncode == 0, r.stderr
+        assert listener.recv(64) == b"allowed"
+    finally:
+        listener.close()

@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from tests.attacks.host import snapshot
 from tests.conftest import assert_no_traceback, blastwall, in_sandbox, needs_bwrap, needs_root
 
 pytestmark = needs_bwrap
@@ -35,20 +36,6 @@ def try_write(paths, *, home, workspace, args=()):
     assert_no_traceback(r)
     assert r.returncode == 0, r.stderr
     return r.stdout
-
-
-def snapshot(root):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            content = None
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as f:
-                    content = f.read()
-            out[os.path.relpath(path, root)] = (st.st_mode, content)
-    return out
 
 
 def test_workspace_is_writable_and_home_is_not(home, workspace):
@@ -120,13 +107,36 @@ def test_git_hook_planted_in_fresh_repo_does_not_survive(home, workspace):
     assert "hooksPath" not in config and "pwned" not in config
 
 
-def test_git_still_works_inside_the_workspace(home, workspace):
+def test_git_reads_inside_and_writes_only_when_allowed(home, workspace):
     subprocess.run(["git", "init", "-q", str(workspace)], check=True)
-    r = blastwall(["run", "--", "sh", "-c",
-                   "git add README.md && git -c user.name=a -c user.email=a@b commit -qm init && git log --oneline"],
+    subprocess.run(["git", "-C", str(workspace), "add", "README.md"], check=True)
+    subprocess.run(["git", "-C", str(workspace), "-c", "user.name=h", "-c", "user.email=h@h", "commit", "-qm", "host"],
+                   check=True)
+    (workspace / "README.md").write_text("changed inside\n")
+    commit = "git add README.md && git -c user.name=a -c user.email=a@b commit -qm inside && git log --oneline"
+    r = blastwall(["run", "--", "sh", "-c", f"git status --short && git diff --stat && git log --oneline; {commit}"],
                   home=home, cwd=workspace)
+    assert " M README.md" in r.stdout and "host" in r.stdout  # Reading the repository works,
+    assert r.returncode != 0 and "index.lock" in r.stderr and "Read-only" in r.stderr, r.stderr  # writing it not.
+    log = subprocess.run(["git", "-C", str(workspace), "log", "--oneline"], capture_output=True, text=True).stdout
+    assert "inside" not in log
+    r = blastwall(["run", "--allow-git-writes", "--", "sh", "-c", commit], home=home, cwd=workspace)
     assert r.returncode == 0, r.stderr
-    assert "init" in r.stdout
+    log = subprocess.run(["git", "-C", str(workspace), "log", "--oneline"], capture_output=True, text=True).stdout
+    assert "inside" in log
+
+
+def test_git_writes_keep_hooks_and_config_read_only(home, workspace):
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    hooks = workspace / ".git" / "hooks"
+    before = sorted(os.listdir(hooks)), (workspace / ".git" / "config").read_bytes()
+    r = blastwall(["run", "--allow-git-writes", "--", "sh", "-c",
+                   "printf '#!/bin/sh\\ntouch /tmp/pwned\\n' > .git/hooks/pre-commit; git config alias.st '!touch pwned';"
+                   "mv .git .old; mkdir .git/modules; echo ref > .git/allowed && echo done"],
+                  home=home, cwd=workspace)
+    assert "done" in r.stdout, r.stderr  # The control: git's own files are writable.
+    assert (sorted(os.listdir(hooks)), (workspace / ".git" / "config").read_bytes()) == before
+    assert not (workspace / ".old").exists() and not (workspace / ".git" / "modules").exists()
 
 
 def test_user_deny_write(home, workspace):

@@ -9,46 +9,21 @@ primitive, and the skip says which.
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
-from tests.conftest import BWRAP, blastwall
+from tests.conftest import blastwall, tier_missing as missing
 
 TIERS = ("process", "container", "vm")
 
 CLAIMS = {
     "rename-protected-ancestor": TIERS,
     "replace-gitdir-file": TIERS,
+    "plant-git-control-files": TIERS,
     "setid-and-device-files": TIERS,
     "never-root-inside": TIERS,
     "socket-family-allowlist": ("process",),  # The others' sockets are their own kernel's.
     "guest-root-held-on-the-host": ("vm",),  # Only the VM has a root of its own to lose.
 }
-
-
-def missing(tier: str) -> str | None:
-    """Why this machine cannot run ``tier`` (None: it can)."""
-    if BWRAP is None:
-        return "bubblewrap is not installed"
-    if tier == "process":
-        return None
-    if os.geteuid() != 0:
-        return f"the {tier} tier needs root on this machine"
-    if shutil.which("mmdebstrap") is None:
-        return "mmdebstrap is not installed (it builds the image)"
-    if tier == "container":
-        return None if shutil.which("runsc", path="/usr/bin:/usr/local/bin:/usr/sbin") else "gVisor's runsc is not installed"
-    if not any(os.access(p, os.X_OK) for p in ("/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64")):
-        return "QEMU is not installed (apt-get install qemu-system-x86)"
-    if not any(n.startswith("vmlinuz-") for n in (os.listdir("/boot") if os.path.isdir("/boot") else [])):
-        return "no packaged guest kernel in /boot (apt-get install linux-image-amd64)"
-    if not any(os.access(p, os.X_OK) for p in ("/bin/busybox", "/usr/bin/busybox")):
-        return "busybox is not installed (apt-get install busybox-static)"
-    if shutil.which("mkfs.erofs", path="/usr/bin:/usr/sbin:/sbin") is None:
-        return "mkfs.erofs is not installed (apt-get install erofs-utils)"
-    return None
 
 
 def tiers_for(technique: str):

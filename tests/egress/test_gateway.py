@@ -92,17 +92,38 @@ def test_python_urllib_and_requests(home, workspace, scratch, upstream, gw_state
     assert r.stdout.split() == ["hello", "from", "upstream", "200", "200", "refused"], r.stdout + r.stderr
 
 
-def test_git_clone_over_https(home, workspace, scratch, gw_state):
-    served = scratch / "served"
-    served.mkdir()
+def _serve_wheel(index, text: str = "") -> None:
+    """A one-package PEP 503 index under ``index``/simple: demo-pkg 1.0."""
+    import zipfile
+
+    (index / "simple" / "demo-pkg").mkdir(parents=True)
+    wheel = index / "simple" / "demo-pkg" / "demo_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("demo_pkg/__init__.py", text)
+        z.writestr("demo_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n")
+        z.writestr("demo_pkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
+                                                   "Tag: py3-none-any\n")
+        z.writestr("demo_pkg-1.0.dist-info/RECORD", "")
+    (index / "simple" / "demo-pkg" / "index.html").write_text(
+        '<html><body><a href="demo_pkg-1.0-py3-none-any.whl">demo_pkg-1.0-py3-none-any.whl</a></body></html>')
+
+
+def _serve_repo(scratch, served, text: str) -> None:
+    """A bare repository at ``served``/repo.git, served by dumb HTTP, whose file.txt holds ``text``."""
     src = scratch / "src"
     subprocess.run(["git", "init", "-q", str(src)], check=True)
-    (src / "file.txt").write_text("cloned through the gateway\n")
+    (src / "file.txt").write_text(text)
     subprocess.run(["git", "-C", str(src), "add", "."], check=True)
     subprocess.run(["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
                    check=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(src), str(served / "repo.git")], check=True)
     subprocess.run(["git", "-C", str(served / "repo.git"), "update-server-info"], check=True)
+
+
+def test_git_clone_over_https(home, workspace, scratch, gw_state):
+    served = scratch / "served"
+    served.mkdir()
+    _serve_repo(scratch, served, "cloned through the gateway\n")
     up = Upstream(str(scratch), root=str(served))
     try:
         shutil.copy(up.ca, workspace / "ca.pem")
@@ -115,18 +136,8 @@ def test_git_clone_over_https(home, workspace, scratch, gw_state):
 
 
 def test_pip_download_through_gateway(home, workspace, scratch, gw_state):
-    import zipfile
-
     index = scratch / "index"
-    (index / "simple" / "demo-pkg").mkdir(parents=True)
-    wheel = index / "simple" / "demo-pkg" / "demo_pkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("demo_pkg/__init__.py", "")
-        z.writestr("demo_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n")
-        z.writestr("demo_pkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr("demo_pkg-1.0.dist-info/RECORD", "")
-    (index / "simple" / "demo-pkg" / "index.html").write_text(
-        '<html><body><a href="demo_pkg-1.0-py3-none-any.whl">demo_pkg-1.0-py3-none-any.whl</a></body></html>')
+    _serve_wheel(index)
     up = Upstream(str(scratch), root=str(index))
     try:
         shutil.copy(up.ca, workspace / "ca.pem")
@@ -143,27 +154,9 @@ def test_pip_download_through_gateway(home, workspace, scratch, gw_state):
 def test_everyday_clients_through_interception(home, workspace, scratch, gw_state):
     """A session with grants decrypts every host: pip, git, requests, httpx and urllib must work, trusting the
     gateway's CA through the variables the sandbox gets (no --cert, no sslCAInfo)."""
-    import zipfile
-
     served = scratch / "served"
-    (served / "simple" / "demo-pkg").mkdir(parents=True)
-    wheel = served / "simple" / "demo-pkg" / "demo_pkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("demo_pkg/__init__.py", "")
-        z.writestr("demo_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n")
-        z.writestr("demo_pkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
-                                                   "Tag: py3-none-any\n")
-        z.writestr("demo_pkg-1.0.dist-info/RECORD", "")
-    (served / "simple" / "demo-pkg" / "index.html").write_text(
-        '<html><body><a href="demo_pkg-1.0-py3-none-any.whl">demo_pkg-1.0-py3-none-any.whl</a></body></html>')
-    src = scratch / "src"
-    subprocess.run(["git", "init", "-q", str(src)], check=True)
-    (src / "file.txt").write_text("cloned through interception\n")
-    subprocess.run(["git", "-C", str(src), "add", "."], check=True)
-    subprocess.run(["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
-                   check=True)
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(served / "repo.git")], check=True)
-    subprocess.run(["git", "-C", str(served / "repo.git"), "update-server-info"], check=True)
+    _serve_wheel(served)
+    _serve_repo(scratch, served, "cloned through interception\n")
     up = Upstream(str(scratch), root=str(served))
     try:
         grants = policy(scratch, extra=f'upstream_ca = "{up.ca}"\n[[network.rules]]\nhost = "other.test"\n'

@@ -70,16 +70,25 @@ def test_workspace_writable_and_mandatory_placeholders():
     assert [op.path for op in plan.of(P.Writable)] == [WS]
     placeholders = {op.path for op in plan.of(P.Placeholder)}
     assert f"{WS}/.git" in placeholders and f"{WS}/.bashrc" in placeholders
-    # .git/hooks, .git/config and .git/modules share one placeholder.
+    # One placeholder for the git directory.
     assert sum(1 for p in placeholders if p == f"{WS}/.git" or p.startswith(f"{WS}/.git/")) == 1
 
 
 def test_existing_mandatory_paths_become_read_only():
-    fs = FakeFS(dirs=[WS, f"{WS}/.git/hooks"], files=[f"{WS}/.git/config"])
+    fs = FakeFS(dirs=[WS, f"{WS}/.git/hooks", f"{WS}/.vscode"], files=[f"{WS}/.git/config"])
     plan = compile_(fs=fs)
     ro = {op.path for op in plan.of(P.ReadOnly)}
-    assert {f"{WS}/.git/hooks", f"{WS}/.git/config"} <= ro
+    assert {f"{WS}/.git", f"{WS}/.vscode"} <= ro
+    assert not any(p.startswith(f"{WS}/.git/") for p in ro)  # The whole git directory: nothing inside to add.
+
+
+def test_git_writes_protect_what_git_runs_and_obeys():
+    fs = FakeFS(dirs=[WS, f"{WS}/.git/hooks"], files=[f"{WS}/.git/config"])
+    plan = compile_({"filesystem": {"allow_git_writes": True}}, fs=fs)
+    ro = {op.path for op in plan.of(P.ReadOnly)}
+    assert {f"{WS}/.git/hooks", f"{WS}/.git/config"} <= ro and f"{WS}/.git" not in ro
     assert f"{WS}/.git/modules" in {op.path for op in plan.of(P.Placeholder)}
+    assert f"{WS}/.git" in {op.path for op in plan.of(P.Pin)}  # Writable inside, but cannot be moved away.
 
 
 def test_disposable_workspace_has_no_mandatory_denies_but_keeps_the_rest():
@@ -101,10 +110,10 @@ def test_deny_wins_over_allow_write():
 
 
 def test_mount_order_puts_stricter_mounts_on_top():
-    plan = compile_({"filesystem": {"deny_read": ["secrets"]}},
+    plan = compile_({"filesystem": {"deny_read": ["secrets"], "allow_git_writes": True}},
                     fs=FakeFS(dirs=[WS, f"{WS}/.git/hooks", f"{WS}/secrets", "/tmp"]))
     order = [op.path for op in plan.operations if hasattr(op, "path") and not isinstance(op, P.Chdir)]
-    assert order.index(WS) < order.index(f"{WS}/.git/hooks")
+    assert order.index(WS) < order.index(f"{WS}/.git") < order.index(f"{WS}/.git/hooks")
     assert order.index(WS) < order.index(f"{WS}/secrets")
     assert order.index("/tmp") < order.index(WS)
 

@@ -79,10 +79,10 @@ def test_tenants_get_their_ceilings_hosts_and_sessions_their_own_identity(net):
 
 
 def test_a_vm_sandbox_reaches_its_hosts_only_through_its_gateway_session(net):
-    from tests.tiers.vm.test_vm import _missing
+    from tests.conftest import tier_missing
 
-    if _missing():
-        pytest.skip(reason=_missing())
+    if tier_missing("vm"):
+        pytest.skip(reason=tier_missing("vm"))
     svc, up = net
     key = svc.tenant(allow_domains=["api.test"], tiers=["vm"])
     sid = svc.create(key, tier="vm", policy={"network": {"allow": ["api.test"]}})["id"]

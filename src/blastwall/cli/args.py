@@ -21,6 +21,7 @@ _SANDBOX_OPTIONS = {
     "--tier": (True, False),
     "--require": (True, True),
     "--read-only": (False, False),
+    "--allow-git-writes": (False, False),
     "--approval-webhook": (True, False),
     "--image": (True, False),
 }
@@ -95,6 +96,7 @@ Sandbox options:
   --deny-write PATH    also make PATH read-only (repeatable)
   --env NAME[=VALUE]   pass variable NAME through (or set it) deliberately (repeatable)
   --read-only          make the workspace read-only too
+  --allow-git-writes   let the command write .git (commit, branch; its hooks and config stay read-only)
   --tier TIER          process (default), container (gVisor) or vm
   --image NAME         the container tier's image (default: default; see blastwall image build)
   --require FEATURE    refuse to run without FEATURE (landlock)

@@ -105,6 +105,8 @@ def flags_layer(parsed):
         put("environment", "pass", passed)
     if setting:
         put("environment", "set", setting)
+    if parsed.get("--allow-git-writes"):
+        put("filesystem", "allow_git_writes", True)
     layer = parse_layer(doc, "command line", extend_lists=True)
     if parsed.get("--read-only"):
         # Replaces, not extends: the workspace (and every allow_write) read-only.
@@ -273,7 +275,8 @@ def cmd_policy_show(parsed) -> int:
 
         out = {"policy": data, "sources": list(policy.sources), "egress": egress_reading(policy),
                "builtin_secrets": [s for s in defaults.BUILTIN_SECRETS if s not in policy.filesystem.reveal],
-               "mandatory_write_deny": list(defaults.MANDATORY_WRITE_DENY)}
+               "mandatory_write_deny": list(defaults.mandatory_write_deny(
+                   git_writes=policy.filesystem.allow_git_writes))}
         if plan is not None:
             out["plan"] = [op.describe() for op in plan.operations if type(op).__name__ != "Environment"]
             out["notes"] = list(plan.notes)

@@ -117,11 +117,13 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
     ".config/fish",
     # direnv runs .envrc on `cd`.
     ".envrc",
-    # git runs hooks and honours core.fsmonitor/core.hooksPath/aliases from config;
-    # submodules keep their own hooks and config under .git/modules.
-    ".git/hooks",
-    ".git/config",
-    ".git/modules",
+    # The git directory, whole: the host's git runs its hooks, obeys its config
+    # (core.fsmonitor, core.hooksPath, aliases, filters) and its other control
+    # files (a `commondir` moves config and hooks elsewhere), and writes files
+    # in it through symbolic links planted there (COMMIT_EDITMSG, the logs).
+    # What is safe to write in it cannot be named file by file, so none of it
+    # is writable unless the user says `filesystem.allow_git_writes`.
+    ".git",
     # git reads a .gitconfig wherever HOME points (sandboxes and CI often point
     # it at the project), and .gitmodules chooses the URLs and paths that
     # `git submodule update` fetches into; both are on srt's list too.
@@ -146,6 +148,23 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
     ".gemini",
     ".blastwall",
 )
+
+# With ``filesystem.allow_git_writes``, ``.git`` stays writable (commits,
+# branches, checkouts inside) and only these are protected: what git runs and
+# what it obeys directly.  The rest of the git directory is then the agent's:
+# see docs/policy.md for what that gives up.
+GIT_WRITES_DENY: tuple[str, ...] = (".git/hooks", ".git/config", ".git/modules")
+
+
+def mandatory_write_deny(*, git_writes: bool) -> tuple[str, ...]:
+    """MANDATORY_WRITE_DENY, with ``.git`` narrowed to GIT_WRITES_DENY when git writes are allowed."""
+    if not git_writes:
+        return MANDATORY_WRITE_DENY
+    out: list[str] = []
+    for entry in MANDATORY_WRITE_DENY:
+        out += GIT_WRITES_DENY if entry == ".git" else (entry,)
+    return tuple(out)
+
 
 # More write-denies, applied where the writable root is the user's home (or
 # contains it): files that git, the desktop session and the login shell read

@@ -479,6 +479,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "reveal": (_paths, "set", ()),
         "allow_unix_sockets": (_paths, "set", ()),
         "private_tmp": (_bool, "set", True),
+        "allow_git_writes": (_bool, "set", False),
     },
     "network": {
         "allow": (_allow_hosts, "set", ()),

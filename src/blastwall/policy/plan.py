@@ -522,7 +522,7 @@ def compile_plan(policy, host: Host) -> Plan:
     for root in roots:
         if host.disposable_workspace and root == workspace:
             continue
-        entries = _defaults.MANDATORY_WRITE_DENY
+        entries = _defaults.mandatory_write_deny(git_writes=fs.allow_git_writes)
         if is_within(home, root):
             entries = entries + _defaults.MANDATORY_HOME_WRITE_DENY
         for entry in entries:
@@ -672,9 +672,10 @@ def hypervisor_plan(plan: Plan, *, own: str, sockets: tuple[str, ...], devices: 
     beneath the workspace and the VM's ``own`` state directory.  On top:
     ``own`` writable (QEMU's control socket and console log), the gateway's
     session ``sockets`` for the guest's forwards, ``devices`` (/dev/kvm), and
-    unix and IPv4 sockets allowed (the network namespace holds only loopback).  A hidden directory that holds ``own`` (blastwall's
-    state) becomes an empty private one with ``own`` and the sockets bound
-    back into it.
+    unix and IPv4 sockets allowed (the network namespace holds only loopback)
+    with the host's /run masked.  A hidden directory that holds ``own``
+    (blastwall's state) becomes an empty private one with ``own`` and the
+    sockets bound back into it.
     """
     mounts: list = []
     rest: list = []
@@ -696,6 +697,10 @@ def hypervisor_plan(plan: Plan, *, own: str, sockets: tuple[str, ...], devices: 
             continue  # The guest's egress and resources are QEMU's arguments; sockets are set below.
         else:
             raise PolicyError(f"Can't derive the hypervisor's plan: {kind.__name__} is unknown here")
+    # QEMU may create unix sockets, so the host's /run (D-Bus, systemd, docker, ...) is masked as in a
+    # process sandbox that allows them; its own directory and the gateway's sockets are bound back in.
+    if not any(type(op) is PrivateTmp and op.path == "/run" for op in mounts):
+        mounts.append(PrivateTmp("/run"))
     mounts.append(Writable(own, Reason.HYPERVISOR))
     mounts += [ReadOnly(path, Reason.HYPERVISOR) for path in sockets]
     mounts += [Device(path, Reason.HYPERVISOR) for path in devices]

@@ -47,6 +47,7 @@ _WHY_NOT = {
     ("filesystem", "reveal"): "the built-in secret list is the operator's",
     ("filesystem", "allow_unix_sockets"): "it would expose the service host's sockets",
     ("filesystem", "private_tmp"): "the sandbox's /tmp is always private",
+    ("filesystem", "allow_git_writes"): "a service sandbox's workspace is its own: nothing in it is protected",
     ("credentials", "entries"): "credentials are read from the service's own environment and files",
     ("environment", "pass"): "it would pass the service's own environment variables in",
     ("network", "resolve"): "pinning names to addresses could point an allowed name at an internal address",

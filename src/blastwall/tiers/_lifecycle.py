@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["is_devnull", "owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
+__all__ = ["compiled_helper", "is_devnull", "owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
            "wait_exit"]
 
 # The exit status of a run killed at its [resources] timeout, as timeout(1) reports it.
 TIMED_OUT = 124
+
+
+def compiled_helper(directory: str, stem: str, *, what: str, fix: str) -> str:
+    """The executable setup.py built from ``directory``'s ``stem``.c (named like an extension module)."""
+    import importlib.machinery
+
+    from blastwall.errors import EnforcementError
+
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(directory, stem + suffix)
+        if os.access(path, os.X_OK):
+            return path
+    raise EnforcementError(f"Can't find {what} in {directory}: blastwall was installed without building it", fix=fix)
 
 
 def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_session: bool,

@@ -45,6 +45,8 @@ _OCI_OPS = {SCMP_CMP_EQ: "SCMP_CMP_EQ", SCMP_CMP_GE: "SCMP_CMP_GE", SCMP_CMP_MAS
 LOW32 = 0xFFFFFFFF
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
+SOCK_TYPE_MASK = 0xF  # The type's low bits; SOCK_NONBLOCK and SOCK_CLOEXEC live above them.
+PAIR_TYPES = (1, 5)  # SOCK_STREAM, SOCK_SEQPACKET: the socketpair(2) types that reach only each other.
 
 # Address families by name, for the allowlist.  Every number below
 # SOCKET_FAMILY_LIMIT that is not allowed gets its own rule (compared on the
@@ -153,13 +155,23 @@ FAMILIES = tuple(_families())
 
 
 def _socket_rules(allowed: tuple[str, ...]) -> list[Rule]:
-    """socket(2) refused for every address family not in ``allowed``; socketpair(2) likewise, but for unix."""
+    """socket(2) refused for every address family not in ``allowed``; socketpair(2) likewise, but for unix
+    stream and seqpacket pairs."""
     unknown = [name for name in allowed if name not in SOCKET_FAMILY_NUMBERS]
     if unknown:
         raise ValueError(f"unknown socket families: {unknown}")
     rules: list[Rule] = []
-    # socketpair(AF_UNIX) makes an anonymous connected pair that reaches nothing
-    # (asyncio's self-pipe is one): it stays allowed whatever the policy says.
+    # socketpair(AF_UNIX) makes an anonymous connected pair (asyncio's self-pipe
+    # is one): a stream or seqpacket pair reaches nothing else, so those two
+    # types stay allowed whatever the policy says.  Any other type is refused
+    # without unix sockets in the policy: a datagram socket of a pair (and
+    # SOCK_RAW, which the kernel makes a datagram one) delivers, with
+    # sendto(2) or sendmsg(2), to any bound datagram socket whose path the
+    # sandbox can see (the journal's, /dev/log).
+    if "unix" not in allowed:
+        for kind in range(SOCK_TYPE_MASK + 1):
+            if kind not in PAIR_TYPES:
+                rules.append(("socketpair", errno.EPERM, [(1, SCMP_CMP_MASKED_EQ, SOCK_TYPE_MASK, kind)]))
     for call, names in (("socket", set(allowed)), ("socketpair", set(allowed) | {"unix"})):
         numbers = {SOCKET_FAMILY_NUMBERS[name] for name in names}
         for family in range(SOCKET_FAMILY_LIMIT):

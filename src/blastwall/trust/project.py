@@ -105,6 +105,12 @@ def split(base: Policy, project: Layer, *, workspace: str, home: str) -> tuple[L
             if value is False and base.filesystem.private_tmp:
                 widening.append("filesystem.private_tmp: shares the host's /tmp")
             continue
+        if slot == ("filesystem", "allow_git_writes"):
+            if value is True and not base.filesystem.allow_git_writes:
+                widening.append("filesystem.allow_git_writes: lets the sandbox write the git directory")
+            elif value is False:
+                narrowing[slot] = ("set", value)
+            continue
         if slot == ("network", "unlisted"):
             if value != base.network.unlisted:
                 if value == "deny":

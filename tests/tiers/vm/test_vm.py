@@ -19,26 +19,10 @@ import time
 
 import pytest
 
-from tests.conftest import BASE, SECRET, blastwall, bw_env
+from tests.conftest import BASE, SECRET, blastwall, bw_env, tier_missing
 
 
-def _missing() -> str | None:
-    if not any(os.access(p, os.X_OK) for p in ("/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64")):
-        return "QEMU is not installed (apt-get install qemu-system-x86)"
-    if not any(n.startswith("vmlinuz-") for n in (os.listdir("/boot") if os.path.isdir("/boot") else [])):
-        return "no packaged guest kernel in /boot (apt-get install linux-image-amd64)"
-    if not any(os.access(p, os.X_OK) for p in ("/bin/busybox", "/usr/bin/busybox")):
-        return "busybox is not installed (apt-get install busybox-static)"
-    if os.geteuid() != 0:
-        return "the packaged kernel in /boot is readable by root only"
-    if shutil.which("mmdebstrap") is None:
-        return "mmdebstrap is not installed (it builds the guest's image)"
-    if shutil.which("mkfs.erofs", path="/usr/bin:/usr/sbin:/sbin") is None:
-        return "mkfs.erofs is not installed (apt-get install erofs-utils; it makes the guest's root disk)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+pytestmark = pytest.mark.skipif(tier_missing("vm") is not None, reason=tier_missing("vm") or "")
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +182,41 @@ def test_workspace_round_trip(vm):
     assert vm.read_file("/home/user/from-host.txt") == b"written on the host\n"
     with pytest.raises(OSError, match="Permission denied"):
         vm.write_file("/etc/passwd", b"owned\n")
+
+
+def _descendant(pid: int, prefix: str) -> int:
+    """The first process below ``pid`` whose name starts with ``prefix``."""
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        with open(f"/proc/{current}/comm") as f:
+            if f.read().startswith(prefix):
+                return current
+        for task in os.listdir(f"/proc/{current}/task"):
+            with open(f"/proc/{current}/task/{task}/children") as f:
+                todo += [int(child) for child in f.read().split()]
+    raise AssertionError(f"no {prefix} process below {pid}")
+
+
+def test_qemu_sees_none_of_the_hosts_run(vm):
+    """QEMU may create unix sockets (its control socket, the forwards): the host's /run, where D-Bus, systemd and
+    docker listen, is an empty tmpfs in its view, as seen from the host through /proc/PID/root."""
+    import socket
+
+    host_sock = f"/run/blastwall-test-{os.getpid()}.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(host_sock)
+    listener.listen(1)
+    try:
+        view = f"/proc/{_descendant(vm.qemu_pid, 'qemu-system')}/root"  # qemu_pid is bubblewrap's, outside.
+        # The control: this is QEMU's view (it serves this workspace), and the host's /run is not empty.
+        assert open(f"{view}{vm.host_workspace}/README.md").read() == "from the host\n"
+        assert os.path.basename(host_sock) in os.listdir("/run")
+        seen = os.listdir(f"{view}/run")
+        assert os.path.basename(host_sock) not in seen and not {"systemd", "dbus", "docker.sock"} & set(seen), seen
+    finally:
+        listener.close()
+        os.unlink(host_sock)
 
 
 def test_writes_outside_the_workspace_are_thrown_away_and_the_root_disk_is_read_only(vm):

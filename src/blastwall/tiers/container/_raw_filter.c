@@ -29,22 +29,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../_raw_fail.h"
+
 #define MAX_PROGRAM (1 << 20)
 
-static void fail(int status, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    int n = snprintf(buf, sizeof buf, "blastwall: ");
-    va_start(ap, fmt);
-    n += vsnprintf(buf + n, sizeof buf - n - 1, fmt, ap);
-    va_end(ap);
-    if (n > (int)sizeof buf - 2)
-        n = sizeof buf - 2;
-    buf[n++] = '\n';
-    (void)!write(2, buf, n);
-    _exit(status);
-}
 
 int main(int argc, char **argv)
 {

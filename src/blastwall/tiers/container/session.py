@@ -746,13 +746,9 @@ def oci_seccomp(plan: P.Plan) -> dict:
 
 def filter_binary() -> str:
     """The static program that installs a seccomp program inside gVisor (_raw_filter.c), built at install time."""
-    import importlib.machinery
+    from blastwall.tiers._lifecycle import compiled_helper
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = os.path.join(here, "_raw_filter_bin" + suffix)
-        if os.access(path, os.X_OK):
-            return path
-    raise EnforcementError(
-        f"Can't find the container tier's seccomp starter in {here}: blastwall was installed without building it",
-        fix="install a C compiler and the static C library (sudo apt-get install gcc libc6-dev) and reinstall blastwall")
+    return compiled_helper(os.path.dirname(os.path.abspath(__file__)), "_raw_filter_bin",
+                           what="the container tier's seccomp starter",
+                           fix="install a C compiler and the static C library (sudo apt-get install gcc libc6-dev) "
+                               "and reinstall blastwall")

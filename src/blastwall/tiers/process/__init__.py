@@ -53,16 +53,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 def launcher_path() -> str:
     """The compiled in-sandbox launcher (_raw_enter.c), built at install time."""
-    import importlib.machinery
+    from blastwall.tiers._lifecycle import compiled_helper
 
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = os.path.join(_HERE, "_raw_enter_bin" + suffix)
-        if os.access(path, os.X_OK):
-            return path
-    raise EnforcementError(
-        f"Can't find the sandbox launcher in {_HERE}: blastwall was installed without building it",
-        fix="install a C compiler (sudo apt-get install gcc libc6-dev) and reinstall blastwall",
-    )
+    return compiled_helper(_HERE, "_raw_enter_bin", what="the sandbox launcher",
+                           fix="install a C compiler (sudo apt-get install gcc libc6-dev) and reinstall blastwall")
 
 
 def find_bwrap(environ=os.environ) -> str:

@@ -9,8 +9,9 @@
  *      but the ready pipe;
  *   2. verifies the boundary: no-new-privs, seccomp in filter mode, no
  *      effective capabilities, and probes that must fail (a new user
- *      namespace; a unix socket unless the policy allows them, also with
- *      garbage in the family's upper half; a netlink socket; a setuid mode);
+ *      namespace; a unix socket, or a pair other than stream and seqpacket,
+ *      unless the policy allows them, also with garbage in the family's upper half; a netlink socket;
+ *      a setuid mode);
  *   3. applies Landlock: writes only beneath the --write hierarchies, abstract
  *      unix sockets and signals scoped where the ABI allows;
  *   4. reports readiness, takes the terminal if asked, and execs the command.
@@ -37,6 +38,8 @@
 #include <sys/syscall.h>
 #include <termios.h>
 #include <unistd.h>
+
+#include "../_raw_fail.h"
 
 #ifndef SYS_landlock_create_ruleset
 #define SYS_landlock_create_ruleset 444
@@ -76,20 +79,6 @@ struct path_beneath_attr {
 
 #define MAX_WRITE 256
 
-static void fail(int status, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    int n = snprintf(buf, sizeof buf, "blastwall: ");
-    va_start(ap, fmt);
-    n += vsnprintf(buf + n, sizeof buf - n - 1, fmt, ap);
-    va_end(ap);
-    if (n > (int)sizeof buf - 2)
-        n = sizeof buf - 2;
-    buf[n++] = '\n';
-    (void)!write(2, buf, n);
-    _exit(status);
-}
 
 static int parse_fd(const char *text)
 {
@@ -167,6 +156,18 @@ static void verify_boundary(int allow_unix)
         if (s >= 0) {
             close(s);
             fail(125, "Refusing to run: creating a unix socket succeeded (family 0x100000001)");
+        }
+        /* Only stream and seqpacket pairs: a datagram one (SOCK_RAW is made one)
+         * can sendto(2) any bound socket the sandbox can see. */
+        for (int kind = 0; kind <= 0xf; kind++) {
+            int pair[2];
+            if (kind == SOCK_STREAM || kind == SOCK_SEQPACKET)
+                continue;
+            if (socketpair(AF_UNIX, kind | SOCK_CLOEXEC, 0, pair) == 0) {
+                close(pair[0]);
+                close(pair[1]);
+                fail(125, "Refusing to run: creating a unix socket pair of type %d succeeded", kind);
+            }
         }
     }
     {
