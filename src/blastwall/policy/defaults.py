@@ -136,6 +136,9 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
     ".vscode",
     ".idea",
     ".zed",
+    # Dev Containers run `initializeCommand` on the host when the folder is opened.
+    ".devcontainer",
+    ".devcontainer.json",
     ".exrc",
     ".nvimrc",
     ".nvim.lua",
