@@ -37,6 +37,7 @@ def test_covers_table(grant, wanted, ok):
     ({"filesystem": {"allow_write": ["/etc"]}}, "filesystem.allow_write"),
     ({"filesystem": {"allow_unix_sockets": ["/run/docker.sock"]}}, "filesystem.allow_unix_sockets"),
     ({"filesystem": {"reveal": ["~/.aws"]}}, "filesystem.reveal"),
+    ({"filesystem": {"allow_git_writes": True}}, "filesystem.allow_git_writes"),
     ({"credentials": {"GH": {"from": "env:AWS_SECRET_ACCESS_KEY", "hosts": ["api.github.com"]}}}, "credentials"),
     ({"credentials": {"GH": {"from": "file:/etc/shadow", "hosts": ["api.github.com"]}}}, "credentials"),
     ({"environment": {"pass": ["AWS_SECRET_ACCESS_KEY"]}}, "environment.pass"),

@@ -164,3 +164,20 @@ def test_interactive_no_means_not_trusted(home, workspace, scratch):
     term.send("\n")
     assert term.wait() == 0
     assert "narrowing only" in blastwall(["trust", "--list"], home=home, cwd=workspace).stdout
+
+
+@needs_bwrap
+def test_a_project_cannot_open_its_own_git_directory_without_a_yes(home, workspace, scratch):
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    (workspace / ".blastwall").mkdir()
+    (workspace / ".blastwall" / "policy.toml").write_text("[filesystem]\nallow_git_writes = true\n")
+    description = workspace / ".git" / "description"
+    before = description.read_bytes()
+    r = blastwall(["trust", "--yes"], home=home, cwd=workspace)
+    assert "allow_git_writes" in r.stdout, r.stdout + r.stderr  # Listed as a widening, not applied.
+    r = blastwall(["run", "--", "sh", "-c", "echo changed > .git/description; echo ok > control"], home=home,
+                  cwd=workspace)
+    assert (workspace / "control").read_text() == "ok\n" and description.read_bytes() == before
+    assert blastwall(["trust", "--yes", "--allow-widening"], home=home, cwd=workspace).returncode == 0
+    r = blastwall(["run", "--", "sh", "-c", "echo changed > .git/description"], home=home, cwd=workspace)
+    assert r.returncode == 0 and description.read_text() == "changed\n", r.stderr
