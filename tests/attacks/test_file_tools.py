@@ -114,7 +114,7 @@ def test_mandatory_write_denies_hold_for_file_tools(shell_kind, existing, home, 
     if existing:
         for rel in PROTECTED:
             (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
-            (workspace / rel).write_text("original\n")
+            (workspace / rel).write_text("# original\n")  # A comment: valid in every one of them, git's configs too.
     before = snapshot(workspace)
     shell = open_shell(shell_kind, home=home, workspace=workspace)
     try:

@@ -125,7 +125,12 @@ except OSError:
 try:
     os.mknod("b1", 0o666 | 0o060000, os.makedev(7, 0))
 except OSError:
-    pass'
+    pass
+import ctypes, platform
+open("w1", "w").close()
+# renameat2(AT_FDCWD, "w1", AT_FDCWD, "w2", RENAME_WHITEOUT) leaves a 0:0 character device at w1.
+number = {"x86_64": 316, "aarch64": 276}[platform.machine()]
+ctypes.CDLL(None, use_errno=True).syscall(number, -100, b"w1", -100, b"w2", 4)'
 mknod c2 c 1 3 2>/dev/null; mkdir d1; chmod 2775 d1
 cp /bin/sh plain && chmod 755 plain && echo CONTROL
 """

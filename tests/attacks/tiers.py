@@ -19,6 +19,7 @@ CLAIMS = {
     "rename-protected-ancestor": TIERS,
     "replace-gitdir-file": TIERS,
     "plant-git-control-files": TIERS,
+    "git-control-beyond-dot-git": TIERS,
     "setid-and-device-files": TIERS,
     "never-root-inside": TIERS,
     "socket-family-allowlist": ("process",),  # The others' sockets are their own kernel's.

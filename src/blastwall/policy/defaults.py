@@ -142,6 +142,8 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
     ".exrc",
     ".nvimrc",
     ".nvim.lua",
+    ".vimrc",  # Read from the current directory by vim with `exrc` set, and from home always.
+    ".gvimrc",
     # Agents load project settings, hooks and MCP servers from these.
     ".claude",
     ".mcp.json",
@@ -149,6 +151,12 @@ MANDATORY_WRITE_DENY: tuple[str, ...] = (
     ".codex",
     ".agents",  # Codex's skills and agent instructions.
     ".gemini",
+    ".kiro",
+    ".amazonq",
+    ".roo",
+    ".continue",
+    ".aider.conf.yml",
+    "opencode.json",
     ".blastwall",
 )
 
@@ -177,11 +185,24 @@ MANDATORY_HOME_WRITE_DENY: tuple[str, ...] = (
     ".config/autostart",
     ".config/systemd",
     ".config/environment.d",
+    ".local/share/systemd",
     ".local/bin",
     ".pam_environment",
     ".xprofile",
     ".xinitrc",
     ".xsessionrc",
+    # Read by the user's next shell, terminal multiplexer or editor.
+    ".bash_aliases",
+    ".inputrc",
+    ".tmux.conf",
+    ".config/tmux",
+    ".vim",
+    ".config/nvim",
+    ".config/Code",
+    ".config/direnv",
+    # The user's agent configuration, where it lives outside a project.
+    ".config/opencode",
+    ".aider.conf.yml",
 )
 
 # Environment variables dropped from the sandbox unless passed deliberately

@@ -16,6 +16,7 @@ import os
 
 from blastwall.errors import EnforcementError, PolicyError
 from blastwall.policy import defaults as _defaults
+from blastwall.policy import gitdirs as _gitdirs
 from blastwall.policy.reasons import Reason
 
 __all__ = [
@@ -330,6 +331,34 @@ class FileProbe:
     def lexists(self, path: str) -> bool:
         return os.path.lexists(path)
 
+    def read(self, path: str, limit: int) -> bytes | None:
+        """Up to ``limit`` bytes of the regular file ``path`` (never through a final symlink); None if it is not one."""
+        import stat
+
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            chunks, size = [], 0
+            while size < limit:
+                chunk = os.read(fd, min(1 << 16, limit - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except OSError:
+            return []
+
 
 class Host:
     """The invoking user and machine: everything the compiler reads besides the policy.
@@ -519,6 +548,8 @@ def compile_plan(policy, host: Host) -> Plan:
                 )
 
     home = probe.realpath(host.home)
+    xdg_config = host.environ.get("XDG_CONFIG_HOME") or os.path.join(host.home, ".config")
+    git_user_configs = ("/etc/gitconfig", os.path.join(xdg_config, "git/config"), os.path.join(host.home, ".gitconfig"))
     for root in roots:
         if host.disposable_workspace and root == workspace:
             continue
@@ -531,6 +562,15 @@ def compile_plan(policy, host: Host) -> Plan:
             # No component is a link (checked above) and the root is resolved,
             # so the lexical path is the real one.
             deny_write(lexical, Reason.MANDATORY_DENY)
+        # What else the host's git obeys in this tree: a separate git directory, submodules' `.git`
+        # files, a hooksPath, or (no repository here) the root's HEAD.
+        for path in _gitdirs.control_paths(root, probe, home=host.home, git_writes=fs.allow_git_writes,
+                                           user_configs=git_user_configs):
+            for candidate in dict.fromkeys((path, probe.realpath(path))):  # As named, and where it leads.
+                inside = writable_root(candidate)
+                if inside is not None:
+                    refuse_links(inside, candidate)
+                deny_write(candidate, Reason.GIT_METADATA)
     for raw in fs.deny_write:
         lexical = expand(raw, home=host.home, base=workspace, uid=host.uid)
         root = writable_root(lexical)

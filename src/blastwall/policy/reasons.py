@@ -27,6 +27,7 @@ class Reason(str, enum.Enum):
     UNIX_SOCKET = "unix-socket"  # filesystem.allow_unix_sockets.
     RUNTIME = "runtime"  # The interpreter and package that start the sandbox.
     PROTECTED_ANCESTOR = "protected-ancestor"  # Holds a protected path: it cannot be renamed or removed.
+    GIT_METADATA = "git-metadata"  # A git directory, submodule link or hooks directory the host's git obeys.
     HYPERVISOR = "hypervisor"  # What a VM's QEMU needs of the host (its state, the gateway's sockets, /dev/kvm).
 
     def __str__(self) -> str:

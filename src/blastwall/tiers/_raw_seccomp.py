@@ -45,6 +45,7 @@ _OCI_OPS = {SCMP_CMP_EQ: "SCMP_CMP_EQ", SCMP_CMP_GE: "SCMP_CMP_GE", SCMP_CMP_MAS
 LOW32 = 0xFFFFFFFF
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
+RENAME_WHITEOUT = 1 << 2
 SOCK_TYPE_MASK = 0xF  # The type's low bits; SOCK_NONBLOCK and SOCK_CLOEXEC live above them.
 PAIR_TYPES = (1, 5)  # SOCK_STREAM, SOCK_SEQPACKET: the socketpair(2) types that reach only each other.
 
@@ -112,8 +113,12 @@ def _set_id() -> list[Rule]:
 
 def _devices() -> list[Rule]:
     eperm = errno.EPERM
-    return [(name, eperm, [(index, SCMP_CMP_MASKED_EQ, S_IFMT, kind)])
-            for name, index in (("mknod", 1), ("mknodat", 2)) for kind in (S_IFCHR, S_IFBLK)]
+    rules = [(name, eperm, [(index, SCMP_CMP_MASKED_EQ, S_IFMT, kind)])
+             for name, index in (("mknod", 1), ("mknodat", 2)) for kind in (S_IFCHR, S_IFBLK)]
+    # renameat2(RENAME_WHITEOUT) leaves a 0:0 character device where the source was, and the
+    # kernel lets an unprivileged user make one.
+    rules.append(("renameat2", eperm, [(4, SCMP_CMP_MASKED_EQ, RENAME_WHITEOUT, RENAME_WHITEOUT)]))
+    return rules
 
 
 # family -> list of (syscall, errno, [(arg index, op, a, b), ...]).  Each entry
