@@ -58,15 +58,13 @@ def session_factory(workdir: str, *, network: bool):
 
 
 def run_true(session) -> int:
-    from blastwall.tiers._lifecycle import reap
-
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        pid = session.exec(["true"], stdin=devnull, stdout=devnull, stderr=devnull)
+        process = session.exec(["true"], stdin=devnull, stdout=devnull, stderr=devnull)
     finally:
         os.close(devnull)
-    status = reap(pid)
-    session.finished(pid)
+    status = process.wait()
+    process.release()
     return status
 
 

@@ -15,7 +15,7 @@ from blastwall.policy import plan as P
 from blastwall.policy.load import cache_dir, config_dir, state_dir
 from blastwall.policy.model import Layer, Policy
 
-__all__ = ["MAX_STATE_PATH", "load", "plan_for", "protected_paths", "run", "sandbox"]
+__all__ = ["MAX_STATE_PATH", "load", "plan_for", "protected_paths", "run", "sandbox", "session"]
 
 # The longest state directory: SQLite opens no path over 512 bytes, and the
 # audit log and the gateway's session files live beneath it.  (Socket paths do
@@ -166,8 +166,8 @@ def run(
     box = sandbox(policy, workspace=workspace, cwd=cwd, environ=environ, broker=broker)
     try:
         box.prepare()
-        box.start(command, stdin=stdin, stdout=stdout, stderr=stderr)
-        return box.wait()
+        box.boot()
+        return box.exec(command, stdin=stdin, stdout=stdout, stderr=stderr).wait()
     finally:
         box.close()
 
@@ -191,34 +191,51 @@ def _make_state_dir(environ) -> None:
 
 def sandbox(policy: Policy, *, workspace: str | None = None, cwd: str | None = None, environ=os.environ,
             broker=None):
-    """An unprepared sandbox of the policy's tier for ``workspace``.
+    """A one-shot session of the policy's tier for ``workspace`` (tiers/contract.py): one ``exec``.
 
-    Call ``prepare()``, ``start(command)``, ``wait()`` and ``close()`` on it,
-    or use it as a context manager (which prepares and closes).
+    ``prepare()``, then ``exec(command)`` (or ``start`` and ``wait``), then
+    ``close()``; or use it as a context manager (which prepares and closes).
     """
+    return _open(policy, workspace=workspace, cwd=cwd, environ=environ, broker=broker, one_shot=True)
+
+
+def session(policy: Policy, *, workspace: str | None = None, environ=os.environ, broker=None, label: str = ""):
+    """A session of the policy's tier for ``workspace``: ``boot()``, any number of ``exec``, ``close()``.
+
+    Its commands share the sandbox (its ``/tmp``, its processes, its network);
+    the workspace appears at its own path in every tier.
+    """
+    return _open(policy, workspace=workspace, cwd=None, environ=environ, broker=broker, one_shot=False, label=label)
+
+
+def _open(policy: Policy, *, workspace, cwd, environ, broker, one_shot: bool, label: str = ""):
+    """The one place that picks a tier."""
     _make_state_dir(environ)
     tier = policy.sandbox.tier
-    if tier == "container":
-        from blastwall.tiers.container import ContainerSandbox
-
-        ContainerSandbox.recover(environ=environ)
-        plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
-        return ContainerSandbox(plan, image=policy.sandbox.image, environ=environ)
-    if tier == "vm":
-        from blastwall.tiers.vm import VmSandbox
-
-        VmSandbox.recover(environ=environ)
-        plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
-        return VmSandbox(plan, image=policy.sandbox.image, environ=environ, broker=broker)
-    if tier != "process":
+    if tier not in ("process", "container", "vm"):
         raise Unsupported(
             f"Can't use the {tier} tier: it is not available in this version",
             fix="use --tier process, --tier container or --tier vm",
         )
-    from blastwall.tiers.process import ProcessSandbox
-
-    # Leftovers of a run killed with SIGKILL change what exists on disk, so
+    if tier == "container":
+        from blastwall.tiers.container import ContainerSandbox as OneShotBox
+        from blastwall.tiers.container.session import ContainerSession as Session
+    elif tier == "vm":
+        from blastwall.tiers.vm import VmSandbox as OneShotBox
+        from blastwall.tiers.vm.session import VmSession as Session
+    else:
+        from blastwall.tiers.process import ProcessSandbox as OneShotBox
+        from blastwall.tiers.process.session import ProcessSession as Session
+    # Leftovers of a run killed with SIGKILL change what exists on disk (placeholders), so
     # they are cleaned before the plan looks at the disk.
-    ProcessSandbox.recover(environ=environ)
-    plan = plan_for(policy, workspace=workspace, cwd=cwd, environ=environ)
-    return ProcessSandbox(plan, environ=environ, broker=broker)
+    OneShotBox.recover(environ=environ)
+    plan = plan_for(policy, workspace=workspace, cwd=cwd if one_shot else workspace, environ=environ)
+    if one_shot:
+        if tier == "process":
+            return OneShotBox(plan, environ=environ, broker=broker)
+        return OneShotBox(plan, image=policy.sandbox.image, environ=environ, broker=broker)
+    if tier == "process":
+        # Not tied to the starting thread: the session ends when its channel closes (this process's end).
+        return Session(plan, environ=environ, broker=broker, die_with_parent=False)
+    return Session(plan, image=policy.sandbox.image, environ=environ, broker=broker, workspace=plan.workspace,
+                   mount_at=plan.workspace, label=label)

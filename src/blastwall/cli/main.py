@@ -125,9 +125,9 @@ def _load(parsed):
     return policy
 
 
-def _warn_once_landlock(abi: int) -> None:
+def _warn_once_landlock(degraded: tuple[str, ...]) -> None:
     """Landlock missing: say so once per user, then stay quiet."""
-    if abi:
+    if "landlock" not in degraded:
         return
     from blastwall.policy.load import cache_dir
 
@@ -170,16 +170,16 @@ def cmd_run(parsed, command: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, terminate)
     try:
         sandbox.prepare()
-        _warn_once_landlock(getattr(sandbox, "landlock", 1))
+        _warn_once_landlock(sandbox.degraded)
+        sandbox.boot()
         if _interactive():
-            # Both tiers get a private pty: the sandbox never holds the user's terminal.
+            # Every tier gets a private pty: the sandbox never holds the user's terminal.
             from blastwall.cli.terminal import run_with_pty
 
             status = run_with_pty(sandbox, command)
         else:
-            sandbox.start(command)
-            status = sandbox.wait()
-        deadline = getattr(sandbox, "deadline", None)
+            status = sandbox.exec(command).wait()
+        deadline = sandbox.deadline
         if deadline is not None and deadline.expired:
             from blastwall.policy.model import format_duration
 
@@ -225,11 +225,11 @@ def _audit_run(policy, command: list[str], status) -> None:
 
 def _report_egress(sandbox) -> None:
     """One line on stderr: what the gateway refused during the run."""
-    if getattr(sandbox, "gateway_lost", False):
+    if sandbox.gateway_lost:
         _say("blastwall: the egress gateway stopped during the run; the sandbox lost network access "
              "(nothing was allowed to go direct)")
         return
-    summary = getattr(sandbox, "egress_summary", None)
+    summary = sandbox.egress_summary
     if not summary or not summary.get("blocked_count"):
         return
     from blastwall._display import shown as safe

@@ -32,7 +32,7 @@ def run_with_pty(sandbox, command: list[str]) -> int:
     _copy_winsize(real_out, master, fcntl, termios)
     stderr = slave if os.isatty(2) else 2
     try:
-        sandbox.start(command, stdin=slave, stdout=slave, stderr=stderr, ctty=True)
+        process = sandbox.exec(command, stdin=slave, stdout=slave, stderr=stderr, ctty=True)
     finally:
         os.close(slave)
 
@@ -56,7 +56,7 @@ def run_with_pty(sandbox, command: list[str]) -> int:
             termios.tcsetattr(real_in, termios.TCSAFLUSH, attrs)
         signal.signal(signal.SIGWINCH, previous)
         os.close(master)
-    return sandbox.wait()
+    return process.wait()
 
 
 def _copy_winsize(src: int, dst: int, fcntl, termios) -> None:

@@ -30,11 +30,11 @@ import queue
 import secrets
 import selectors
 import shutil
-import signal
 import threading
 import time
 
 from blastwall.errors import ContainmentError, PolicyError, Unsupported
+from blastwall.tiers.contract import KILLED, SandboxStopped
 from blastwall.service.ceiling import (SERVICE_TIERS, CeilingExceeded, Resources, TenantPolicyError, format_size,
                                        machine_max_pids, parse_size, tenant_layer)
 from blastwall.service.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
@@ -55,87 +55,8 @@ KILL_GRACE = 5.0              # seconds to wait for a killed command's runsc exe
 QUIET_AFTER_EXIT = 1.0        # seconds of silence after which a finished command's open pipes are let go
 
 
-def _killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
-
-
-class _HostProcess:
-    """A container command: its ``runsc exec``, a child of this process (ContainerSession.exec)."""
-
-    def __init__(self, session, pid: int) -> None:
-        self.session = session
-        self.pid = pid
-        try:
-            self._pidfd: int | None = os.pidfd_open(pid)
-        except OSError:
-            self._pidfd = None
-
-    def exit_fd(self) -> int | None:
-        """Readable once the command ended; None: poll."""
-        return self._pidfd
-
-    def poll(self, *, block: bool = False) -> int | None:
-        """The exit code once the command ended (reaping it), else None."""
-        try:
-            pid, raw = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            return 137  # Reaped by the session's close() (the sandbox was destroyed under it).
-        if pid == 0:
-            return None
-        status = os.waitstatus_to_exitcode(raw)
-        try:
-            self.session.finished(self.pid)
-        except Exception:  # noqa: BLE001
-            pass
-        return 128 - status if status < 0 else status
-
-    def kill(self) -> None:
-        self.session.signal_exec(self.pid, signal.SIGKILL)
-
-    def force(self) -> None:
-        """The command's ``runsc exec`` did not go: kill it on the host."""
-        _killpg(self.pid, signal.SIGKILL)
-
-    def close(self) -> None:
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
-
-
-class _GuestProcess:
-    """A VM command: a process in the guest, driven through its agent (VmSession.exec)."""
-
-    def __init__(self, command) -> None:
-        self.command = command
-
-    def exit_fd(self) -> int | None:
-        return self.command.fileno()
-
-    def poll(self, *, block: bool = False) -> int | None:
-        from blastwall.tiers.vm.session import VmStopped
-
-        if not self.command.done.wait(None if block else 0):
-            return None
-        try:
-            return self.command.wait(0)
-        except VmStopped:
-            return 128 + signal.SIGKILL  # The VM went down under it (the sandbox is found stopped).
-
-    def kill(self) -> None:
-        self.command.kill(signal.SIGKILL)
-
-    def force(self) -> None:
-        self.command.kill(signal.SIGKILL)  # There is no host process; the agent signals the group again.
-
-    def close(self) -> None:
-        self.command.release()
 
 
 class Config:
@@ -209,9 +130,8 @@ class Command:
     A streamed command hands its output to ``events`` (a bounded queue: a slow
     reader slows the command down rather than filling the service's memory);
     a background one keeps up to ``cap`` bytes of each stream.  The command
-    ends when its process ends (its ``runsc exec``, found through a pidfd, or
-    the VM agent's word), not at EOF: a process the command left running
-    inside may hold its pipes open.
+    ends when its Process (tiers/contract.py) says so, not at EOF: a process
+    the command left running inside may hold its pipes open.
     """
 
     def __init__(self, sandbox: "Sandbox", argv: list[str], *, env: dict, cwd: str, timeout: float,
@@ -236,9 +156,7 @@ class Command:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            started = sandbox.session.exec(argv, env=env, cwd=cwd, stdin=devnull, stdout=out_w, stderr=err_w)
-            self.process = _HostProcess(sandbox.session, started) if isinstance(started, int) \
-                else _GuestProcess(started)
+            self.process = sandbox.session.exec(argv, env=env, cwd=cwd, stdin=devnull, stdout=out_w, stderr=err_w)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -273,7 +191,7 @@ class Command:
                 if self.killed and killed_at is None:
                     killed_at = now
                 if killed_at is not None and now - killed_at > KILL_GRACE:
-                    self.process.force()
+                    self.process.kill()  # Again: the tier's host side too.
                 for key, _mask in selector.select(timeout=0.2):
                     if key.data == "exit":
                         selector.unregister(key.fd)
@@ -315,9 +233,9 @@ class Command:
             for fd in self._fds:
                 os.close(fd)
             if self.exit_code is None:
-                self.process.force()
+                self.process.kill()  # Again: the tier's host side too.
                 self._try_reap(block=True)
-            self.process.close()
+            self.process.release()
             if self.timed_out:
                 self.exit_code = 124
             final = {"exit_code": self.exit_code, "timed_out": self.timed_out}
@@ -345,7 +263,10 @@ class Command:
 
     def _try_reap(self, *, block: bool = False) -> bool:
         if self.exit_code is None:
-            self.exit_code = self.process.poll(block=block)
+            try:
+                self.exit_code = self.process.wait() if block else self.process.poll()
+            except SandboxStopped:
+                self.exit_code = KILLED  # The sandbox went down under it (it is found stopped).
         return self.exit_code is not None
 
     def _deliver(self, name: str, text: str) -> None:

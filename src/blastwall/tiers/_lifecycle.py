@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
-__all__ = ["compiled_helper", "is_devnull", "owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
+__all__ = ["ExitLatch", "OneShot", "OneShotProcess", "compiled_helper", "is_devnull", "owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
            "wait_exit"]
 
 # The exit status of a run killed at its [resources] timeout, as timeout(1) reports it.
@@ -109,6 +111,102 @@ def exited(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return True
+
+
+class ExitLatch:
+    """The end of a command: a status, an event and a descriptor that is readable once it is set."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.event = threading.Event()
+        self._r, self._w = os.pipe2(os.O_CLOEXEC)
+        self._lock = threading.Lock()
+
+    def set(self, status: int) -> None:
+        with self._lock:
+            if self.status is not None:
+                return
+            self.status = status
+            if self._w >= 0:
+                os.close(self._w)  # The read end sees EOF: readable.
+                self._w = -1
+        self.event.set()
+
+    def fileno(self) -> int:
+        return self._r
+
+    def wait(self, timeout: float | None) -> int:
+        if not self.event.wait(timeout):
+            raise TimeoutError("the command is still running")
+        assert self.status is not None
+        return self.status
+
+    def release(self) -> None:
+        with self._lock:
+            for fd in (self._r, self._w):
+                if fd >= 0:
+                    os.close(fd)
+            self._r = self._w = -1
+
+
+class OneShotProcess:
+    """The one command of a one-shot sandbox: the sandbox's own (its ``wait()`` says how it ended)."""
+
+    def __init__(self, box) -> None:
+        self._box = box
+        self._done = ExitLatch()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def exit_fd(self) -> int | None:
+        return None  # A one-shot run waits for its command; nothing selects on it.
+
+    def poll(self) -> int | None:
+        return self._done.status
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is not None:
+            raise ValueError("a one-shot command is waited for whole (its [resources] timeout bounds it)")
+        with self._lock:
+            if self._done.status is None and self._error is None:
+                try:
+                    self._done.set(self._box.wait())
+                except BaseException as exc:
+                    self._error = exc
+        if self._error is not None:
+            raise self._error
+        assert self._done.status is not None
+        return self._done.status
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self._box.kill(sig)
+
+    def release(self) -> None:
+        self._done.release()
+
+
+class OneShot:
+    """A one-shot sandbox (``prepare``, ``start``, ``wait``, ``kill``, ``close``) as the contract's Session
+    with one ``exec``: what ``blastwall run`` uses, in every tier."""
+
+    _one = None
+    degraded: tuple[str, ...] = ()
+
+    def boot(self) -> None:
+        """Nothing: a one-shot sandbox starts with its command."""
+
+    def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+             stdin: int = 0, stdout: int = 1, stderr: int = 2, ctty: bool = False) -> "OneShotProcess":
+        if self._one is not None:
+            raise RuntimeError("a one-shot sandbox runs one command; start a session for more")
+        if env or cwd:
+            raise ValueError("a one-shot command runs with the plan's environment and working directory")
+        self.start(list(argv), stdin=stdin, stdout=stdout, stderr=stderr, ctty=ctty)
+        self._one = OneShotProcess(self)
+        return self._one
+
+    def alive(self) -> bool:
+        return self._one is None or self._one.poll() is None
 
 
 class Deadline:

@@ -65,7 +65,6 @@ def _session(env, workspace, policy):
 
 
 def _exec(session, script: str, timeout: float = 60) -> tuple[int, str]:
-    from blastwall.tiers._lifecycle import reap
 
     with tempfile.TemporaryFile() as out:
         # O_APPEND: gVisor keeps its own offset per donated descriptor, so a shared
@@ -73,16 +72,17 @@ def _exec(session, script: str, timeout: float = 60) -> tuple[int, str]:
         fd = os.open(f"/proc/self/fd/{out.fileno()}", os.O_WRONLY | os.O_APPEND)
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
-            pid = session.exec(["sh", "-c", script], stdin=devnull, stdout=fd, stderr=fd)
+            process = session.exec(["sh", "-c", script], stdin=devnull, stdout=fd, stderr=fd)
         finally:
             os.close(devnull)
             os.close(fd)
-        timer = threading.Timer(timeout, session.signal_exec, (pid,))
+        timer = threading.Timer(timeout, process.kill)
         timer.start()
         try:
-            status = reap(pid)
+            status = process.wait()
         finally:
             timer.cancel()
+            process.release()
         out.seek(0)
         return status, out.read().decode("utf-8", "replace")
 
@@ -213,7 +213,7 @@ def test_sessions_cannot_reach_the_host_or_each_other(home, workspace, scratch, 
         status, out = _exec(a, probe + "; " + steal)
         # B's own server works from inside B (so a refusal above is the boundary, not a dead server).
         _, inside_b = _exec(b, "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/\").status)'")
-        b.signal_exec(server)
+        server.kill()
     finally:
         a.close()
         b.close()

@@ -105,12 +105,10 @@ def test_fork_and_memory_bombs_stay_inside_the_session_limits(env, workspace):
 def test_a_killed_command_is_gone_inside_the_sandbox(env, workspace):
     session = _boot(env, workspace, {"sandbox": {"tier": "container"}})
     try:
-        pid = session.exec(["sleep", "300"], stdin=0, stdout=1, stderr=2)
+        process = session.exec(["sleep", "300"], stdin=0, stdout=1, stderr=2)
         time.sleep(1.0)
-        session.signal_exec(pid)
-        from blastwall.tiers._lifecycle import reap
-
-        status = reap(pid)
+        process.kill()
+        status = process.wait()
         _, out = _exec(session, "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done")
     finally:
         session.close()
@@ -120,8 +118,6 @@ def test_a_killed_command_is_gone_inside_the_sandbox(env, workspace):
 
 def test_commands_keep_their_words_env_cwd_and_streams(env, workspace):
     """Fast path (a spare shell becomes the command) and slow path (runsc exec) must be indistinguishable."""
-    from blastwall.tiers._lifecycle import reap
-
     (workspace / "sub").mkdir()
     os.chown(workspace / "sub", 1000, 1000)
     session = _boot(env, workspace, {"sandbox": {"tier": "container"}})
@@ -133,13 +129,13 @@ def test_commands_keep_their_words_env_cwd_and_streams(env, workspace):
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             devnull = os.open(os.devnull, os.O_RDONLY)
-            pid = session.exec(["python3", "-c", "import json, os, sys; print(json.dumps([sys.argv[1:], "
+            process = session.exec(["python3", "-c", "import json, os, sys; print(json.dumps([sys.argv[1:], "
                                 "os.getcwd(), os.environ.get('GREETING')])); print('oops', file=sys.stderr); "
                                 "sys.exit(7)", *words], env={"GREETING": "hi 'there' $HOME"},
                                cwd="/home/user/sub", stdin=devnull, stdout=out_w, stderr=err_w)
             for fd in (out_w, err_w, devnull):
                 os.close(fd)
-            status = reap(pid)
+            status = process.wait()
             with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
                 results.append((status, out.read().decode(), err.read().decode()))
     finally:

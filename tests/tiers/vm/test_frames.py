@@ -15,7 +15,7 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blastwall.tiers.vm.agent import HEAD, MAX_DATA, MAX_HEADER, FrameError, Reader, pack
+from blastwall.tiers._spawner import HEAD, MAX_DATA, MAX_HEADER, FrameError, Reader, pack
 
 def _containers(inner):
     return st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)

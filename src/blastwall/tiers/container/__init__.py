@@ -24,9 +24,10 @@ import signal
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
-from blastwall.tiers._lifecycle import owner_record
+from blastwall.tiers._lifecycle import OneShot, owner_record
+from blastwall.tiers.contract import Enforces, check_plan
 
-__all__ = ["ContainerSandbox", "detect_platform", "find_runsc", "host_pids_for", "probe_platform"]
+__all__ = ["ENFORCES", "ContainerSandbox", "detect_platform", "find_runsc", "host_pids_for", "probe_platform"]
 
 # Fastest first.  kvm is not tried: in nested virtual machines it can hang
 # instead of failing; choose it with BLASTWALL_RUNSC_PLATFORM=kvm.
@@ -52,6 +53,7 @@ REFUSED = {
     P.Device: "host devices are never shared into the container tier (only the VM tier's QEMU gets /dev/kvm)",
     P.RequireLandlock: "Landlock is a process-tier layer; gVisor is the container tier's boundary",
 }
+ENFORCES = Enforces("container", HANDLED, REFUSED, fix="use --tier process for this policy")
 
 
 def host_pids_for(pids: int) -> int:
@@ -140,11 +142,17 @@ def delete_state(directory: str, container_id: str, *, runsc: str | None) -> Non
     shutil.rmtree(directory, ignore_errors=True)
 
 
-class ContainerSandbox:
+class ContainerSandbox(OneShot):
     """One command in an ephemeral gVisor sandbox."""
 
-    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, platform: str | None = None) -> None:
+    tier = "container"
+
+    def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, platform: str | None = None,
+                 broker=None) -> None:
         self.plan = plan
+        self._broker = broker
+        self.egress_summary: dict | None = None
+        self.gateway_lost = False
         self.image = image
         self._environ = environ
         self.platform = platform
@@ -180,12 +188,7 @@ class ContainerSandbox:
 
     # -- prepare ----------------------------------------------------------------
     def prepare(self) -> None:
-        for op in self.plan.operations:
-            kind = type(op)
-            if kind in REFUSED:
-                raise Unsupported(f"Refusing the plan: {REFUSED[kind]}", fix="use --tier process for this policy")
-            if kind not in HANDLED:
-                raise Unsupported(f"Refusing the plan: the container tier cannot enforce {kind.__name__}")
+        check_plan(self.plan, ENFORCES)
         if os.geteuid() != 0:
             raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
                               fix="run as root, or use --tier process")
@@ -256,9 +259,12 @@ class ContainerSandbox:
         (chdir,) = self.plan.of(P.Chdir)
         self._session = ContainerSession(self.plan, image=self.image, environ=self._environ,
                                          workspace=self.plan.workspace, mount_at=self.plan.workspace,
-                                         label=" ".join(command)[:2048], platform=self.platform, home="/tmp")
+                                         label=" ".join(command)[:2048], platform=self.platform, home="/tmp",
+                                         broker=self._broker)
         self._session.boot()
-        self._pid = self._session.exec(command, cwd=chdir.path, stdin=stdin, stdout=stdout, stderr=stderr)
+        process = self._session.exec(command, cwd=chdir.path, stdin=stdin, stdout=stdout, stderr=stderr)
+        process.release()  # Reaped here by pid (wait()), like the run without a network.
+        self._pid = process.pid
         from blastwall.tiers._lifecycle import start_deadline
 
         self.deadline = start_deadline(self.plan, self.kill)
@@ -291,6 +297,7 @@ class ContainerSandbox:
             self.deadline.cancel()
         if self._session is not None:
             self._session.close()  # Kills and reaps its commands, too.
+            self.egress_summary, self.gateway_lost = self._session.egress_summary, self._session.gateway_lost
             self._session = None
             self._pid = None
         if self._pid is not None:

@@ -165,8 +165,79 @@ def workspace_views(plan: P.Plan, directory: str) -> tuple[list[tuple[int, str]]
     return views, sources
 
 
+class ContainerProcess:
+    """A command of a container session: its ``runsc exec``, a child of this process (the contract's Process)."""
+
+    def __init__(self, session: "ContainerSession", pid: int) -> None:
+        self.session = session
+        self.pid = pid
+        self._status: int | None = None
+        self._killed = False
+        self._lock = threading.Lock()
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:
+            self._pidfd = None
+
+    def exit_fd(self) -> int | None:
+        return self._pidfd
+
+    def poll(self) -> int | None:
+        return self._reap(block=False)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is not None:
+            import select
+
+            if self._pidfd is None:
+                raise ValueError("can't wait with a timeout without a pidfd")
+            if self._status is None and not select.select([self._pidfd], [], [], timeout)[0]:
+                raise TimeoutError("the command is still running")
+        status = self._reap(block=True)
+        assert status is not None
+        return status
+
+    def _reap(self, *, block: bool) -> int | None:
+        with self._lock:
+            if self._status is not None:
+                return self._status
+            try:
+                pid, raw = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                self._status = 128 + signal.SIGKILL  # Reaped by the session's close(): the sandbox went under it.
+                return self._status
+            if pid == 0:
+                return None
+            status = os.waitstatus_to_exitcode(raw)
+            self._status = 128 - status if status < 0 else status
+        try:
+            self.session.finished(self.pid)
+        except Exception:  # noqa: BLE001 - its files are removed at close() anyway
+            pass
+        return self._status
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self._status is not None:
+            return
+        if self._killed and sig == signal.SIGKILL:
+            try:  # Its `runsc exec` did not go: kill it on the host.
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
+        self._killed = self._killed or sig == signal.SIGKILL
+        self.session.signal_exec(self.pid, sig)
+
+    def release(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
 class ContainerSession:
-    """One gVisor sandbox that stays up between commands."""
+    """One gVisor sandbox that stays up between commands (the contract's Session, tiers/contract.py)."""
+
+    tier = "container"
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
                  mount_at: str = "/home/user", label: str = "", platform: str | None = None, broker=None,
@@ -187,6 +258,9 @@ class ContainerSession:
         self.id = f"blastwall-{secrets.token_hex(6)}"
         self.booted = False
         self.egress_env: dict[str, str] = {}
+        self.egress_summary: dict | None = None
+        self.gateway_lost = False
+        self.degraded: tuple[str, ...] = ()
         self._environ = environ
         self._broker = broker
         self._runsc: str | None = None
@@ -211,23 +285,22 @@ class ContainerSession:
         ContainerSandbox.recover(environ=environ)  # Includes the network sweep.
 
     # -- boot ------------------------------------------------------------------------------
-    def boot(self) -> None:
-        """Start the sandbox (idle init) and, if the plan allows hosts, its network; all or nothing."""
-        from blastwall.tiers.container import HANDLED, REFUSED, detect_platform, find_runsc
+    def prepare(self) -> None:
+        """Check the plan and the machine (runsc, its platform); nothing is started."""
+        from blastwall.tiers.container import ENFORCES, detect_platform, find_runsc
+        from blastwall.tiers.contract import check_plan
 
-        for op in self.plan.operations:
-            kind = type(op)
-            if kind is P.Egress:
-                continue
-            if kind in REFUSED:
-                raise Unsupported(f"Refusing the plan: {REFUSED[kind]}", fix="use --tier process for this policy")
-            if kind not in HANDLED:
-                raise Unsupported(f"Refusing the plan: the container tier cannot enforce {kind.__name__}")
+        check_plan(self.plan, ENFORCES)
         if os.geteuid() != 0:
             raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
                               fix="run as root, or use --tier process")
         self._runsc = find_runsc()
         self.platform = self.platform or detect_platform(self._environ)
+
+    def boot(self) -> None:
+        """Start the sandbox (idle init) and, if the plan allows hosts, its network; all or nothing."""
+        if self._runsc is None:
+            self.prepare()
         try:
             self._boot()
         except BaseException:
@@ -405,8 +478,8 @@ class ContainerSession:
 
     # -- commands ---------------------------------------------------------------------
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
-             stdin: int = 0, stdout: int = 1, stderr: int = 2) -> int:
-        """Start ``argv`` in the sandbox; returns the pid of its ``runsc exec`` (reap it for the status).
+             stdin: int = 0, stdout: int = 1, stderr: int = 2) -> ContainerProcess:
+        """Start ``argv`` in the sandbox; its Process (the ``runsc exec``, reaped through it).
 
         A command with no input is handed to a spare: a ``runsc exec`` of a
         shell started ahead of time (same user, limits and environment), which
@@ -417,6 +490,9 @@ class ContainerSession:
         """
         if not self.booted or self._dir is None or self._runsc is None:
             raise RuntimeError("boot() must succeed first")
+        return ContainerProcess(self, self._exec_pid(argv, env, cwd, stdin, stdout, stderr))
+
+    def _exec_pid(self, argv, env, cwd, stdin, stdout, stderr) -> int:
         line = _command_line(argv, env or {}, cwd or self.mount_at)
         if line is not None and is_devnull(stdin):
             spare = self._take_spare()
@@ -618,6 +694,8 @@ class ContainerSession:
             reap_quietly(pid)
         self._execs.clear()
         if self._gateway is not None:
+            self.egress_summary = self._gateway.summary()  # What it refused (None: the gateway was gone).
+            self.gateway_lost = self.egress_summary is None
             self._gateway.close()
             self._gateway = None
         if self._net is not None:

@@ -19,8 +19,10 @@ import signal
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
+from blastwall.tiers._lifecycle import OneShot
+from blastwall.tiers.contract import Enforces, check_plan
 
-__all__ = ["ProcessSandbox", "find_bwrap", "find_socat", "landlock_abi", "seccomp_instructions"]
+__all__ = ["ENFORCES", "ProcessSandbox", "find_bwrap", "find_socat", "landlock_abi", "seccomp_instructions"]
 
 BWRAP_CANDIDATES = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
 INSTALL_BWRAP = "install bubblewrap: sudo apt-get install bubblewrap (Debian/Ubuntu) or sudo dnf install bubblewrap"
@@ -32,9 +34,22 @@ HANDLED = frozenset({
     P.User,  # bubblewrap's --uid/--gid: the user namespace maps that user onto the caller
     P.Device,  # a hypervisor's plan only (the VM tier's QEMU): the host's /dev/kvm in the private /dev
     P.Environment, P.LandlockWrites, P.RequireLandlock, P.Egress,
-    P.Resources,  # its timeout only; prepare() refuses memory, cpus and pids (no cgroups here)
+    P.Resources,  # its timeout only; _check_limits refuses memory, cpus and pids (no cgroups here)
 })
-REFUSED: dict = {}
+
+
+def _check_limits(plan: P.Plan) -> None:
+    for resources in plan.of(P.Resources):
+        # An unprivileged bubblewrap sandbox gets no cgroup of its own, and
+        # rlimits are per process (a fork bomb multiplies them): refuse.
+        if resources.limits():
+            raise Unsupported(
+                f"Refusing the plan: the process tier cannot limit {', '.join(resources.limits())} "
+                "([resources])", fix="use --tier container, or remove [resources] memory/cpus/pids")
+
+
+ENFORCES = Enforces("process", HANDLED, fix="use --tier container or --tier vm for this policy",
+                    checks=(_check_limits,))
 
 # Inside the sandbox's own network namespace the gateway appears on these ports.
 PROXY_PORT = 3128
@@ -115,8 +130,10 @@ def translate_bwrap_error(text: str) -> EnforcementError:
     return EnforcementError(f"Can't set up the sandbox: {message}")
 
 
-class ProcessSandbox:
+class ProcessSandbox(OneShot):
     """One sandboxed command under bubblewrap.  Use as a context manager."""
+
+    tier = "process"
 
     def __init__(self, plan: P.Plan, *, environ=os.environ, broker=None, die_with_parent: bool = True) -> None:
         """``die_with_parent``: the sandbox dies with this process (PR_SET_PDEATHSIG, which follows the
@@ -144,6 +161,7 @@ class ProcessSandbox:
         self._started = False
         self.landlock = 0
         self.bwrap_messages = ""
+        self.environment: dict[str, str] = {}
 
     @staticmethod
     def recover(*, environ=os.environ) -> None:
@@ -155,20 +173,7 @@ class ProcessSandbox:
     # -- prepare ----------------------------------------------------------------
     def prepare(self) -> None:
         """Check the machine and compile the plan; refuse it whole if needed."""
-        for op in self.plan.operations:
-            kind = type(op)
-            if kind in REFUSED:
-                raise Unsupported(f"Refusing the plan: {REFUSED[kind]}",
-                                  fix="remove network.allow / --allow-domain, or wait for the egress gateway")
-            if kind not in HANDLED:
-                raise Unsupported(f"Refusing the plan: the process tier cannot enforce {kind.__name__}")
-        for resources in self.plan.of(P.Resources):
-            # An unprivileged bubblewrap sandbox gets no cgroup of its own, and
-            # rlimits are per process (a fork bomb multiplies them): refuse.
-            if resources.limits():
-                raise Unsupported(
-                    f"Refusing the plan: the process tier cannot limit {', '.join(resources.limits())} "
-                    "([resources])", fix="use --tier container, or remove [resources] memory/cpus/pids")
+        check_plan(self.plan, ENFORCES)
         self._bwrap = find_bwrap(self._environ)
         self._launcher = launcher_path()
         if self.plan.of(P.Egress):
@@ -177,6 +182,7 @@ class ProcessSandbox:
                 raise EnforcementError("Can't give the sandbox network access: socat is not installed",
                                        fix="sudo apt-get install socat")
         self.landlock = landlock_abi()
+        self.degraded = () if self.landlock else ("landlock",)
         if not self.landlock and self.plan.of(P.RequireLandlock):
             raise EnforcementError(
                 "Refusing to run: Landlock is required (--require landlock) but this kernel does not provide it",
@@ -223,6 +229,7 @@ class ProcessSandbox:
                 # hosts it decrypts to apply HTTP rules and credentials.
                 mounts.append(("ro-bind-at", self._gateway.ca_bundle, CA_BUNDLE))
                 env.update({name: CA_BUNDLE for name in client.CA_VARIABLES})
+        self.environment = dict(env)  # What the command got: the plan's, with the gateway's variables.
         (landlock,) = self.plan.of(P.LandlockWrites)
         (chdir,) = self.plan.of(P.Chdir)
         launcher = [self._launcher, "--stderr-fd", str(_FD_REAL_STDERR), "--ready-fd", str(_FD_READY)]

@@ -25,8 +25,11 @@ import signal
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
+from blastwall.tiers._lifecycle import OneShot
+from blastwall.tiers import contract
+from blastwall.tiers.contract import Enforces
 
-__all__ = ["ACCELERATORS", "HANDLED", "REFUSED", "VmSandbox", "accel_report", "check_plan", "check_resources",
+__all__ = ["ACCELERATORS", "ENFORCES", "HANDLED", "REFUSED", "VmSandbox", "accel_report", "check_plan", "check_resources",
            "detect_accel", "find_qemu", "kvm_opens", "probe_accel", "vm_resources"]
 
 ACCELERATORS = ("kvm", "tcg")
@@ -57,22 +60,26 @@ REFUSED = {
 }
 
 
-def check_plan(plan: P.Plan) -> None:
-    """Raise Unsupported unless this tier enforces every operation of ``plan`` exactly."""
-    for op in plan.operations:
-        kind = type(op)
-        if kind in REFUSED:
-            raise Unsupported(f"Refusing the plan: {REFUSED[kind]}",
-                              fix="use --tier container or --tier process for this policy")
-        if kind not in HANDLED:
-            raise Unsupported(f"Refusing the plan: the VM tier cannot enforce {kind.__name__}")
+def _check_shares(plan: P.Plan) -> None:
     workspace = os.path.realpath(plan.workspace)
     others = [op.path for op in plan.of(P.Writable) if os.path.realpath(op.path) != workspace]
     if others:
         raise Unsupported(f"Refusing the plan: the VM tier shares only the workspace, not {others[0]}",
                           fix="remove the path from filesystem.allow_write, or use another tier")
+
+
+def _check_limits(plan: P.Plan) -> None:
     for op in plan.of(P.Resources):
         check_resources(op.memory_bytes, op.cpus)
+
+
+ENFORCES = Enforces("VM", HANDLED, REFUSED, fix="use --tier container or --tier process for this policy",
+                    checks=(_check_shares, _check_limits))
+
+
+def check_plan(plan: P.Plan) -> None:
+    """Raise Unsupported unless this tier enforces every operation of ``plan`` exactly."""
+    contract.check_plan(plan, ENFORCES)
 
 
 def check_resources(memory_bytes: int | None, cpus: float | None) -> None:
@@ -221,8 +228,10 @@ def detect_accel(environ=os.environ) -> str:
     raise EnforcementError(f"Can't boot a VM here: {report['tcg']}", fix="run `blastwall doctor`")
 
 
-class VmSandbox:
+class VmSandbox(OneShot):
     """One command in a VM booted for it (``blastwall run --tier vm``, the SDK's local backend)."""
+
+    tier = "vm"
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, broker=None) -> None:
         self.plan = plan

@@ -1,8 +1,9 @@
-"""The guest agent: pid 1 of a blastwall VM, and the framing both ends of the control channel share.
+"""The guest agent: pid 1 of a blastwall VM.
 
-This file is copied into the guest's initramfs and run there by the guest's
-own Python (``python3 -I``), so it imports nothing but the standard library.
-The host imports it only for ``pack`` and ``Reader``.
+This file is copied into the guest's initramfs, with ``tiers/_spawner.py``
+(the framing and the command starter it shares with the process tier), and
+run there by the guest's own Python (``python3 -I``), so it imports nothing
+but the standard library and that file.
 
 The control channel is one virtio-serial port (``/dev/vport*``, name
 ``blastwall``): a byte stream of frames, each ``u32 header length, u32 data
@@ -34,51 +35,24 @@ frame and treats what it gets as data.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 
-MAX_HEADER = 4 * 1024 * 1024  # An exec's argv and environment (Linux takes about 2 MiB of them).
-MAX_DATA = 16 * 1024 * 1024
-HEAD = struct.Struct(">II")
 PORT_NAME = "blastwall"
 USER = "user"
 
+try:
+    from blastwall.tiers._spawner import (MAX_DATA, MAX_HEADER, FrameError, Reader, drain as _drain,
+                                          ended_children as _ended_children, pack, serve,
+                                          shell_status as _status)
+except ImportError:  # In the guest, where this file runs alone (python3 -I): the spawner's copy sits beside it.
+    import sys as _sys
 
-def pack(header: dict, data: bytes = b"") -> bytes:
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    return HEAD.pack(len(raw), len(data)) + raw + data
+    _sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _spawner import (MAX_DATA, MAX_HEADER, FrameError, Reader, drain as _drain,  # type: ignore[no-redef]
+                          ended_children as _ended_children, pack, serve, shell_status as _status)
 
-
-class FrameError(Exception):
-    pass
-
-
-class Reader:
-    """Frames from a byte stream; ``feed`` bytes, iterate over (header, data)."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, chunk: bytes) -> list[tuple[dict, bytes]]:
-        self._buf += chunk
-        frames = []
-        while len(self._buf) >= HEAD.size:
-            hlen, dlen = HEAD.unpack_from(self._buf)
-            if hlen > MAX_HEADER or dlen > MAX_DATA:
-                raise FrameError(f"frame too large ({hlen}, {dlen})")
-            end = HEAD.size + hlen + dlen
-            if len(self._buf) < end:
-                break
-            try:
-                header = json.loads(bytes(self._buf[HEAD.size:HEAD.size + hlen]))
-            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep for the parser.
-                raise FrameError(f"bad header: {str(exc)[:200]}") from None
-            if not isinstance(header, dict):
-                raise FrameError("bad header: not an object")
-            frames.append((header, bytes(self._buf[HEAD.size + hlen:end])))
-            del self._buf[:end]
-        return frames
+__all__ = ["FrameError", "MAX_DATA", "MAX_HEADER", "Reader", "main", "pack"]
 
 
 # -- everything below runs only in the guest --------------------------------------------------------
@@ -197,32 +171,6 @@ def _close_all_but(keep: set[int]) -> None:
                 pass
 
 
-def _drain(fd: int) -> None:
-    """Empty a non-blocking wake-up pipe (signal.set_wakeup_fd's)."""
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def _ended_children():
-    """(pid, wait status) of each child that has ended, reaping it."""
-    while True:
-        try:
-            pid, raw = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        yield pid, raw
-
-
-def _status(raw_returncode: int) -> int:
-    """A Popen/waitstatus exit code as a shell reports it (a signal N is 128+N)."""
-    return 128 - raw_returncode if raw_returncode < 0 else raw_returncode
-
-
 class _Running:
     """A command of the agent's: its pipes, its pid once known, its status once it ended."""
 
@@ -255,10 +203,7 @@ def _spawner(sock_fd: int, uid: int, gid: int) -> None:
     ``exit`` {pid, status}.  The agent is pid 1: a command's orphans are
     its to reap, and the commands of a killed spawner become its children.
     """
-    import array
-    import selectors
     import signal
-    import socket
 
     libc = _libc()
     _close_all_but({sock_fd})
@@ -268,81 +213,7 @@ def _spawner(sock_fd: int, uid: int, gid: int) -> None:
     os.setresuid(uid, uid, uid)  # Every capability is gone.
     if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
         os._exit(125)
-    sock = socket.socket(fileno=sock_fd)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ, "agent")
-    sel.register(wake_r, selectors.EVENT_READ, "child")
-    reader = Reader()
-    received: list[int] = []
-
-    def send(header: dict) -> None:
-        sock.sendall(pack(header))
-
-    while True:
-        for key, _ in sel.select():
-            if key.data == "child":
-                _drain(wake_r)
-                for pid, raw in _ended_children():
-                    send({"ev": "exit", "pid": pid, "status": _status(os.waitstatus_to_exitcode(raw))})
-                continue
-            fds = array.array("i")
-            data, ancillary, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * fds.itemsize))
-            if not data:
-                os._exit(0)  # The agent is gone.
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-            received.extend(fds)
-            for h, _ in reader.feed(data):
-                mine, received[:] = received[:3], received[3:]
-                try:
-                    pid = _spawn(h["argv"], h["env"], h["cwd"], mine)
-                except Exception as exc:  # noqa: BLE001 - whatever it was, the command did not start; say why
-                    send({"ev": "failed", "id": h["id"], "errno": getattr(exc, "errno", None) or 0,
-                          "message": getattr(exc, "strerror", None) or str(exc)[:300]})
-                else:
-                    send({"ev": "spawned", "id": h["id"], "pid": pid})
-                finally:
-                    for fd in mine:
-                        os.close(fd)
-
-
-def _which(name: str, path: str) -> str | None:
-    """The first executable regular file ``name`` in ``path`` (execvp's rule; an empty entry is the working
-    directory), as the caller."""
-    if not name:
-        return None
-    for directory in path.split(":"):
-        candidate = os.path.join(directory or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: list[int]) -> int:
-    """Start ``argv`` in a new session with ``stdio`` as its 0, 1 and 2; its pid (the spawner's own start).
-
-    posix_spawn, not Popen: a vfork and an exec and nothing else, which under
-    emulation is the cost of the command itself.  The spawner has one thread,
-    so its working directory can be the command's; the program is looked up
-    in the command's PATH, as the user (execvp's rules: the first executable
-    file).  Signals the spawner ignores (Python ignores SIGPIPE and SIGXFSZ)
-    are reset; its other descriptors are close-on-exec.
-    """
-    import errno
-    import signal
-
-    os.chdir(cwd)  # First: a relative program, or an empty PATH entry, means the command's directory.
-    program = argv[0] if argv and "/" in argv[0] else _which(argv[0] if argv else "", env.get("PATH", os.defpath))
-    if not program:
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
-    for fd in stdio:
-        os.set_inheritable(fd, False)  # Received without close-on-exec: only their copies as 0, 1, 2 go on.
-    return os.posix_spawn(program, argv, env, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                          file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)])
+    serve(sock_fd)
 
 
 class Agent:

@@ -57,7 +57,7 @@ mkdir -p /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work root /newroot || fail "can't mount the overlay"
 mkdir -p /newroot/.blastwall
 chmod 700 /newroot/.blastwall
-cp /agent.py /newroot/.blastwall/agent.py
+cp /agent.py /_spawner.py /newroot/.blastwall/
 : > /newroot/.blastwall/empty
 chmod 444 /newroot/.blastwall/empty
 mount --move /proc /newroot/proc
@@ -197,14 +197,17 @@ def _cache(environ) -> str:
 
 def initramfs(version: str, environ=os.environ) -> str:
     """The initramfs for kernel ``version`` (built on first use; the name carries a hash of its inputs)."""
+    from blastwall.tiers import _spawner
     from blastwall.tiers.vm import agent
 
     busybox = find_busybox()
     with open(agent.__file__, "rb") as f:
         agent_src = f.read()
+    with open(_spawner.__file__, "rb") as f:
+        spawner_src = f.read()
     order = _module_order(version)
     net_order = _module_order(version, NET_MODULES, tuple(order))
-    digest = hashlib.sha256(INIT.encode() + PROBE_INIT.encode() + agent_src
+    digest = hashlib.sha256(INIT.encode() + PROBE_INIT.encode() + agent_src + spawner_src
                             + "\n".join(order + ["net"] + net_order).encode()
                             + str(os.stat(busybox).st_mtime_ns).encode()).hexdigest()[:16]
     cache = _cache(environ)
@@ -221,7 +224,7 @@ def initramfs(version: str, environ=os.environ) -> str:
         busybox_bin = f.read()
     entries: list[tuple[str, int, bytes]] = [(d, 0o040755, b"") for d in ("bin", "dev", "proc", "sys", "modules")]
     entries += [("bin/busybox", 0o100755, busybox_bin), ("init", 0o100755, INIT.encode()),
-                ("agent.py", 0o100644, agent_src),
+                ("agent.py", 0o100644, agent_src), ("_spawner.py", 0o100644, spawner_src),
                 # rdinit=/probe: the same kernel and initramfs, only printing the probe's marker (bench/vm.py's
                 # bare boot).
                 ("probe", 0o100755, PROBE_INIT.encode())]

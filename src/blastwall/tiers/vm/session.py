@@ -32,6 +32,7 @@ import time
 from blastwall._unixpath import relative, short
 from blastwall.errors import EnforcementError
 from blastwall.policy import plan as P
+from blastwall.tiers.contract import KILLED, SandboxStopped
 
 __all__ = ["Command", "VmSession", "VmStopped"]
 
@@ -46,7 +47,7 @@ BOOT_TIMEOUT = 180.0  # Software emulation on a busy two-core machine.
 STOP_TIMEOUT = 10.0
 
 
-class VmStopped(EnforcementError):
+class VmStopped(SandboxStopped):
     """The VM stopped (crashed, killed) while a command was running."""
 
 
@@ -130,9 +131,20 @@ class Command:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self.session._send({"op": "signal", "id": self.id, "sig": int(sig)})
 
+    # The contract's Process (tiers/contract.py).
+    def exit_fd(self) -> int | None:
+        return self.fileno()
+
+    def poll(self) -> int | None:
+        if not self.done.is_set():
+            return None
+        return KILLED if self.lost else self.status
+
 
 class VmSession:
-    """One QEMU microVM that stays up between commands."""
+    """One QEMU microVM that stays up between commands (the contract's Session, tiers/contract.py)."""
+
+    tier = "vm"
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
                  mount_at: str = "/home/user", accel: str | None = None, label: str = "", broker=None) -> None:
@@ -156,6 +168,9 @@ class VmSession:
         self.label = label
         self.egress_env: dict[str, str] = {}
         self.egress_summary: dict | None = None
+        self.gateway_lost = False
+        self.degraded: tuple[str, ...] = ()
+        self._prepared = False
         self._broker = broker
         self._gateway = None
         self._environ = environ
@@ -189,10 +204,17 @@ class VmSession:
             shutil.rmtree(directory, ignore_errors=True)
 
     # -- boot ------------------------------------------------------------------------------
-    def boot(self) -> None:
-        from blastwall.tiers.vm import check_plan
+    def prepare(self) -> None:
+        """Check the plan and the machine (QEMU); nothing is started."""
+        from blastwall.tiers.vm import check_plan, find_qemu
 
         check_plan(self.plan)
+        find_qemu()
+        self._prepared = True
+
+    def boot(self) -> None:
+        if not self._prepared:
+            self.prepare()
         started = time.monotonic()
         try:
             self._boot()
@@ -368,7 +390,7 @@ class VmSession:
 
     # -- the channel ---------------------------------------------------------------------
     def _read_loop(self, ready: threading.Event) -> None:
-        from blastwall.tiers.vm.agent import FrameError, Reader
+        from blastwall.tiers._spawner import FrameError, Reader
 
         reader = Reader()
         assert self._sock is not None
@@ -406,7 +428,7 @@ class VmSession:
             waiter.set()
 
     def _send(self, header: dict, data: bytes = b"") -> None:
-        from blastwall.tiers.vm.agent import pack
+        from blastwall.tiers._spawner import pack
 
         if self._sock is None or self.stopped.is_set():
             return
@@ -445,7 +467,7 @@ class VmSession:
         import json
 
         from blastwall.tiers._lifecycle import is_devnull
-        from blastwall.tiers.vm.agent import MAX_HEADER
+        from blastwall.tiers._spawner import MAX_HEADER
 
         if stdin is not None and is_devnull(stdin):
             stdin = None  # The guest's /dev/null: no pipe, no pump thread.
@@ -538,6 +560,7 @@ class VmSession:
             self._reader = None
         if self._gateway is not None:
             self.egress_summary = self._gateway.summary()  # What it refused (None: the gateway was gone).
+            self.gateway_lost = self.egress_summary is None
             self._gateway.close()  # The gateway ends the session and removes its sockets.
             self._gateway = None
         if self._dir is not None:
