@@ -1,7 +1,10 @@
-"""The local backend: a workspace on this machine; each command in a new sandbox of the policy's tier.
+"""The local backend: a workspace on this machine and one session of the policy's tier over it.
 
-The VM tier is the exception: one VM per SDK sandbox, booted on the first
-command and kept warm for the next ones until ``kill()``.
+The session (tiers/contract.py) is booted on the first command and kept for
+the next ones until ``kill()``, in every tier: commands share the sandbox's
+``/tmp`` and processes (a server started by one is reached by the next), as
+with the remote backend.  Output reaches ``on_stdout``/``on_stderr`` as it
+comes.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class LocalCommandHandle:
     """A background command: ``wait()`` for its result, ``kill()`` to stop it."""
 
     def __init__(self, runner) -> None:
-        self._box = None
+        self._process = None
+        self._killed = False
         self._result: CommandResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(runner,), daemon=True)
@@ -52,6 +56,11 @@ class LocalCommandHandle:
         except BaseException as exc:  # noqa: BLE001 - handed to wait()
             self._error = exc
 
+    def started(self, process) -> None:
+        self._process = process
+        if self._killed:
+            process.kill()
+
     def result(self, timeout: float | None) -> CommandResult:
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -62,8 +71,9 @@ class LocalCommandHandle:
         return self._result
 
     def kill(self) -> None:
-        if self._box is not None:
-            self._box.kill()
+        self._killed = True
+        if self._process is not None:
+            self._process.kill()
 
 
 class LocalBackend:
@@ -75,8 +85,8 @@ class LocalBackend:
         self.sandbox_id = os.path.basename(workspace)
         self._owns = owns_workspace
         self._environ = environ
-        self._vm = None  # The VM tier: one VM for the SDK sandbox, kept warm between commands.
-        self._vm_lock = threading.Lock()
+        self._session = None  # Booted on the first command, kept until kill().
+        self._session_lock = threading.Lock()
 
     @classmethod
     def create(cls, *, tier=None, policy_file=None, workspace=None, allow_domains=(), policy=None, resources=None,
@@ -102,105 +112,73 @@ class LocalBackend:
         return os.path.realpath(workspace)
 
     # -- commands -------------------------------------------------------------------------------
-    def _argv_and_cwd(self, cmd, envs, cwd) -> tuple[list[str], str]:
-        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        if envs:
-            argv = ["env", *[f"{k}={v}" for k, v in envs.items()], *argv]
-        workdir = self.workspace
-        if cwd:
-            from blastwall.errors import FileError
-            from blastwall.tiers.files import split_relative
+    def _cwd(self, cwd) -> str:
+        if not cwd:
+            return self.workspace
+        from blastwall.errors import FileError
+        from blastwall.tiers.files import split_relative
 
-            try:
-                workdir = os.path.join(self.workspace, *split_relative(cwd))
-            except FileError as exc:
-                raise SandboxFileError(f"Can't use {cwd!r} as the working directory: {exc.message}",
-                                       code="invalid_path") from None
-        return argv, workdir
+        try:
+            return os.path.join(self.workspace, *split_relative(cwd))
+        except FileError as exc:
+            raise SandboxFileError(f"Can't use {cwd!r} as the working directory: {exc.message}",
+                                   code="invalid_path") from None
 
     def run(self, cmd, *, timeout: float, envs, cwd, on_stdout=None, on_stderr=None) -> CommandResult:
-        argv, workdir = self._argv_and_cwd(cmd, envs, cwd)
-        result = self._run(argv, workdir, timeout, None)
-        # The local backend has the output only at the end.
-        if on_stdout and result.stdout:
-            on_stdout(result.stdout)
-        if on_stderr and result.stderr:
-            on_stderr(result.stderr)
-        return result
+        return self._run(cmd, envs, self._cwd(cwd), timeout, None, on_stdout, on_stderr)
 
     def start(self, cmd, *, timeout: float, envs, cwd) -> LocalCommandHandle:
-        argv, workdir = self._argv_and_cwd(cmd, envs, cwd)
-        return LocalCommandHandle(lambda handle: self._run(argv, workdir, timeout, handle))
+        workdir = self._cwd(cwd)
+        return LocalCommandHandle(lambda handle: self._run(cmd, envs, workdir, timeout, handle, None, None))
 
-    def _run(self, argv: list[str], cwd: str, timeout: float, handle) -> CommandResult:
+    def _live_session(self):
+        """The sandbox's session, booted on first use (again if it stopped); its policy is fixed at boot."""
         from blastwall import api
 
-        if self.policy.sandbox.tier == "vm":
-            return self._run_in_vm(argv, cwd, timeout, handle)
+        with self._session_lock:
+            if self._session is not None and self._session.alive():
+                return self._session
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+            session = api.session(self.policy, workspace=self.workspace, environ=self._environ,
+                                  label=self.sandbox_id)
+            try:
+                session.prepare()
+                session.boot()
+            except BaseException:
+                session.close()
+                raise
+            self._session = session
+            return session
 
-        box = api.sandbox(self.policy, workspace=self.workspace, cwd=cwd, environ=self._environ)
+    def _run(self, cmd, envs, cwd: str, timeout: float, handle, on_stdout, on_stderr) -> CommandResult:
+        from blastwall.tiers.contract import KILLED, SandboxStopped
+
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        session = self._live_session()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            process = session.exec(argv, env=dict(envs or {}), cwd=cwd, stdin=devnull, stdout=out_w, stderr=err_w)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            for fd in (out_w, err_w, devnull):
+                os.close(fd)
         if handle is not None:
-            handle._box = box
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            box.kill()
-
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            timer = threading.Timer(timeout, expire)
-            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                box.prepare()
-                box.start(argv, stdin=devnull, stdout=out.fileno(), stderr=err.fileno())
-                timer.start()
-                status = box.wait()
-            finally:
-                timer.cancel()
-                os.close(devnull)
-                box.close()
-            timed_out = expired.is_set()
-            out.seek(0)
-            err.seek(0)
-            stdout = out.read().decode("utf-8", "replace")
-            stderr = err.read().decode("utf-8", "replace")
-        return CommandResult(stdout, stderr, 124 if timed_out else status)
-
-    def _warm_vm(self):
-        """The sandbox's VM, booted on first use (again if it stopped); its policy is fixed at boot."""
-        from blastwall import api
-        from blastwall.tiers.vm import VmSandbox
-        from blastwall.tiers.vm.session import VmSession
-
-        with self._vm_lock:
-            if self._vm is not None and self._vm.alive():
-                return self._vm
-            if self._vm is not None:
-                self._vm.close()
-                self._vm = None
-            VmSandbox.recover(environ=self._environ)
-            plan = api.plan_for(self.policy, workspace=self.workspace, cwd=self.workspace, environ=self._environ)
-            vm = VmSession(plan, image=self.policy.sandbox.image, environ=self._environ, workspace=self.workspace,
-                           mount_at=self.workspace, label=self.sandbox_id)
-            vm.boot()
-            self._vm = vm
-            return vm
-
-    def _run_in_vm(self, argv: list[str], cwd: str, timeout: float, handle) -> CommandResult:
-        vm = self._warm_vm()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            command = vm.exec(argv, cwd=cwd, stdout=out.fileno(), stderr=err.fileno())
-            if handle is not None:
-                handle._box = command
-            try:
-                status = command.wait(timeout)
-            except TimeoutError:
-                command.kill()
-                command.wait(30)
-                status = 124
-            out.seek(0)
-            err.seek(0)
-            return CommandResult(out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"), status)
+            handle.started(process)
+        sinks = {"stdout": on_stdout, "stderr": on_stderr}
+        try:
+            status, timed_out, output = _pump(process, {out_r: "stdout", err_r: "stderr"}, timeout, sinks)
+        except SandboxStopped:
+            status, timed_out, output = KILLED, False, {"stdout": "", "stderr": ""}
+        finally:
+            process.release()
+        return CommandResult(output["stdout"], output["stderr"], 124 if timed_out else status)
 
     # -- files ------------------------------------------------------------------------------------
     def _files(self):
@@ -252,10 +230,10 @@ class LocalBackend:
 
     # -- life ---------------------------------------------------------------------------------------
     def kill(self) -> None:
-        with self._vm_lock:
-            if self._vm is not None:
-                self._vm.close()
-                self._vm = None
+        with self._session_lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
         if self._owns:
             shutil.rmtree(self.workspace, ignore_errors=True)
 
@@ -263,3 +241,69 @@ class LocalBackend:
 # FileError codes -> the codes the service answers with, so both backends raise alike.
 _LOCAL_CODES = {"not_found": "file_not_found", "exists": "file_exists", "too_large": "payload_too_large",
                 "no_space": "no_space"}
+
+
+QUIET_AFTER_EXIT = 0.5  # Seconds a finished command's pipes may stay open (a process it left) before we stop reading.
+
+
+def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[int, bool, dict[str, str]]:
+    """Read ``fds`` until ``process`` ends (killing it at ``timeout``); (status, timed out, output by name)."""
+    import codecs
+    import selectors
+    import time
+
+    decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in fds.values()}
+    output = {name: [] for name in fds.values()}
+
+    def deliver(name: str, data: bytes, final: bool = False) -> None:
+        text = decoders[name].decode(data, final=final)
+        if text:
+            output[name].append(text)
+            if sinks.get(name):
+                sinks[name](text)
+
+    selector = selectors.DefaultSelector()
+    for fd, name in fds.items():
+        selector.register(fd, selectors.EVENT_READ, name)
+    exit_fd = process.exit_fd()
+    if exit_fd is not None:
+        selector.register(exit_fd, selectors.EVENT_READ, None)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    quiet_until = None
+    try:
+        while True:
+            status = process.poll()
+            now = time.monotonic()
+            if status is not None:
+                quiet_until = quiet_until or now + QUIET_AFTER_EXIT
+                if now >= quiet_until or all(key.data is None for key in selector.get_map().values()):
+                    break
+            elif now >= deadline and not timed_out:
+                timed_out = True
+                process.kill()
+                deadline = now + 10.0  # Then the host side of it too.
+            elif now >= deadline:
+                process.kill()
+            wait = 0.2 if status is None else max(0.0, quiet_until - now)
+            for key, _ in selector.select(timeout=min(wait, max(0.0, deadline - now) + 0.01)):
+                if key.data is None:
+                    selector.unregister(key.fd)  # Ended: poll() says how.
+                    continue
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                deliver(key.data, chunk)
+                if status is not None:
+                    quiet_until = time.monotonic() + QUIET_AFTER_EXIT
+    finally:
+        selector.close()
+        for fd in fds:
+            os.close(fd)
+    for name in decoders:
+        deliver(name, b"", final=True)
+    return process.wait(), timed_out, {name: "".join(parts) for name, parts in output.items()}

@@ -220,6 +220,12 @@ if __name__ == "__main__":
     # channel on fd 0.  Standard input of the spawner itself is then /dev/null.
     import sys
 
+    import ctypes
+
+    # Not dumpable: the commands are the same user, and must not read or write its memory
+    # (/proc/PID/mem) or trace it to forge what it tells the host.  Their own exec makes them dumpable again.
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
+        sys.exit(125)
     channel = os.dup(0)
     os.set_inheritable(channel, False)
     null = os.open(os.devnull, os.O_RDONLY)

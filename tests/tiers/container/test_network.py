@@ -65,7 +65,6 @@ def _session(env, workspace, policy):
 
 
 def _exec(session, script: str, timeout: float = 60) -> tuple[int, str]:
-
     with tempfile.TemporaryFile() as out:
         # O_APPEND: gVisor keeps its own offset per donated descriptor, so a shared
         # file for stdout and stderr would be overwritten without it.

@@ -162,6 +162,7 @@ class ProcessSandbox(OneShot):
         self.landlock = 0
         self.bwrap_messages = ""
         self.environment: dict[str, str] = {}
+        self.timeout_applies = True  # A session's sandbox is not timed: its commands are, one by one.
 
     @staticmethod
     def recover(*, environ=os.environ) -> None:
@@ -265,7 +266,8 @@ class ProcessSandbox(OneShot):
 
         pid = spawn(argv, env, layout, new_session=False, die_with_parent=self._die_with_parent)
         self._pid = pid
-        self.deadline = start_deadline(self.plan, self.kill)  # [resources] timeout, counted from here
+        if self.timeout_applies:
+            self.deadline = start_deadline(self.plan, self.kill)  # [resources] timeout, counted from here
         os.close(err_w)
         os.close(json_w)
         os.close(ready_w)

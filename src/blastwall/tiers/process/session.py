@@ -50,6 +50,9 @@ class SessionProcess:
         self._done = ExitLatch()
         self._signals: list[int] = []  # Asked for before the spawner said which pid it is.
         self.lost = False  # The sandbox went down under it.
+        from blastwall.tiers._lifecycle import start_deadline
+
+        self._deadline = start_deadline(session.plan, self.kill)  # The plan's [resources] timeout, per command.
 
     def exit_fd(self) -> int | None:
         return self._done.fileno()
@@ -83,6 +86,8 @@ class SessionProcess:
 
     def _finish(self, status: int, *, lost: bool = False) -> None:
         self.lost = lost and self._done.status is None
+        if self._deadline is not None:
+            status = self._deadline.status(status)  # 124 if the deadline killed it.
         self._done.set(status)
 
 
@@ -94,6 +99,7 @@ class ProcessSession:
     def __init__(self, plan: P.Plan, *, environ=os.environ, broker=None, die_with_parent: bool = True) -> None:
         self.plan = plan
         self._box = ProcessSandbox(plan, environ=environ, broker=broker, die_with_parent=die_with_parent)
+        self._box.timeout_applies = False  # The plan's [resources] timeout bounds each command instead.
         self._prepared = False
         self._booted = False
         self._sock: socket.socket | None = None
