@@ -1,4 +1,4 @@
-"""Start-up cost of `blastwall run -- true`, side by side with bare bubblewrap and srt.
+"""Start-up cost of `blastwall run -- true`, side by side with bare bubblewrap, Codex's sandbox and srt.
 
     .venv/bin/python bench/startup.py [--runs 40]
 
@@ -8,10 +8,14 @@ hits all alike) and prints medians, the 90th percentile and ratios.
   /proc, private /tmp, the workspace) with no seccomp, no Landlock, no policy;
 * blastwall run: the installed `blastwall` command with the default policy;
 * blastwall net: the same with `--allow-domain example.com` and a warm gateway;
+* codex sandbox: OpenAI Codex's Linux sandbox (`codex sandbox -- true`, npm
+  `@openai/codex`, its native binary), installed into bench/.codex on first use;
 * srt: Anthropic's sandbox-runtime from npm, installed into bench/.srt on first
-  use (skipped, with the reason, when npm or its dependencies are missing).
+  use (either skipped, with the reason, when npm or its dependencies are missing);
+* session exec: `exec(["true"])` in a booted process-tier session (in this
+  process: what each SDK command costs once its sandbox runs).
 Goals: blastwall's median <= 1/5 of srt's and within 25 ms of bare bwrap (issue 2);
-with a warm gateway, network adds <= 15 ms (issue 3).
+with a warm gateway, network adds <= 15 ms (issue 3); blastwall's median <= Codex's (issue 14).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SRT_DIR = HERE / ".srt"
+CODEX_DIR = HERE / ".codex"
 
 
 def find_blastwall() -> list[str]:
@@ -56,6 +61,48 @@ def ensure_srt() -> tuple[list[str] | None, str]:
     if probe.returncode != 0:
         return None, f"srt does not run here: {probe.stderr.strip()[:200]}"
     return [str(binary), "true"], ""
+
+
+def ensure_codex() -> tuple[list[str] | None, str]:
+    binary = CODEX_DIR / "node_modules" / ".bin" / "codex"
+    if not binary.exists():
+        if not shutil.which("npm"):
+            return None, "npm is not installed"
+        CODEX_DIR.mkdir(exist_ok=True)
+        r = subprocess.run(["npm", "install", "--silent", "--prefix", str(CODEX_DIR), "@openai/codex"],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0 or not binary.exists():
+            return None, f"npm install @openai/codex failed: {r.stderr.strip()[:200]}"
+    probe = subprocess.run([str(binary), "sandbox", "--", "true"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return None, f"codex sandbox does not run here: {probe.stderr.strip()[:200]}"
+    return [str(binary), "sandbox", "--", "true"], ""
+
+
+def session_exec(workspace: str, env: dict, runs: int, warmup: int) -> list[float]:
+    """Milliseconds of each ``exec(["true"])`` in one booted process-tier session."""
+    from blastwall import api
+
+    policy = api.load(environ=env)
+    session = api.session(policy, workspace=workspace, environ=env)
+    session.boot()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    times = []
+    try:
+        for round_ in range(warmup + runs):
+            start = time.perf_counter()
+            process = session.exec(["true"], stdin=devnull, stdout=devnull, stderr=devnull)
+            status = process.wait(60)
+            elapsed = (time.perf_counter() - start) * 1000
+            process.release()
+            if status != 0:
+                raise SystemExit(f"bench: session exec failed (exit {status})")
+            if round_ >= warmup:
+                times.append(elapsed)
+    finally:
+        os.close(devnull)
+        session.close()
+    return times
 
 
 def bare_bwrap(workspace: str) -> list[str]:
@@ -85,6 +132,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-srt", action="store_true")
+    parser.add_argument("--no-codex", action="store_true")
     args = parser.parse_args()
 
     # A normal installation has compiled bytecode; make sure this one does too.
@@ -101,6 +149,14 @@ def main() -> int:
                     "blastwall net": [*find_blastwall(), "run", "--allow-domain", "example.com", "--", "true"]}
         # Warm the gateway: the goal is about a gateway that is already running.
         subprocess.run(commands["blastwall net"], cwd=workspace, env=env, check=True)
+        codex_note = "skipped (--no-codex)"
+        if not args.no_codex:
+            codex, why = ensure_codex()
+            if codex:
+                commands["codex sandbox"] = codex
+                codex_note = ""
+            else:
+                codex_note = f"skipped: {why}"
         srt_note = "skipped (--no-srt)"
         if not args.no_srt:
             srt, why = ensure_srt()
@@ -110,6 +166,7 @@ def main() -> int:
             else:
                 srt_note = f"skipped: {why}"
         times = measure(commands, args.runs, args.warmup, workspace, env)
+        times["session exec"] = session_exec(workspace, env, args.runs, args.warmup)
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
 
@@ -117,18 +174,23 @@ def main() -> int:
     p90 = {name: sorted(values)[int(len(values) * 0.9) - 1] for name, values in times.items()}
     print(f"`<command> true`, {args.runs} interleaved runs each (after {args.warmup} warm-up rounds), "
           f"wall time in ms, on {os.cpu_count()} cores\n")
-    print(f"| {'command':<14} | {'median':>7} | {'p90':>7} | {'vs bare bwrap':>13} | {'vs srt':>7} |")
-    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 9}|{'-' * 15}|{'-' * 9}|")
+    print(f"| {'command':<14} | {'median':>7} | {'p90':>7} | {'vs bare bwrap':>13} | {'vs codex':>8} | {'vs srt':>7} |")
+    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 9}|{'-' * 15}|{'-' * 10}|{'-' * 9}|")
     for name in times:
         vs_bare = f"{med[name] / med['bare bwrap']:.1f}x"
+        vs_codex = f"{med[name] / med['codex sandbox']:.2f}x" if "codex sandbox" in med else "-"
         vs_srt = f"{med[name] / med['srt']:.2f}x" if "srt" in med else "-"
-        print(f"| {name:<14} | {med[name]:7.1f} | {p90[name]:7.1f} | {vs_bare:>13} | {vs_srt:>7} |")
-    if srt_note:
-        print(f"\nsrt: {srt_note}")
+        print(f"| {name:<14} | {med[name]:7.1f} | {p90[name]:7.1f} | {vs_bare:>13} | {vs_codex:>8} | {vs_srt:>7} |")
+    for tool, note in (("codex", codex_note), ("srt", srt_note)):
+        if note:
+            print(f"\n{tool}: {note}")
     over = med["blastwall run"] - med["bare bwrap"]
     print(f"\nblastwall overhead over bare bwrap: {over:.1f} ms (goal: <= 25 ms) -> {'met' if over <= 25 else 'NOT met'}")
     net = med["blastwall net"] - med["blastwall run"]
     print(f"network (warm gateway) over no network: {net:.1f} ms (goal: <= 15 ms) -> {'met' if net <= 15 else 'NOT met'}")
+    if "codex sandbox" in med:
+        gap = med["blastwall run"] - med["codex sandbox"]
+        print(f"blastwall run - codex sandbox: {gap:+.1f} ms (goal: <= 0) -> {'met' if gap <= 0 else 'NOT met'}")
     if "srt" in med:
         ratio = med["srt"] / med["blastwall run"]
         print(f"srt / blastwall: {ratio:.1f}x (goal: >= 5x) -> {'met' if ratio >= 5 else 'NOT met'}")

@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 
-__all__ = ["ExitLatch", "OneShot", "OneShotProcess", "compiled_helper", "is_devnull", "owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
+__all__ = ["ExitLatch", "OneShot", "OneShotProcess", "SessionBase", "compiled_helper", "is_devnull", "owner_alive", "owner_record", "TIMED_OUT", "Deadline", "alive", "exited", "reap", "reap_quietly", "spawn", "start_deadline",
            "wait_exit"]
 
 # The exit status of a run killed at its [resources] timeout, as timeout(1) reports it.
@@ -185,12 +185,27 @@ class OneShotProcess:
         self._done.release()
 
 
-class OneShot:
+class SessionBase:
+    """What every tier's session shares: the reports' defaults and the context manager (prepare, boot; close)."""
+
+    egress_summary: dict | None = None  # Set at close() by a session that had the gateway.
+    gateway_lost = False
+    degraded: tuple[str, ...] = ()
+
+    def __enter__(self):
+        self.prepare()
+        self.boot()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class OneShot(SessionBase):
     """A one-shot sandbox (``prepare``, ``start``, ``wait``, ``kill``, ``close``) as the contract's Session
     with one ``exec``: what ``blastwall run`` uses, in every tier."""
 
     _one = None
-    degraded: tuple[str, ...] = ()
 
     def boot(self) -> None:
         """Nothing: a one-shot sandbox starts with its command."""

@@ -151,8 +151,6 @@ class ContainerSandbox(OneShot):
                  broker=None) -> None:
         self.plan = plan
         self._broker = broker
-        self.egress_summary: dict | None = None
-        self.gateway_lost = False
         self.image = image
         self._environ = environ
         self.platform = platform
@@ -313,9 +311,3 @@ class ContainerSandbox(OneShot):
             self._guard.close()
             self._guard = None
 
-    def __enter__(self) -> "ContainerSandbox":
-        self.prepare()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

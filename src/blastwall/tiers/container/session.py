@@ -25,7 +25,7 @@ import threading
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
-from blastwall.tiers._lifecycle import is_devnull, owner_record
+from blastwall.tiers._lifecycle import SessionBase, is_devnull, owner_record
 
 __all__ = ["ContainerSession", "session_mounts"]
 
@@ -234,7 +234,7 @@ class ContainerProcess:
             self._pidfd = None
 
 
-class ContainerSession:
+class ContainerSession(SessionBase):
     """One gVisor sandbox that stays up between commands (the contract's Session, tiers/contract.py)."""
 
     tier = "container"
@@ -258,9 +258,6 @@ class ContainerSession:
         self.id = f"blastwall-{secrets.token_hex(6)}"
         self.booted = False
         self.egress_env: dict[str, str] = {}
-        self.egress_summary: dict | None = None
-        self.gateway_lost = False
-        self.degraded: tuple[str, ...] = ()
         self._environ = environ
         self._broker = broker
         self._runsc: str | None = None
@@ -710,12 +707,6 @@ class ContainerSession:
             self._guard.close()
             self._guard = None
 
-    def __enter__(self) -> "ContainerSession":
-        self.boot()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _read_ready(fd: int, timeout: float) -> bool:

@@ -148,8 +148,6 @@ class ProcessSandbox(OneShot):
         self._socat: str | None = None
         self._gateway = None
         self._relay_helper: int | None = None
-        self.egress_summary: dict | None = None
-        self.gateway_lost = False
         self._seccomp_fd: int | None = None
         self._guard = None
         self._pid: int | None = None
@@ -376,12 +374,6 @@ class ProcessSandbox(OneShot):
             self._guard.close()
             self._guard = None
 
-    def __enter__(self) -> "ProcessSandbox":
-        self.prepare()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- helpers ------------------------------------------------------------------
     def _mounts(self) -> list[tuple[str, ...]]:

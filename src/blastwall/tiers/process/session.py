@@ -28,7 +28,7 @@ import threading
 
 from blastwall.errors import EnforcementError
 from blastwall.policy import plan as P
-from blastwall.tiers._lifecycle import ExitLatch
+from blastwall.tiers._lifecycle import ExitLatch, SessionBase
 from blastwall.tiers.contract import KILLED, SandboxStopped
 from blastwall.tiers.process import ProcessSandbox
 
@@ -91,7 +91,7 @@ class SessionProcess:
         self._done.set(status)
 
 
-class ProcessSession:
+class ProcessSession(SessionBase):
     """One process-tier sandbox: ``prepare``, ``boot``, ``exec`` any number of commands, ``close``."""
 
     tier = "process"
@@ -308,12 +308,6 @@ class ProcessSession:
             sock.close()
         self._stop()
 
-    def __enter__(self) -> "ProcessSession":
-        self.boot()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _fds(*fds: int) -> bytes:

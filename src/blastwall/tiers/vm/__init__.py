@@ -242,8 +242,6 @@ class VmSandbox(OneShot):
         self._command = None
         self.deadline = None
         self.accel: str | None = None
-        self.egress_summary: dict | None = None
-        self.gateway_lost = False
 
     @staticmethod
     def recover(*, environ=os.environ) -> None:
@@ -308,9 +306,3 @@ class VmSandbox(OneShot):
             self.gateway_lost = networked and self.egress_summary is None
             self._session = None
 
-    def __enter__(self) -> "VmSandbox":
-        self.prepare()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -32,6 +32,7 @@ import time
 from blastwall._unixpath import relative, short
 from blastwall.errors import EnforcementError
 from blastwall.policy import plan as P
+from blastwall.tiers._lifecycle import SessionBase
 from blastwall.tiers.contract import KILLED, SandboxStopped
 
 __all__ = ["Command", "VmSession", "VmStopped"]
@@ -141,7 +142,7 @@ class Command:
         return KILLED if self.lost else self.status
 
 
-class VmSession:
+class VmSession(SessionBase):
     """One QEMU microVM that stays up between commands (the contract's Session, tiers/contract.py)."""
 
     tier = "vm"
@@ -167,9 +168,6 @@ class VmSession:
         self.boot_seconds: float | None = None
         self.label = label
         self.egress_env: dict[str, str] = {}
-        self.egress_summary: dict | None = None
-        self.gateway_lost = False
-        self.degraded: tuple[str, ...] = ()
         self._prepared = False
         self._broker = broker
         self._gateway = None
@@ -586,12 +584,6 @@ class VmSession:
     def state_path(self) -> str | None:
         return self._dir
 
-    def __enter__(self) -> "VmSession":
-        self.boot()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _read_int(path: str) -> int:
