@@ -219,13 +219,10 @@ def _open(policy: Policy, *, workspace, cwd, environ, broker, one_shot: bool, la
         )
     if tier == "container":
         from blastwall.tiers.container import ContainerSandbox as OneShotBox
-        from blastwall.tiers.container.session import ContainerSession as Session
     elif tier == "vm":
         from blastwall.tiers.vm import VmSandbox as OneShotBox
-        from blastwall.tiers.vm.session import VmSession as Session
     else:
         from blastwall.tiers.process import ProcessSandbox as OneShotBox
-        from blastwall.tiers.process.session import ProcessSession as Session
     # Leftovers of a run killed with SIGKILL change what exists on disk (placeholders), so
     # they are cleaned before the plan looks at the disk.
     OneShotBox.recover(environ=environ)
@@ -235,7 +232,13 @@ def _open(policy: Policy, *, workspace, cwd, environ, broker, one_shot: bool, la
             return OneShotBox(plan, environ=environ, broker=broker)
         return OneShotBox(plan, image=policy.sandbox.image, environ=environ, broker=broker)
     if tier == "process":
+        from blastwall.tiers.process.session import ProcessSession
+
         # Not tied to the starting thread: the session ends when its channel closes (this process's end).
-        return Session(plan, environ=environ, broker=broker, die_with_parent=False)
+        return ProcessSession(plan, environ=environ, broker=broker, die_with_parent=False)
+    if tier == "container":
+        from blastwall.tiers.container.session import ContainerSession as Session
+    else:
+        from blastwall.tiers.vm.session import VmSession as Session
     return Session(plan, image=policy.sandbox.image, environ=environ, broker=broker, workspace=plan.workspace,
                    mount_at=plan.workspace, label=label)

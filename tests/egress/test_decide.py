@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blastwall.egress.decide import Rules, check_addresses, classify_address, decide, names_agree
+from blastwall.egress.decide import Rules, Verdict, check_addresses, classify_address, decide, names_agree
 
 RULES = Rules(allow=["github.com", "*.githubusercontent.com", "api.example.com:443", "192.0.2.7", "[2001:db8::7]"],
               deny=["evil.githubusercontent.com"])
@@ -100,3 +100,14 @@ def test_fuzz_every_address_is_classified_or_public(addr):
     why = classify_address(addr)
     if why is None:
         assert addr.is_global or (addr.version == 6 and addr.ipv4_mapped is not None)
+
+
+def test_verdicts_carry_only_the_stable_reason_codes():
+    from blastwall.egress.reasons import EgressReason
+
+    assert Verdict(False, "not-allowed").reason is EgressReason.NOT_ALLOWED
+    assert f"{Verdict(False, 'denied').reason}" == "denied"  # As the refusal bodies and the audit log print it.
+    with pytest.raises(ValueError):
+        Verdict(False, "made-up-reason")
+    values = [member.value for member in EgressReason]
+    assert len(values) == len(set(values))

@@ -153,7 +153,7 @@ class LocalBackend:
             return session
 
     def _run(self, cmd, envs, cwd: str, timeout: float, handle, on_stdout, on_stderr) -> CommandResult:
-        from blastwall.tiers.contract import KILLED, SandboxStopped
+        from blastwall.tiers._check import KILLED, SandboxStopped
 
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         session = self._live_session()

@@ -31,6 +31,7 @@ from blastwall.egress.decide import Verdict, check_addresses, decide, inspects, 
 from blastwall.egress.gateway import SESSION_PEER
 from blastwall.egress.messages import (Scrubber, check_binding, check_form, check_overrides, check_request,
                                        decoder_for, host_of, normalize_path, query_keys)
+from blastwall.egress.reasons import EgressReason as R
 
 logger = logging.getLogger("blastwall.gateway")
 
@@ -39,17 +40,17 @@ USERNAME = "blastwall"
 
 # What would allow it, for each refusal a user can do something about.
 HOW = {
-    "not-allowed": "To allow it: blastwall run --allow-domain HOST, or add it to [network] allow.",
-    "denied": "It is listed in network.deny; deny wins over allow.",
-    "forbidden-address": "To reach it: blastwall run --trust-address CIDR, or list the range in [network] "
+    R.NOT_ALLOWED: "To allow it: blastwall run --allow-domain HOST, or add it to [network] allow.",
+    R.DENIED: "It is listed in network.deny; deny wins over allow.",
+    R.FORBIDDEN_ADDRESS: "To reach it: blastwall run --trust-address CIDR, or list the range in [network] "
                          "trusted_addresses.",
-    "bad-host": "Give the host name in its canonical form.",
-    "not-granted": "The host's [[network.rules]] grant other methods or paths: add this one to its methods/paths.",
-    "header-not-granted": "Add the header's name to the rule's headers = [...] if it carries no credential.",
-    "query-not-granted": "Add the key to the rule's query = [...] if it carries no credential.",
-    "cookie-not-granted": "Add the cookie's name to the rule's cookies = [...] if it carries no credential.",
-    "foreign-credential": "Only the session's own credential may be used on this host.",
-    "ambiguous-path": "Send the path without dot segments, encoded slashes or dots, ';' parameters or "
+    R.BAD_HOST: "Give the host name in its canonical form.",
+    R.NOT_GRANTED: "The host's [[network.rules]] grant other methods or paths: add this one to its methods/paths.",
+    R.HEADER_NOT_GRANTED: "Add the header's name to the rule's headers = [...] if it carries no credential.",
+    R.QUERY_NOT_GRANTED: "Add the key to the rule's query = [...] if it carries no credential.",
+    R.COOKIE_NOT_GRANTED: "Add the cookie's name to the rule's cookies = [...] if it carries no credential.",
+    R.FOREIGN_CREDENTIAL: "Only the session's own credential may be used on this host.",
+    R.AMBIGUOUS_PATH: "Send the path without dot segments, encoded slashes or dots, ';' parameters or "
                       "double encoding.",
 }
 
@@ -148,9 +149,9 @@ class Gatekeeper:
         if cached is not None:
             return cached
         verdict = decide(session.rules, host, port)
-        if not verdict.allowed and verdict.reason == "not-allowed" and session.unlisted == "ask":
+        if not verdict.allowed and verdict.reason is R.NOT_ALLOWED and session.unlisted == "ask":
             allowed, how = await session.ask(_canonical(host), port, session.ask_timeout)
-            verdict = type(verdict)(allowed, "approved" if allowed else "refused-by-person",
+            verdict = type(verdict)(allowed, R.APPROVED if allowed else R.REFUSED_BY_PERSON,
                                     rule=f"asked ({how})", detail="" if allowed else how)
             if self.audit is not None:
                 self.audit.append(kind="approval", session=session.id, command=session.command, host=str(host),
@@ -245,12 +246,12 @@ class Gatekeeper:
         """Resolve ``host`` here and check every address; remember the one to connect to.  The verdict."""
         known = self.registry.address(client_id, host, port)
         if known is not None:
-            return Verdict(True, "allowed")
+            return Verdict(True, R.ALLOWED)
         pinned = pinned_address(session.rules, host)
         try:
             addresses = [pinned] if pinned else await self.resolver(host, port)
         except OSError as exc:
-            return Verdict(False, "resolve-failed", detail=str(exc))
+            return Verdict(False, R.RESOLVE_FAILED, detail=str(exc))
         checked, address = check_addresses(session.rules, addresses)
         if checked.allowed:
             self.registry.set_address(client_id, host, port, (checked, address))
@@ -308,7 +309,7 @@ class Gatekeeper:
                 return None
             host, port = flow.request.host, flow.request.port
             if not names_agree(host, host_header):
-                verdict_reason = "host-mismatch"
+                verdict_reason = R.HOST_MISMATCH
                 session.blocked(host, port, verdict_reason, f"Host: {host_header}")
                 return self._deny_response(flow, 421, refusal_body(f"{host}:{port}", verdict_reason,
                                                                    f"Host header says {host_header}"))
@@ -323,8 +324,8 @@ class Gatekeeper:
         # tunnel's host (servers route on any of them).
         host, port = target
         sni = self.registry.sni(flow.client_conn.id)
-        for what, name in (("host-mismatch", host_header), ("target-mismatch", request.authority),
-                           ("sni-mismatch", sni)):
+        for what, name in ((R.HOST_MISMATCH, host_header), (R.TARGET_MISMATCH, request.authority),
+                           (R.SNI_MISMATCH, sni)):
             if not names_agree(host, name):
                 session.blocked(host, port, what, f"{name}")
                 return self._deny_response(flow, 421, refusal_body(f"{host}:{port}", what,
@@ -334,7 +335,7 @@ class Gatekeeper:
 
     def _refuse(self, session, flow, host, port, verdict, kind: str = "http") -> None:
         self._record(session, host, port, verdict, kind)
-        status = {"body-too-large": 413, "ambiguous-path": 400}.get(verdict.reason, 403)
+        status = {R.BODY_TOO_LARGE: 413, R.AMBIGUOUS_PATH: 400}.get(verdict.reason, 403)
         self._deny_response(flow, status, refusal_body(f"{flow.request.method} {host}{flow.request.path[:100]}",
                                                        verdict.reason, verdict.detail))
 
@@ -351,7 +352,7 @@ class Gatekeeper:
             normal = normalize_path(request.data.path.decode("ascii", "surrogateescape"))
             keys = query_keys(normal[1]) if normal is not None else None
             if normal is None or keys is None:
-                return self._refuse(session, flow, host, port, Verdict(False, "ambiguous-path",
+                return self._refuse(session, flow, host, port, Verdict(False, R.AMBIGUOUS_PATH,
                                                                        detail=request.path[:200]))
             verdict = check_overrides(headers, keys)
             if verdict.allowed:
@@ -365,7 +366,7 @@ class Gatekeeper:
         visible = request.path + "\n" + "\n".join(f"{k}: {v}" for k, v in headers)
         for cred in session.credentials.values():
             if cred.placeholder in visible and not cred.bound_to(host, port):
-                refusal = Verdict(False, "placeholder-to-unbound-host", detail=f"credential {cred.name}")
+                refusal = Verdict(False, R.PLACEHOLDER_TO_UNBOUND_HOST, detail=f"credential {cred.name}")
                 return self._refuse(session, flow, host, port, refusal, "credential")
         used = []
         for cred in session.credentials.values():
@@ -382,7 +383,7 @@ class Gatekeeper:
             # A reply that could carry the secret back comes plain, to be read whole (and scrubbed).
             request.headers["accept-encoding"] = "identity"
             session.bound.add(flow.id)
-            self._record(session, host, port, Verdict(True, "credential-used",
+            self._record(session, host, port, Verdict(True, R.CREDENTIAL_USED,
                                                       rule=f"credentials.{','.join(sorted(set(used)))}"),
                          "credential")
         return None
@@ -473,7 +474,7 @@ class Gatekeeper:
             if sni and not names_agree(target[0], sni):
                 # Never relayed as it is: decrypted, which a client without the session's CA cannot finish,
                 # and a request in it is refused for the mismatch.
-                session.blocked(target[0], target[1], "sni-mismatch", f"TLS SNI is {sni}")
+                session.blocked(target[0], target[1], R.SNI_MISMATCH, f"TLS SNI is {sni}")
                 data.ignore_connection = False
                 return
         # A session with grants has every TLS connection decrypted and read, but for its passthrough hosts:
@@ -496,7 +497,7 @@ class Gatekeeper:
         if verdict.allowed:
             sni = self.registry.sni(client.id)
             if not names_agree(host, sni):
-                verdict = type(verdict)(False, "sni-mismatch", detail=f"TLS SNI is {sni}")
+                verdict = type(verdict)(False, R.SNI_MISMATCH, detail=f"TLS SNI is {sni}")
         if verdict.allowed:
             verdict = await self._address(session, client.id, host, port)
             if verdict.allowed:

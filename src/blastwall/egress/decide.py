@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from blastwall.egress.reasons import EgressReason as R
 from blastwall.policy.hosts import HostPatternError, normalize_host_pattern
 
 __all__ = ["Rules", "Verdict", "check_addresses", "classify_address", "decide", "inspects", "names_agree",
@@ -39,8 +40,9 @@ class Verdict:
 
     __slots__ = ("allowed", "reason", "rule", "detail")
 
-    def __init__(self, allowed: bool, reason: str, rule: str = "", detail: str = "") -> None:
-        self.allowed, self.reason, self.rule, self.detail = allowed, reason, rule, detail
+    def __init__(self, allowed: bool, reason: R, rule: str = "", detail: str = "") -> None:
+        # Only the stable codes (egress/reasons.py): an unknown one fails here, where it is made.
+        self.allowed, self.reason, self.rule, self.detail = allowed, R(reason), rule, detail
 
     def __repr__(self) -> str:
         return f"Verdict({self.allowed}, {self.reason!r}, rule={self.rule!r})"
@@ -110,16 +112,16 @@ def decide(rules: Rules, host: str, port: int) -> Verdict:
     try:
         canonical = normalize_target_host(host)
     except HostPatternError as exc:
-        return Verdict(False, "bad-host", detail=str(exc))
+        return Verdict(False, R.BAD_HOST, detail=str(exc))
     if not isinstance(port, int) or not 0 < port < 65536:
-        return Verdict(False, "bad-port")
+        return Verdict(False, R.BAD_PORT)
     for pattern in rules.deny:
         if _matches(pattern, canonical, port):
-            return Verdict(False, "denied", rule=f"network.deny {pattern[2]!r}")
+            return Verdict(False, R.DENIED, rule=f"network.deny {pattern[2]!r}")
     for pattern in rules.allow:
         if _matches(pattern, canonical, port):
-            return Verdict(True, "allowed", rule=f"network.allow {pattern[2]!r}")
-    return Verdict(False, "not-allowed")
+            return Verdict(True, R.ALLOWED, rule=f"network.allow {pattern[2]!r}")
+    return Verdict(False, R.NOT_ALLOWED)
 
 
 def inspects(rules: Rules, host: str, port: int) -> bool:
@@ -215,14 +217,14 @@ def check_addresses(rules: Rules, addresses) -> tuple[Verdict, str | None]:
         try:
             addr = ipaddress.ip_address(raw.split("%")[0] if isinstance(raw, str) else raw)
         except ValueError:
-            return Verdict(False, "bad-address", detail=str(raw)), None
+            return Verdict(False, R.BAD_ADDRESS, detail=str(raw)), None
         why = classify_address(addr)
         if why and not _trusted(rules, addr):
-            return Verdict(False, "forbidden-address", detail=f"{addr} is {why}"), None
+            return Verdict(False, R.FORBIDDEN_ADDRESS, detail=f"{addr} is {why}"), None
         checked.append(addr)
     if not checked:
-        return Verdict(False, "no-address"), None
-    return Verdict(True, "allowed"), str(checked[0])
+        return Verdict(False, R.NO_ADDRESS), None
+    return Verdict(True, R.ALLOWED), str(checked[0])
 
 
 def pinned_address(rules: Rules, host: str) -> str | None:

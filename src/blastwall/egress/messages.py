@@ -31,6 +31,7 @@ from __future__ import annotations
 import unicodedata
 
 from blastwall.egress.decide import Verdict, _matches, _split, normalize_target_host
+from blastwall.egress.reasons import EgressReason as R
 from blastwall.policy.hosts import HostPatternError
 
 __all__ = ["METHOD_OVERRIDES", "SAFE_HEADERS", "Credential", "HttpRule", "Scrubber", "check_binding", "check_form",
@@ -104,29 +105,29 @@ def check_form(*, method: str, http_version: str, headers: list[tuple[str, str]]
     target ("" when absent).
     """
     if not method or not set(method) <= _TCHAR:
-        return Verdict(False, "bad-request", detail="the method is not a token")
+        return Verdict(False, R.BAD_REQUEST, detail="the method is not a token")
     hosts = []
     for name, value in headers:
         if not name or not set(name) <= _TCHAR:
-            return Verdict(False, "control-character", detail=f"header name {name[:40]!r}")
+            return Verdict(False, R.CONTROL_CHARACTER, detail=f"header name {name[:40]!r}")
         if _bad_value(value):
-            return Verdict(False, "control-character", detail=f"header {name[:40]}")
+            return Verdict(False, R.CONTROL_CHARACTER, detail=f"header {name[:40]}")
         if name.lower() == "host":
             hosts.append(value)
     if len(hosts) > 1:
-        return Verdict(False, "duplicate-host", detail=f"{len(hosts)} Host headers")
+        return Verdict(False, R.DUPLICATE_HOST, detail=f"{len(hosts)} Host headers")
     for value in hosts:
         if host_of(value) is None:
-            return Verdict(False, "bad-host-header", detail=value[:100])
+            return Verdict(False, R.BAD_HOST_HEADER, detail=value[:100])
     if authority and host_of(authority) is None:
-        return Verdict(False, "bad-host-header", detail=f"authority {authority[:100]}")
+        return Verdict(False, R.BAD_HOST_HEADER, detail=f"authority {authority[:100]}")
     if hosts and authority and host_of(hosts[0]) != host_of(authority):
-        return Verdict(False, "host-mismatch", detail=f"Host {hosts[0][:60]} beside {authority[:60]}")
+        return Verdict(False, R.HOST_MISMATCH, detail=f"Host {hosts[0][:60]} beside {authority[:60]}")
     if not hosts and not authority:
-        return Verdict(False, "missing-host", detail=f"{http_version} request without a Host")
+        return Verdict(False, R.MISSING_HOST, detail=f"{http_version} request without a Host")
     if "#" in target or not target.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
-        return Verdict(False, "bad-target", detail=target[:100])
-    return Verdict(True, "allowed")
+        return Verdict(False, R.BAD_TARGET, detail=target[:100])
+    return Verdict(True, R.ALLOWED)
 
 
 def normalize_path(target: str) -> tuple[str, str] | None:
@@ -276,27 +277,27 @@ def check_request(rules: list[HttpRule], host: str, port: int, method: str, path
     """May this request (``path`` already normal) go to a ruled host?  The verdict and the granting rule."""
     applicable = [r for r in rules if r.applies_to(host, port)]
     if not applicable:
-        return Verdict(True, "allowed", rule="no HTTP rules for this host"), None
+        return Verdict(True, R.ALLOWED, rule="no HTTP rules for this host"), None
     for rule in applicable:
         if rule.methods is not None and method.upper() not in rule.methods:
             continue
         if rule.paths is not None and not any(path_matches(p, path) for p in rule.paths):
             continue
         if rule.max_body_bytes is not None and content_length is not None and content_length > rule.max_body_bytes:
-            return Verdict(False, "body-too-large", detail=f"{content_length} > {rule.max_body_bytes} bytes"), rule
-        return Verdict(True, "allowed", rule=f"network.rules host {rule.host[2]!r}"), rule
-    return Verdict(False, "not-granted", detail=f"{method} {path}"), None
+            return Verdict(False, R.BODY_TOO_LARGE, detail=f"{content_length} > {rule.max_body_bytes} bytes"), rule
+        return Verdict(True, R.ALLOWED, rule=f"network.rules host {rule.host[2]!r}"), rule
+    return Verdict(False, R.NOT_GRANTED, detail=f"{method} {path}"), None
 
 
 def check_overrides(headers: list[tuple[str, str]], keys: list[str]) -> Verdict:
     """On a ruled host, no header or parameter may make the server run another method."""
     for name, _ in headers:
         if name.lower() in METHOD_OVERRIDES:
-            return Verdict(False, "method-override", detail=f"header {name[:40]}")
+            return Verdict(False, R.METHOD_OVERRIDE, detail=f"header {name[:40]}")
     for key in keys:
         if key.lower() in METHOD_OVERRIDE_QUERY:
-            return Verdict(False, "method-override", detail=f"query {key[:40]}")
-    return Verdict(True, "allowed")
+            return Verdict(False, R.METHOD_OVERRIDE, detail=f"query {key[:40]}")
+    return Verdict(True, R.ALLOWED)
 
 
 def check_binding(rule: HttpRule, credential: Credential, headers: list[tuple[str, str]],
@@ -307,19 +308,19 @@ def check_binding(rule: HttpRule, credential: Credential, headers: list[tuple[st
         lowered = name.lower()
         if lowered == credential.header:
             if value.strip() != expected:
-                return Verdict(False, "foreign-credential", detail=f"header {name[:40]} is not {credential.name}")
+                return Verdict(False, R.FOREIGN_CREDENTIAL, detail=f"header {name[:40]} is not {credential.name}")
             continue
         if lowered == "cookie":
             extra = [c for c in cookie_names(value) if c not in rule.cookies]
             if extra:
-                return Verdict(False, "cookie-not-granted", detail=f"cookie {extra[0][:40]} (rule key: cookies)")
+                return Verdict(False, R.COOKIE_NOT_GRANTED, detail=f"cookie {extra[0][:40]} (rule key: cookies)")
             continue
         if lowered not in SAFE_HEADERS and lowered not in rule.headers:
-            return Verdict(False, "header-not-granted", detail=f"header {name[:40]} (rule key: headers)")
+            return Verdict(False, R.HEADER_NOT_GRANTED, detail=f"header {name[:40]} (rule key: headers)")
     extra = [k for k in keys if k not in rule.query]
     if extra:
-        return Verdict(False, "query-not-granted", detail=f"query key {extra[0][:40]} (rule key: query)")
-    return Verdict(True, "allowed")
+        return Verdict(False, R.QUERY_NOT_GRANTED, detail=f"query key {extra[0][:40]} (rule key: query)")
+    return Verdict(True, R.ALLOWED)
 
 
 class Scrubber:

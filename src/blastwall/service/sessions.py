@@ -34,7 +34,7 @@ import threading
 import time
 
 from blastwall.errors import ContainmentError, PolicyError, Unsupported
-from blastwall.tiers.contract import KILLED, SandboxStopped
+from blastwall.tiers._check import KILLED, SandboxStopped
 from blastwall.service.ceiling import (SERVICE_TIERS, CeilingExceeded, Resources, TenantPolicyError, format_size,
                                        machine_max_pids, parse_size, tenant_layer)
 from blastwall.service.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \

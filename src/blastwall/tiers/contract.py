@@ -12,19 +12,12 @@ tier runs is chosen in ``blastwall.api`` alone.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
+from blastwall.tiers._check import KILLED, Enforces, SandboxStopped, check_plan
 
-__all__ = ["Process", "Session", "SandboxStopped", "Enforces", "check_plan"]
-
-KILLED = 128 + signal.SIGKILL  # The status of a command whose sandbox went down under it.
-
-
-class SandboxStopped(EnforcementError):
-    """The session's sandbox is gone (closed, timed out, killed from inside): its commands cannot finish."""
+__all__ = ["KILLED", "Process", "Session", "SandboxStopped", "Enforces", "check_plan"]
 
 
 @runtime_checkable
@@ -69,30 +62,3 @@ class Session(Protocol):
     def alive(self) -> bool: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Enforces:
-    """What a tier does with each kind of plan operation: enforces it, or refuses the plan, and why.
-
-    Every kind in ``plan.OPERATION_TYPES`` is in one of the two (a test checks
-    it), so a new kind cannot reach a tier that silently skips it.
-    """
-
-    tier: str
-    handled: frozenset
-    refused: Mapping[type, str] = field(default_factory=dict)
-    fix: str = "use another tier for this policy"
-    checks: tuple[Callable[[P.Plan], None], ...] = ()  # The tier's own further refusals (limits, paths).
-
-
-def check_plan(plan: P.Plan, table: Enforces) -> None:
-    """Raise Unsupported unless ``table``'s tier enforces every operation of ``plan`` exactly."""
-    for op in plan.operations:
-        kind = type(op)
-        if kind in table.refused:
-            raise Unsupported(f"Refusing the plan: {table.refused[kind]}", fix=table.fix)
-        if kind not in table.handled:
-            raise Unsupported(f"Refusing the plan: the {table.tier} tier cannot enforce {kind.__name__}")
-    for check in table.checks:
-        check(plan)

@@ -25,7 +25,7 @@ import signal
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 from blastwall.tiers._lifecycle import OneShot, owner_record
-from blastwall.tiers.contract import Enforces, check_plan
+from blastwall.tiers._check import Enforces, check_plan
 
 __all__ = ["ENFORCES", "ContainerSandbox", "detect_platform", "find_runsc", "host_pids_for", "probe_platform"]
 

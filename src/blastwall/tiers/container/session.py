@@ -285,7 +285,7 @@ class ContainerSession(SessionBase):
     def prepare(self) -> None:
         """Check the plan and the machine (runsc, its platform); nothing is started."""
         from blastwall.tiers.container import ENFORCES, detect_platform, find_runsc
-        from blastwall.tiers.contract import check_plan
+        from blastwall.tiers._check import check_plan
 
         check_plan(self.plan, ENFORCES)
         if os.geteuid() != 0:

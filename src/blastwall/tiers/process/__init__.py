@@ -20,7 +20,7 @@ import signal
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 from blastwall.tiers._lifecycle import OneShot
-from blastwall.tiers.contract import Enforces, check_plan
+from blastwall.tiers._check import Enforces, check_plan
 
 __all__ = ["ENFORCES", "ProcessSandbox", "find_bwrap", "find_socat", "landlock_abi", "seccomp_instructions"]
 

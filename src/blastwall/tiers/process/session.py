@@ -29,7 +29,7 @@ import threading
 from blastwall.errors import EnforcementError
 from blastwall.policy import plan as P
 from blastwall.tiers._lifecycle import ExitLatch, SessionBase
-from blastwall.tiers.contract import KILLED, SandboxStopped
+from blastwall.tiers._check import KILLED, SandboxStopped
 from blastwall.tiers.process import ProcessSandbox
 
 __all__ = ["ProcessSession", "SessionStopped"]

@@ -26,8 +26,8 @@ import signal
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
 from blastwall.tiers._lifecycle import OneShot
-from blastwall.tiers import contract
-from blastwall.tiers.contract import Enforces
+from blastwall.tiers import _check
+from blastwall.tiers._check import Enforces
 
 __all__ = ["ACCELERATORS", "ENFORCES", "HANDLED", "REFUSED", "VmSandbox", "accel_report", "check_plan", "check_resources",
            "detect_accel", "find_qemu", "kvm_opens", "probe_accel", "vm_resources"]
@@ -79,7 +79,7 @@ ENFORCES = Enforces("VM", HANDLED, REFUSED, fix="use --tier container or --tier 
 
 def check_plan(plan: P.Plan) -> None:
     """Raise Unsupported unless this tier enforces every operation of ``plan`` exactly."""
-    contract.check_plan(plan, ENFORCES)
+    _check.check_plan(plan, ENFORCES)
 
 
 def check_resources(memory_bytes: int | None, cpus: float | None) -> None:

@@ -33,7 +33,7 @@ from blastwall._unixpath import relative, short
 from blastwall.errors import EnforcementError
 from blastwall.policy import plan as P
 from blastwall.tiers._lifecycle import SessionBase
-from blastwall.tiers.contract import KILLED, SandboxStopped
+from blastwall.tiers._check import KILLED, SandboxStopped
 
 __all__ = ["Command", "VmSession", "VmStopped"]
 
