@@ -192,6 +192,11 @@ class SessionBase:
     gateway_lost = False
     degraded: tuple[str, ...] = ()
 
+    def __init__(self, plan, *, environ, broker=None) -> None:
+        self.plan = plan
+        self._environ = environ
+        self._broker = broker  # Answers the gateway's questions (network.unlisted = "ask").
+
     def __enter__(self):
         self.prepare()
         self.boot()

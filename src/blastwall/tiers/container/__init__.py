@@ -122,6 +122,29 @@ def detect_platform(environ=os.environ) -> str:
                            fix="run `blastwall doctor`; check that runsc works: sudo runsc do true")
 
 
+def check_machine(plan: P.Plan, environ, platform: str | None) -> tuple[str, str]:
+    """Refuse a plan this tier cannot enforce, or a machine it cannot run on; (runsc, its platform)."""
+    check_plan(plan, ENFORCES)
+    if os.geteuid() != 0:
+        raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
+                          fix="run as root, or use --tier process")
+    return find_runsc(), platform or detect_platform(environ)
+
+
+def make_state(container_id: str, environ) -> str:
+    """The sandbox's state directory (its bundle, runsc's root, the owner record), made now."""
+    from blastwall.policy.load import state_dir
+
+    base = os.path.join(state_dir(environ), "containers")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    directory = os.path.join(base, container_id)
+    os.makedirs(os.path.join(directory, "bundle"), mode=0o700)
+    os.makedirs(os.path.join(directory, "runsc"), mode=0o700)
+    with open(os.path.join(directory, "owner"), "w") as f:
+        f.write(owner_record())
+    return directory
+
+
 def delete_state(directory: str, container_id: str, *, runsc: str | None) -> None:
     """Remove what a sandbox leaves on the host: runsc's record (forcing the sandbox down, when ``runsc``
     is given), its cgroup (runsc removes it unless the sandbox was killed) and its state directory.
@@ -149,10 +172,8 @@ class ContainerSandbox(OneShot):
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, platform: str | None = None,
                  broker=None) -> None:
-        self.plan = plan
-        self._broker = broker
+        super().__init__(plan, environ=environ, broker=broker)
         self.image = image
-        self._environ = environ
         self.platform = platform
         self._runsc: str | None = None
         self._rootfs: str | None = None
@@ -186,12 +207,7 @@ class ContainerSandbox(OneShot):
 
     # -- prepare ----------------------------------------------------------------
     def prepare(self) -> None:
-        check_plan(self.plan, ENFORCES)
-        if os.geteuid() != 0:
-            raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
-                              fix="run as root, or use --tier process")
-        self._runsc = find_runsc()
-        self.platform = self.platform or detect_platform(self._environ)
+        self._runsc, self.platform = check_machine(self.plan, self._environ, self.platform)
         from blastwall.tiers.container.images import rootfs
 
         self._rootfs = rootfs(self.image, self._environ)
@@ -204,7 +220,6 @@ class ContainerSandbox(OneShot):
             raise RuntimeError("prepare() must be called first")
         if self.plan.of(P.Egress):
             return self._start_session(command, stdin, stdout, stderr)
-        from blastwall.policy.load import state_dir
         from blastwall.tiers._lifecycle import spawn
         from blastwall.tiers.container._raw_oci import oci_config, runsc_argv
         from blastwall.tiers.container.session import (attach_views, oci_seccomp, session_mounts, traversal_mounts,
@@ -218,13 +233,7 @@ class ContainerSandbox(OneShot):
         env["HOME"] = "/tmp"  # The image's /root is root's; the command is not.
         (chdir,) = self.plan.of(P.Chdir)
         (user,) = self.plan.of(P.User)
-        base = os.path.join(state_dir(self._environ), "containers")
-        os.makedirs(base, mode=0o700, exist_ok=True)
-        self._dir = os.path.join(base, self._id)
-        os.makedirs(os.path.join(self._dir, "bundle"), mode=0o700)
-        os.makedirs(os.path.join(self._dir, "runsc"), mode=0o700)
-        with open(os.path.join(self._dir, "owner"), "w") as f:
-            f.write(owner_record())
+        self._dir = make_state(self._id, self._environ)
         views, sources = workspace_views(self.plan, self._dir)
         try:
             mounts = session_mounts(self.plan, self.plan.workspace, self.plan.workspace, sources)

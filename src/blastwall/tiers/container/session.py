@@ -25,7 +25,7 @@ import threading
 
 from blastwall.errors import EnforcementError, Unsupported
 from blastwall.policy import plan as P
-from blastwall.tiers._lifecycle import SessionBase, is_devnull, owner_record
+from blastwall.tiers._lifecycle import SessionBase, is_devnull
 
 __all__ = ["ContainerSession", "session_mounts"]
 
@@ -242,7 +242,7 @@ class ContainerSession(SessionBase):
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, workspace: str | None = None,
                  mount_at: str = "/home/user", label: str = "", platform: str | None = None, broker=None,
                  home: str | None = None) -> None:
-        self.plan = plan
+        super().__init__(plan, environ=environ, broker=broker)
         self.image = image
         self.workspace = os.path.realpath(workspace or plan.workspace)
         self.mount_at = mount_at
@@ -258,8 +258,6 @@ class ContainerSession(SessionBase):
         self.id = f"blastwall-{secrets.token_hex(6)}"
         self.booted = False
         self.egress_env: dict[str, str] = {}
-        self._environ = environ
-        self._broker = broker
         self._runsc: str | None = None
         self._dir: str | None = None
         self._net = None
@@ -284,15 +282,9 @@ class ContainerSession(SessionBase):
     # -- boot ------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Check the plan and the machine (runsc, its platform); nothing is started."""
-        from blastwall.tiers.container import ENFORCES, detect_platform, find_runsc
-        from blastwall.tiers._check import check_plan
+        from blastwall.tiers.container import check_machine
 
-        check_plan(self.plan, ENFORCES)
-        if os.geteuid() != 0:
-            raise Unsupported("Can't run the container tier as an unprivileged user yet (runsc needs root here)",
-                              fix="run as root, or use --tier process")
-        self._runsc = find_runsc()
-        self.platform = self.platform or detect_platform(self._environ)
+        self._runsc, self.platform = check_machine(self.plan, self._environ, self.platform)
 
     def boot(self) -> None:
         """Start the sandbox (idle init) and, if the plan allows hosts, its network; all or nothing."""
@@ -307,19 +299,13 @@ class ContainerSession(SessionBase):
         self._refill()  # The first command's spare.
 
     def _boot(self) -> None:
-        from blastwall.policy.load import state_dir
+        from blastwall.tiers.container import make_state
         from blastwall.tiers.container.images import rootfs
         from blastwall.tiers.process.placeholders import Guard
 
         root = rootfs(self.image, self._environ)
         self._guard = Guard(self.plan, environ=self._environ)
-        base = os.path.join(state_dir(self._environ), "containers")
-        os.makedirs(base, mode=0o700, exist_ok=True)
-        self._dir = os.path.join(base, self.id)
-        os.makedirs(os.path.join(self._dir, "bundle"), mode=0o700)
-        os.makedirs(os.path.join(self._dir, "runsc"), mode=0o700)
-        with open(os.path.join(self._dir, "owner"), "w") as f:
-            f.write(owner_record())
+        self._dir = make_state(self.id, self._environ)
         views, sources = workspace_views(self.plan, self._dir)
         try:
             self._start(root, views, sources)

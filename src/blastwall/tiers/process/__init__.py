@@ -139,9 +139,7 @@ class ProcessSandbox(OneShot):
         """``die_with_parent``: the sandbox dies with this process (PR_SET_PDEATHSIG, which follows the
         starting *thread*: a long-lived sandbox started from a short-lived worker thread needs False and
         a lifeline of its own)."""
-        self.plan = plan
-        self._environ = environ
-        self._broker = broker
+        super().__init__(plan, environ=environ, broker=broker)
         self._die_with_parent = die_with_parent
         self._bwrap: str | None = None
         self._launcher: str | None = None

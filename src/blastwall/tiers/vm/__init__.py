@@ -234,10 +234,8 @@ class VmSandbox(OneShot):
     tier = "vm"
 
     def __init__(self, plan: P.Plan, *, image: str = "default", environ=os.environ, broker=None) -> None:
-        self.plan = plan
-        self._broker = broker
+        super().__init__(plan, environ=environ, broker=broker)
         self.image = image
-        self._environ = environ
         self._session = None
         self._command = None
         self.deadline = None

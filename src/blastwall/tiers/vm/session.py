@@ -151,7 +151,7 @@ class VmSession(SessionBase):
                  mount_at: str = "/home/user", accel: str | None = None, label: str = "", broker=None) -> None:
         from blastwall.tiers.vm import vm_resources
 
-        self.plan = plan
+        super().__init__(plan, environ=environ, broker=broker)
         self.image = image
         self.workspace = os.path.realpath(workspace or plan.workspace)
         self.mount_at = mount_at
@@ -169,9 +169,7 @@ class VmSession(SessionBase):
         self.label = label
         self.egress_env: dict[str, str] = {}
         self._prepared = False
-        self._broker = broker
         self._gateway = None
-        self._environ = environ
         self._dir: str | None = None
         self._qemu: int | None = None
         self._sock: socket.socket | None = None
