@@ -48,14 +48,14 @@ def test_not_sizes(text):
 
 @pytest.mark.parametrize("text,seconds", [
     ("30s", 30), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1h30m", 5400), ("90s", 90), ("1d2h3m4s", 93784),
-    ("0s", 0),
+    ("0s", 0), ("10", 10), ("0", 0),
 ])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", [
-    "", "10", "s", "1h30", "1m1m", "1.5h", "-1s", "1 s", "1S", "1w", "10ms", "١s", "1" * 40 + "s", "h1",
+    "", "s", "1h30", "10s5", "1m1m", "1.5h", "-1s", "1 s", "1S", "1w", "10ms", "١s", "1" * 40 + "s", "h1",
 ])
 def test_not_durations(text):
     assert parse_duration(text) is None
@@ -83,7 +83,7 @@ def test_unset_means_no_limit():
     ("pids", 7, "out of range"), ("pids", 1_000_001, "out of range"), ("pids", 64.0, "expected a whole number"),
     ("pids", "64", "expected a whole number"), ("pids", False, "expected a whole number"),
     ("timeout", 0, "out of range"), ("timeout", "0s", "out of range"), ("timeout", -5, "out of range"),
-    ("timeout", "8d", "out of range"), ("timeout", 7 * 86400 + 1, "out of range"), ("timeout", "10", "not a duration"),
+    ("timeout", "8d", "out of range"), ("timeout", 7 * 86400 + 1, "out of range"), ("timeout", "10x", "not a duration"),
     ("timeout", 1.5, "expected a duration"), ("timeout", True, "expected a duration"),
 ])
 def test_invalid_values_name_the_key_and_source(key, value, message):

@@ -124,13 +124,23 @@ def test_parse_size(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "M", "1.5G", "-1G", "1Q", "１G", "²G", True, None, "9" * 40, 0])
+def test_the_service_and_the_policy_read_one_grammar():
+    from blastwall.policy import model
+
+    for text in ("512M", "1.5G", "64KiB", "100", "2T"):
+        assert parse_size(text) == model.parse_size(text)
+    for text in ("300", "5m", "1h30m", "1d2h3m4s"):
+        assert parse_duration(text) == model.parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["", "M", "1.5", "-1G", "1Q", "１G", "²G", True, None, "9" * 40, 0, " 1G", "1 G"])
 def test_parse_size_refuses(text):
     with pytest.raises(ValueError):
         parse_size(text)
 
 
-@pytest.mark.parametrize("text, seconds", [("300", 300), ("5m", 300), ("12h", 43200), ("30d", 2592000), (60, 60)])
+@pytest.mark.parametrize("text, seconds", [("300", 300), ("5m", 300), ("12h", 43200), ("30d", 2592000), (60, 60),
+                                           ("1h30m", 5400)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 

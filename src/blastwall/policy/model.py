@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from blastwall.errors import PolicyError
 from blastwall.policy.hosts import HostPatternError, normalize_host_pattern
+from blastwall.policy.units import format_duration, format_size, parse_duration, parse_size  # noqa: F401 (re-exported)
 
 __all__ = [
     "SCHEMA",
@@ -341,7 +342,6 @@ def _requirements(value: object, key: str, source: str) -> tuple[str, ...]:
 # would accept Arabic-Indic digits, and a huge digit string is refused by
 # length before int() ever sees it.
 
-_DIGITS = frozenset("0123456789")
 _KiB = 1024
 MEMORY_MIN = 16 * _KiB * _KiB  # gVisor itself needs more than this; below it nothing can run.
 MEMORY_MAX = _KiB ** 4  # 1T
@@ -350,78 +350,6 @@ CPUS_MAX = 1024
 PIDS_MIN = 8
 PIDS_MAX = 1_000_000
 TIMEOUT_MAX = 7 * 24 * 3600  # a week
-# Binary units, as docker and the kernel's cgroup files read them: 1K = 1024 bytes.
-_SIZE_UNITS = {"": 1, "b": 1, **{letter + suffix: _KiB ** power for power, letter in enumerate("kmgt", start=1)
-                                  for suffix in ("", "b", "ib")}}
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _split_number(text: str) -> tuple[str, str, str] | None:
-    """'1.5G' -> ('1', '5', 'G'); None unless it starts with ASCII digits."""
-    end = 0
-    while end < len(text) and (text[end] in _DIGITS or text[end] == "."):
-        end += 1
-    number, rest = text[:end], text[end:]
-    whole, dot, fraction = number.partition(".")
-    if not whole or (dot and not fraction) or not set(whole + fraction) <= _DIGITS:
-        return None
-    return whole, fraction, rest
-
-
-def parse_size(text: str) -> int | None:
-    """'512M' -> 536870912 (binary units, rounded down to a byte); None if it is not a size."""
-    if len(text) > 32:
-        return None
-    parts = _split_number(text)
-    if parts is None:
-        return None
-    whole, fraction, unit = parts
-    factor = _SIZE_UNITS.get(unit.lower())
-    if factor is None or len(fraction) > 9 or (fraction and factor == 1):
-        return None
-    value = int(whole) * factor
-    if fraction:
-        value += int(fraction) * factor // 10 ** len(fraction)
-    return value
-
-
-def parse_duration(text: str) -> int | None:
-    """'10m' -> 600, '1h30m' -> 5400 (whole numbers, units s m h d); None if it is not a duration."""
-    if not text or len(text) > 32:
-        return None
-    total, start, seen = 0, 0, set()
-    for index, ch in enumerate(text):
-        if ch in _DIGITS:
-            continue
-        unit = _DURATION_UNITS.get(ch)
-        if unit is None or index == start or ch in seen:
-            return None
-        seen.add(ch)
-        total += int(text[start:index]) * unit
-        start = index + 1
-    if start != len(text):
-        return None  # Digits without a unit at the end ("10", "1h30").
-    return total
-
-
-def format_size(size: int) -> str:
-    """536870912 -> '512M': the largest binary unit that is exact (parse_size reads it back)."""
-    for letter, power in (("T", 4), ("G", 3), ("M", 2), ("K", 1)):
-        if size % _KiB ** power == 0:
-            return f"{size // _KiB ** power}{letter}"
-    return str(size)
-
-
-def format_duration(seconds: int) -> str:
-    """5400 -> '1h30m' (parse_duration reads it back)."""
-    parts = []
-    for unit, length in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= length:
-            parts.append(f"{seconds // length}{unit}")
-            seconds %= length
-    return "".join(parts) or "0s"
-
-
 def _memory(value: object, key: str, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise PolicyError(f'expected a size like "512M" or "2G", or a whole number of bytes, got {_type_name(value)}',

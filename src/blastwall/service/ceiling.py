@@ -30,6 +30,8 @@ returns a boolean for the caller to forget.
 from __future__ import annotations
 
 from blastwall.errors import PolicyError
+from blastwall.policy import units
+from blastwall.policy.units import format_size
 
 __all__ = ["SERVICE_TIERS", "Ceiling", "CeilingExceeded", "Resources", "TenantPolicyError", "covers", "format_size",
            "machine_max_pids", "parse_duration", "parse_size", "tenant_layer"]
@@ -61,12 +63,6 @@ _WHY_NOT = {
 # tier shares the service host's kernel and filesystem view with the tenant: never served).
 SERVICE_TIERS = ("container", "vm")
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
-               "tib": 1 << 40}
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def machine_max_pids(pid_limit: int) -> int:
     """The most processes one sandbox may run on a machine whose pid space is ``pid_limit``.
 
@@ -96,54 +92,25 @@ class CeilingExceeded(Exception):
         self.field = field
 
 
-def _ascii_digits(text: str) -> bool:
-    # Not str.isdigit(): it accepts "²" and fullwidth digits, which int() then reads.
-    return 0 < len(text) <= 16 and all(c in "0123456789" for c in text)
-
-
 def parse_size(value: object, what: str = "size") -> int:
-    """Bytes from ``536870912``, ``"512M"``, ``"512MiB"``, ``"2G"``; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what}: expected a size like 512M, got a boolean")
-    if isinstance(value, int):
-        number, unit = value, ""
-    elif isinstance(value, str) and 0 < len(value) <= 32:
-        text = value.strip().lower()
-        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
-        unit = text[len(digits):].strip()
-        if not _ascii_digits(digits) or unit not in _SIZE_UNITS:
-            raise ValueError(f"{what}: {value!r} is not a size like 512M or 2G")
-        number = int(digits)
-    else:
+    """Bytes from ``536870912``, ``"512M"``, ``"1.5G"`` (the policy's grammar, policy/units.py); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"{what}: expected a size like 512M")
-    size = number * _SIZE_UNITS[unit]
+    size = value if isinstance(value, int) else units.parse_size(value)
+    if size is None:
+        raise ValueError(f"{what}: {value!r} is not a size like 512M or 2G")
     if size <= 0 or size > 1 << 50:
         raise ValueError(f"{what}: {value!r} is out of range")
     return size
 
 
-def format_size(size: int) -> str:
-    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
-
-
 def parse_duration(value: object, what: str = "duration") -> int:
-    """Seconds from ``300``, ``"300s"``, ``"5m"``, ``"12h"``, ``"30d"``; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what}: expected a duration like 5m, got a boolean")
-    if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, str) and 0 < len(value) <= 32:
-        text = value.strip().lower()
-        unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
-        digits = text[:-1] if text[-1:] in _DURATION_UNITS else text
-        if not _ascii_digits(digits):
-            raise ValueError(f"{what}: {value!r} is not a duration like 300s, 5m, 12h or 30d")
-        seconds = int(digits) * _DURATION_UNITS[unit]
-    else:
+    """Seconds from ``300``, ``"300"``, ``"5m"``, ``"1h30m"`` (the policy's grammar); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"{what}: expected a duration like 5m")
+    seconds = value if isinstance(value, int) else units.parse_duration(value)
+    if seconds is None:
+        raise ValueError(f"{what}: {value!r} is not a duration like 300s, 5m, 12h or 30d")
     if seconds <= 0 or seconds > 366 * 86400:
         raise ValueError(f"{what}: {value!r} is out of range (1s to 366d)")
     return seconds
