@@ -57,3 +57,22 @@ def test_fuzz_normalize_is_total_and_idempotent(raw):
         return
     assert normalize_host_pattern(once, allow_star=True) == once
     assert once == once.strip().lower() or once.startswith("[")
+
+
+_NAMES = ["example.com", "a.example.com", "b.a.example.com", "example.org", "[2001:db8::1]", "192.0.2.7"]
+_PATTERNS = _NAMES + ["*.example.com", "*.a.example.com", "*", "example.com:443", "*.example.com:8443", "[2001:db8::1]:443"]
+
+
+@pytest.mark.parametrize("pattern", _PATTERNS)
+def test_one_meaning_of_a_pattern_for_the_gateway_the_service_and_trust(pattern):
+    """The gateway's match (a host at a port) and the ceiling's and trust's cover (pattern over pattern) agree."""
+    from blastwall.policy.hosts import covers, matches, split_pattern
+
+    for name in _NAMES:
+        for port in (443, 8443):
+            assert matches(split_pattern(pattern), name, port) == covers(pattern, f"{name}:{port}"), (name, port)
+        # A pattern covering every port of a name matches it at each port.
+        if covers(pattern, name):
+            assert all(matches(split_pattern(pattern), name, port) for port in (80, 443, 8443))
+    assert not covers("*.example.com", "example.com") and covers("*.example.com", "*.a.example.com")
+    assert not covers("example.com:443", "example.com")  # One port does not cover all of them.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 
 from blastwall.egress.reasons import EgressReason as R
-from blastwall.policy.hosts import HostPatternError, normalize_host_pattern
+from blastwall.policy.hosts import HostPatternError, matches, normalize_host_pattern, split_pattern
 
 __all__ = ["Rules", "Verdict", "check_addresses", "classify_address", "decide", "inspects", "names_agree",
            "normalize_target_host", "pinned_address"]
@@ -75,14 +75,7 @@ class Rules:
 
 def _split(pattern: str) -> tuple[str, int | None, str]:
     """'*.example.com:443' -> ('*.example.com', 443, original)."""
-    if pattern.startswith("["):
-        close = pattern.index("]")
-        host, rest = pattern[: close + 1], pattern[close + 1:]
-        return host, int(rest[1:]) if rest else None, pattern
-    if pattern.count(":") == 1:
-        host, port = pattern.split(":")
-        return host, int(port), pattern
-    return pattern, None, pattern
+    return (*split_pattern(pattern), pattern)
 
 
 def normalize_target_host(host: str) -> str:
@@ -97,14 +90,7 @@ def normalize_target_host(host: str) -> str:
 
 
 def _matches(pattern: tuple[str, int | None, str], host: str, port: int) -> bool:
-    name, want_port, _ = pattern
-    if want_port is not None and want_port != port:
-        return False
-    if name == "*":
-        return True
-    if name.startswith("*."):
-        return host.endswith(name[1:]) and host != name[2:]
-    return host == name
+    return matches(pattern[:2], host, port)
 
 
 def decide(rules: Rules, host: str, port: int) -> Verdict:

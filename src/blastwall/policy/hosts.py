@@ -18,7 +18,7 @@ empty labels, wildcards anywhere but the leftmost label, over-broad wildcards
 
 from __future__ import annotations
 
-__all__ = ["HostPatternError", "normalize_host_pattern", "patterns_overlap"]
+__all__ = ["HostPatternError", "covers", "matches", "normalize_host_pattern", "patterns_overlap", "split_pattern"]
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 _MAX_NAME = 253
@@ -149,20 +149,46 @@ def _canonical_ipv4(host: str, labels: list[str]) -> str:
     return ".".join(labels)
 
 
+def split_pattern(pattern: str) -> tuple[str, int | None]:
+    """A canonical pattern's host and port (None: any): ``"*.example.com:443"`` -> ``("*.example.com", 443)``."""
+    return _split_port(pattern)
+
+
+def _name_covers(pattern: str, name: str) -> bool:
+    """Does host part ``pattern`` match every name ``name`` (a name, or a ``*.`` pattern) matches?"""
+    if pattern in ("*", name):
+        return True
+    if pattern.startswith("*.") and not name.startswith("["):
+        suffix = pattern[1:]  # ".example.com"
+        return name.endswith(suffix) and len(name) > len(suffix)
+    return False
+
+
+def matches(pattern: tuple[str, int | None], host: str, port: int) -> bool:
+    """Does a split canonical pattern match the canonical ``host`` at ``port``?"""
+    name, want_port = pattern
+    return (want_port is None or want_port == port) and _name_covers(name, host)
+
+
+def covers(grant: str, wanted: str) -> bool:
+    """True when pattern ``grant`` allows at least everything pattern ``wanted`` does (both canonical).
+
+    ``*.example.com`` covers ``a.example.com`` and ``*.a.example.com`` but not
+    ``example.com``; a grant without a port covers every port, one with a port
+    only that port.
+    """
+    grant_host, grant_port = _split_port(grant)
+    wanted_host, wanted_port = _split_port(wanted)
+    if grant_port is not None and grant_port != wanted_port:
+        return False
+    return _name_covers(grant_host, wanted_host)
+
+
 def patterns_overlap(a: str, b: str) -> bool:
     """True when canonical host patterns ``a`` and ``b`` can match one same host and port."""
     host_a, port_a = _split_port(a)
     host_b, port_b = _split_port(b)
     if port_a is not None and port_b is not None and port_a != port_b:
         return False
-
-    def names(pattern: str, other: str) -> bool:  # Does ``pattern`` match a name ``other`` matches too?
-        if pattern == other:
-            return True
-        if pattern.startswith("*."):
-            suffix = pattern[1:]
-            return other.endswith(suffix) and other != suffix[1:]
-        return False
-
-    return names(host_a, host_b) or names(host_b, host_a) or (
+    return _name_covers(host_a, host_b) or _name_covers(host_b, host_a) or (
         host_a.startswith("*.") and host_b.startswith("*.") and (host_a.endswith(host_b[1:]) or host_b.endswith(host_a[1:])))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from blastwall.errors import PolicyError
 from blastwall.policy import units
+from blastwall.policy.hosts import covers
 from blastwall.policy.units import format_size
 
 __all__ = ["SERVICE_TIERS", "Ceiling", "CeilingExceeded", "Resources", "TenantPolicyError", "covers", "format_size",
@@ -114,34 +115,6 @@ def parse_duration(value: object, what: str = "duration") -> int:
     if seconds <= 0 or seconds > 366 * 86400:
         raise ValueError(f"{what}: {value!r} is out of range (1s to 366d)")
     return seconds
-
-
-def _split_port(pattern: str) -> tuple[str, str | None]:
-    # Canonical patterns: "name", "name:443", "[v6]", "[v6]:443", "192.0.2.1:80".
-    if pattern.startswith("["):
-        host, _, rest = pattern.partition("]")
-        return host + "]", rest[1:] if rest.startswith(":") else None
-    host, colon, port = pattern.rpartition(":")
-    return (host, port) if colon else (pattern, None)
-
-
-def covers(grant: str, wanted: str) -> bool:
-    """True when ceiling pattern ``grant`` allows at least everything policy pattern ``wanted`` does.
-
-    Both are canonical (``normalize_host_pattern``).  ``*.example.com`` covers
-    ``a.example.com`` and ``*.a.example.com`` but not ``example.com``; a grant
-    without a port covers every port, one with a port only that port.
-    """
-    grant_host, grant_port = _split_port(grant)
-    wanted_host, wanted_port = _split_port(wanted)
-    if grant_port is not None and grant_port != wanted_port:
-        return False
-    if grant_host == wanted_host:
-        return True
-    if grant_host.startswith("*."):
-        suffix = grant_host[1:]  # ".example.com"
-        return wanted_host.endswith(suffix) and len(wanted_host) > len(suffix) and not wanted_host.startswith("[")
-    return False
 
 
 def tenant_layer(document: object, source: str = "tenant policy"):

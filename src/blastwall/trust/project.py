@@ -34,19 +34,9 @@ _ALWAYS_WIDENING = {
 
 def _covered(host: str, patterns) -> bool:
     """True when the allow entry ``host`` is granted by one of the user's ``patterns``."""
-    for pattern in patterns:
-        if pattern == host:
-            return True
-        name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-        base, _, base_port = pattern.rpartition(":") if pattern.count(":") == 1 else (pattern, "", "")
-        if base_port and base_port != port:
-            continue
-        target = name or host
-        if base.startswith("*.") and target.endswith(base[1:]) and target != base[2:]:
-            return True
-        if not base_port and base == target:
-            return True
-    return False
+    from blastwall.policy.hosts import covers
+
+    return any(covers(pattern, host) for pattern in patterns)
 
 
 def _expand(path: str, workspace: str, home: str) -> str:
