@@ -16,7 +16,7 @@ import _socket  # The C module: `socket` costs ~5 ms to import on this path.
 from blastwall.egress.protocol import ProtocolError, decode, encode, pack, unpack
 from blastwall.errors import EnforcementError
 
-__all__ = ["GatewaySession", "gateway_dir", "register"]
+__all__ = ["GatewaySession", "connect", "gateway_dir", "register", "sandbox_environment"]
 
 START_TIMEOUT = 30.0
 
@@ -334,3 +334,27 @@ def proxy_environment(host: str, token: str, ports: dict[str, int], *, ca: str |
     if ca:
         env.update({name: ca for name in CA_VARIABLES})
     return env
+
+
+def connect(plan, *, label: str, environ=os.environ, broker=None, workspace: str = "", listen: str | None = None):
+    """The gateway session for ``plan`` (registered now), or None when the plan grants no network.
+
+    Every tier wires a sandbox to the gateway with this and ``sandbox_environment``;
+    only how the sandbox reaches the listeners differs (relays, a veth, QEMU's forwards).
+    """
+    from blastwall.policy import plan as P
+
+    egress = plan.of(P.Egress)
+    if not egress:
+        return None
+    return register(egress[0].rules(), label[:2048], environ, broker=broker, workspace=workspace, listen=listen)
+
+
+def sandbox_environment(gateway, *, host: str, ports: dict[str, int], ca_path: str) -> dict[str, str]:
+    """What the sandbox's commands get to use ``gateway`` at ``host``: the proxy variables, each credential's
+    placeholder (the gateway swaps in the value), and ``ca_path`` for the CA variables when the gateway
+    decrypts (the tier puts the gateway's bundle there)."""
+    env = proxy_environment(host, gateway.token, ports, ca=ca_path if gateway.ca_bundle else None)
+    env.update(gateway.placeholders)
+    return env
+

@@ -323,7 +323,7 @@ class ContainerSession(SessionBase):
         netns = None
         egress = self.plan.of(P.Egress)
         if egress:
-            netns, extra = self._network(egress[0])
+            netns, extra = self._network()
             mounts += extra
         config = oci_config(rootfs=root, argv=IDLE_INIT, env=self._env({}), cwd="/", uid=self.user[0],
                             gid=self.user[1], mounts=mounts, netns=netns, seccomp=oci_seccomp(self.plan),
@@ -415,7 +415,7 @@ class ContainerSession(SessionBase):
             argv = _raw_net.runsc_wrapper(self._dir) + argv
         return argv
 
-    def _network(self, egress: P.Egress):
+    def _network(self):
         """The session's namespace, veth, gateway listeners and firewall; returns (netns path, mounts)."""
         from blastwall.egress import client
         from blastwall.tiers.container import _raw_net
@@ -426,8 +426,8 @@ class ContainerSession(SessionBase):
         except OSError as exc:
             raise EnforcementError(f"Can't set up the session's network: {exc.strerror or exc}",
                                    fix="run `blastwall doctor` (nftables, iproute2)") from None
-        self._gateway = client.register(egress.rules(), self.label or self.id, self._environ, broker=self._broker,
-                                        workspace=self.workspace, listen=self._net.host_ip)
+        self._gateway = client.connect(self.plan, label=self.label or self.id, environ=self._environ,
+                                       broker=self._broker, workspace=self.workspace, listen=self._net.host_ip)
         try:
             _raw_net.firewall(self._net, tcp_ports=self._gateway.tcp_ports, dns_port=self._gateway.dns_port)
         except OSError as exc:
@@ -441,10 +441,9 @@ class ContainerSession(SessionBase):
         mounts.append(("file-ro", resolv, "/etc/resolv.conf"))
         if self._gateway.ca_bundle:
             mounts.append(("file-ro", self._gateway.ca_bundle, "/etc/ssl/certs/ca-certificates.crt"))
-        self.egress_env = client.proxy_environment(self._net.host_ip, self._gateway.token, self._gateway.tcp_ports,
-                                                   ca="/etc/ssl/certs/ca-certificates.crt"
-                                                   if self._gateway.ca_bundle else None)
-        self.egress_env.update(self._gateway.placeholders)
+        self.egress_env = client.sandbox_environment(self._gateway, host=self._net.host_ip,
+                                                     ports=self._gateway.tcp_ports,
+                                                     ca_path="/etc/ssl/certs/ca-certificates.crt")
         return self._net.netns_path, mounts
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:

@@ -215,17 +215,14 @@ class ProcessSandbox(OneShot):
         if egress:
             from blastwall.egress import client
 
-            self._gateway = client.register(egress[0].rules(), " ".join(command)[:2048], self._environ,
-                                            broker=self._broker, workspace=self.plan.workspace)
-            env.update(client.proxy_environment("127.0.0.1", self._gateway.token,
-                                                {"http": PROXY_PORT, "socks": SOCKS_PORT}))
-            # Credentials: the sandbox sees a placeholder; the gateway swaps in the value.
-            env.update(self._gateway.placeholders)
+            self._gateway = client.connect(self.plan, label=" ".join(command), environ=self._environ,
+                                           broker=self._broker, workspace=self.plan.workspace)
+            env.update(client.sandbox_environment(self._gateway, host="127.0.0.1", ca_path=CA_BUNDLE,
+                                                  ports={"http": PROXY_PORT, "socks": SOCKS_PORT}))
             if self._gateway.ca_bundle:
                 # The gateway's CA (certificate only) plus the system's, for the
                 # hosts it decrypts to apply HTTP rules and credentials.
                 mounts.append(("ro-bind-at", self._gateway.ca_bundle, CA_BUNDLE))
-                env.update({name: CA_BUNDLE for name in client.CA_VARIABLES})
         self.environment = dict(env)  # What the command got: the plan's, with the gateway's variables.
         (landlock,) = self.plan.of(P.LandlockWrites)
         (chdir,) = self.plan.of(P.Chdir)

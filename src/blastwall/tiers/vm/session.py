@@ -302,15 +302,14 @@ class VmSession(SessionBase):
         from blastwall.egress import client
         from blastwall.tiers.process import find_socat
 
-        egress = self.plan.of(P.Egress)
-        if not egress:
+        if not self.plan.of(P.Egress):
             return None
         socat = find_socat()
         if socat is None:
             raise EnforcementError("Can't give the VM its network: socat is not installed",
                                    fix="sudo apt-get install socat")
-        self._gateway = client.register(egress[0].rules(), self.label or self.id, self._environ, broker=self._broker,
-                                        workspace=self.workspace)
+        self._gateway = client.connect(self.plan, label=self.label or self.id, environ=self._environ,
+                                       broker=self._broker, workspace=self.workspace)
         forwards = []
         for kind, path in (("http", self._gateway.http_path), ("socks", self._gateway.socks_path)):
             # QEMU starts this per guest connection: stdio to the session's own socket on the gateway, named
@@ -319,9 +318,8 @@ class VmSession(SessionBase):
             script = f"cd {shlex.quote(directory)} && exec {shlex.quote(socat)} STDIO {shlex.quote('UNIX-CONNECT:' + name)}"
             command = f"/bin/sh -c {shlex.quote(script)}"
             forwards.append(f"tcp:{GATEWAY_IP}:{GATEWAY_PORTS[kind]}-cmd:{command}")
-        self.egress_env = client.proxy_environment(GATEWAY_IP, self._gateway.token, GATEWAY_PORTS,
-                                                   ca=GUEST_CA if self._gateway.ca_bundle else None)
-        self.egress_env.update(self._gateway.placeholders)
+        self.egress_env = client.sandbox_environment(self._gateway, host=GATEWAY_IP, ports=GATEWAY_PORTS,
+                                                     ca_path=GUEST_CA)
         return forwards
 
     def _connect(self, path: str) -> socket.socket:
