@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from blastwall.service.errors import ServiceError
 from blastwall.service.server import parse_listen
-from blastwall.service.sessions import _argv, _cwd, _envs, _workspace_path
+from blastwall.service.commands import _argv, _cwd, _envs
+from blastwall.service.sessions import _workspace_path
 from blastwall.service.store import AuthFailure, split_key
 
 PATHS = st.lists(st.sampled_from(list("ab./\x00\\~ é%") + ["..", "/home/user", "/home/user/", "/home/userx"]),

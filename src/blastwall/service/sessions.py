@@ -1,5 +1,9 @@
 """The sandbox manager: every sandbox the service runs, for whom, and until when.
 
+Its neighbours: ``config.py`` (the service's settings and data directory),
+``commands.py`` (a command's pump and the checks of a command request),
+``ceiling.py`` (what a tenant may ask).
+
 One ``Manager`` per service process.  It owns:
 
 * the live sandboxes, each a ``ContainerSession`` (gVisor) or a ``VmSession``
@@ -22,21 +26,18 @@ cannot be written the action is refused (503), so nothing happens unaudited.
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import os
-import queue
-import secrets
-import selectors
 import shutil
 import threading
 import time
 
 from blastwall.errors import ContainmentError, PolicyError, Unsupported
-from blastwall.tiers._check import KILLED, SandboxStopped
+from blastwall.service.commands import KILL_GRACE, MOUNT_AT, Command, _argv, _cwd, _envs, new_id
+from blastwall.service.config import Config, default_pids, host_pid_limit, prepare_data_dir
 from blastwall.service.ceiling import (SERVICE_TIERS, CeilingExceeded, Resources, TenantPolicyError, format_size,
-                                       machine_max_pids, parse_size, tenant_layer)
+                                       parse_size, tenant_layer)
 from blastwall.service.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
     ServiceError, Unavailable, Unprocessable
 
@@ -44,276 +45,12 @@ __all__ = ["Config", "Manager", "default_pids", "host_pid_limit", "prepare_data_
 
 log = logging.getLogger("blastwall.service")
 
-MOUNT_AT = "/home/user"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_PIDS = 256            # processes and threads of a sandbox that asks for no number
 MAX_COMMANDS_RUNNING = 16     # per sandbox
 MAX_COMMANDS_KEPT = 64        # finished background commands remembered per sandbox
-MAX_ARGV_BYTES = 256 << 10
-MAX_ENV_VALUE = 64 << 10
-KILL_GRACE = 5.0              # seconds to wait for a killed command's runsc exec
-QUIET_AFTER_EXIT = 1.0        # seconds of silence after which a finished command's open pipes are let go
 
 
-def _new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
 
-
-class Config:
-    """What ``blastwall serve`` was told; immutable once the manager starts."""
-
-    def __init__(self, *, data_dir: str, environ=None, audit_path: str | None = None, policy_file: str | None = None,
-                 warm: int = 0, max_upload: int = 64 << 20, default_ttl: int = 300,
-                 default_resources: Resources | None = None, max_sandboxes: int = 100,
-                 output_cap: int = 1 << 20, reap_interval: float = 0.5, pid_limit: int | None = None) -> None:
-        """``pid_limit``: the machine's pid space (default: read from /proc/sys/kernel); one sandbox may
-        hold a quarter of it (``max_pids``), and the default sandbox no more than 256 processes."""
-        self.data_dir = os.path.abspath(data_dir)
-        self.environ = dict(os.environ if environ is None else environ)
-        self.audit_path = audit_path
-        self.policy_file = policy_file
-        self.warm = warm
-        self.max_upload = max_upload
-        self.default_ttl = default_ttl
-        self.pid_limit = pid_limit or host_pid_limit()
-        self.max_pids = machine_max_pids(self.pid_limit)
-        self.default_resources = default_resources or Resources(512 << 20, 1.0, default_pids(self.pid_limit))
-        self.max_sandboxes = max_sandboxes
-        self.output_cap = output_cap
-        self.reap_interval = reap_interval
-
-    @property
-    def sandboxes_dir(self) -> str:
-        return os.path.join(self.data_dir, "sandboxes")
-
-
-def host_pid_limit() -> int:
-    """This machine's pid space: the smaller of kernel.pid_max and kernel.threads-max."""
-    limits = []
-    for name in ("pid_max", "threads-max"):
-        try:
-            with open(f"/proc/sys/kernel/{name}") as f:
-                limits.append(int(f.read().strip()))
-        except (OSError, ValueError):
-            pass
-    return min(limits) if limits else 32768
-
-
-def default_pids(pid_limit: int | None = None) -> int:
-    """The processes of a sandbox that asks for no number: DEFAULT_PIDS, or less on a small machine."""
-    return min(DEFAULT_PIDS, machine_max_pids(pid_limit or host_pid_limit()))
-
-
-def prepare_data_dir(directory: str) -> None:
-    """The data directory is the service's alone: made 0700 if new; an existing one must not be writable by others.
-
-    Never chmod'ed: ``--data-dir /var/lib`` must not change /var/lib.
-    """
-    import stat
-
-    try:
-        os.makedirs(directory, mode=0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise ContainmentError(f"Refusing to use {directory} as the service's data directory: it is not a "
-                               "directory of this user that only this user can write",
-                               fix=f"use a new directory (--data-dir), or chmod go-w {directory}")
-
-
-# --- commands -----------------------------------------------------------------------------------
-
-class Command:
-    """One command running in a sandbox, pumped by its own thread.
-
-    A streamed command hands its output to ``events`` (a bounded queue: a slow
-    reader slows the command down rather than filling the service's memory);
-    a background one keeps up to ``cap`` bytes of each stream.  The command
-    ends when its Process (tiers/contract.py) says so, not at EOF: a process
-    the command left running inside may hold its pipes open.
-    """
-
-    def __init__(self, sandbox: "Sandbox", argv: list[str], *, env: dict, cwd: str, timeout: float,
-                 stream: bool, cap: int) -> None:
-        self.id = _new_id("cmd_")
-        self.sandbox = sandbox
-        self.argv = argv
-        self.started = time.time()
-        self.timeout = timeout
-        self.cap = cap
-        self.events: queue.Queue | None = queue.Queue(maxsize=256) if stream else None
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.truncated = False
-        self.exit_code: int | None = None
-        self.timed_out = False
-        self.killed = False
-        self.abandoned = False
-        self.sandbox_stopped = False
-        self.done = threading.Event()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self.process = sandbox.session.exec(argv, env=env, cwd=cwd, stdin=devnull, stdout=out_w, stderr=err_w)
-        except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            for fd in (out_w, err_w, devnull):
-                os.close(fd)
-        self._fds = {out_r: "stdout", err_r: "stderr"}
-        self._thread = threading.Thread(target=self._pump, name=f"blastwall-{self.id}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    # The pump: the only reader of the pipes and the only one to collect the exit.
-    def _pump(self) -> None:
-        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
-        selector = selectors.DefaultSelector()
-        for fd, name in self._fds.items():
-            os.set_blocking(fd, False)
-            selector.register(fd, selectors.EVENT_READ, name)
-        exit_fd = self.process.exit_fd()
-        if exit_fd is not None:
-            selector.register(exit_fd, selectors.EVENT_READ, "exit")
-        deadline = self.started + self.timeout
-        killed_at = None
-        try:
-            while self.exit_code is None:
-                now = time.time()
-                if now >= deadline and killed_at is None:
-                    self.timed_out = True
-                    self.kill()
-                if self.killed and killed_at is None:
-                    killed_at = now
-                if killed_at is not None and now - killed_at > KILL_GRACE:
-                    self.process.kill()  # Again: the tier's host side too.
-                for key, _mask in selector.select(timeout=0.2):
-                    if key.data == "exit":
-                        selector.unregister(key.fd)
-                        self._try_reap(block=True)
-                    elif self._read(key.fd, key.data, decoders) == "eof":
-                        selector.unregister(key.fd)
-                if exit_fd is None:
-                    self._try_reap()
-            # The command has exited.  Its output may still be arriving (the
-            # sandbox's copies of the pipes close a moment after the exit is
-            # reported): read until EOF, or until the pipes stay quiet for
-            # QUIET_AFTER_EXIT, for whatever still holds them open (a process
-            # the command left running) is not this command.
-            hard_stop = time.time() + 5.0
-            quiet_until = time.time() + QUIET_AFTER_EXIT
-            while any(key.data != "exit" for key in selector.get_map().values()) and time.time() < hard_stop:
-                got = False
-                for key, _mask in selector.select(timeout=0.05):
-                    if key.data == "exit":
-                        selector.unregister(key.fd)
-                        continue
-                    state = self._read(key.fd, key.data, decoders)
-                    if state == "eof":
-                        selector.unregister(key.fd)
-                    elif state == "data":
-                        got = True
-                if got:
-                    quiet_until = time.time() + QUIET_AFTER_EXIT
-                elif time.time() >= quiet_until:
-                    break
-            for name, decoder in decoders.items():
-                tail = decoder.decode(b"", final=True)
-                if tail:
-                    self._deliver(name, tail)
-        except Exception:  # noqa: BLE001 - the command must still end for its waiters
-            log.exception("command %s: output pump failed", self.id)
-        finally:
-            selector.close()
-            for fd in self._fds:
-                os.close(fd)
-            if self.exit_code is None:
-                self.process.kill()  # Again: the tier's host side too.
-                self._try_reap(block=True)
-            self.process.release()
-            if self.timed_out:
-                self.exit_code = 124
-            final = {"exit_code": self.exit_code, "timed_out": self.timed_out}
-            # 128 and up without our kill: the command was killed, or the whole
-            # sandbox went down (a memory bomb takes gVisor with it).  Say which.
-            if not self.killed and (self.exit_code or 0) >= 128 and not self.sandbox.check_alive():
-                final["sandbox_stopped"] = True
-                self.sandbox_stopped = True
-            self.sandbox.command_finished(self)
-            self.done.set()
-            self._put(("exit", final))
-
-    def _read(self, fd: int, name: str, decoders) -> str:
-        """Read what is there: "data", "empty" (nothing now) or "eof"."""
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return "empty"
-        except OSError:
-            return "eof"
-        if not chunk:
-            return "eof"
-        self._deliver(name, decoders[name].decode(chunk))
-        return "data"
-
-    def _try_reap(self, *, block: bool = False) -> bool:
-        if self.exit_code is None:
-            try:
-                self.exit_code = self.process.wait() if block else self.process.poll()
-            except SandboxStopped:
-                self.exit_code = KILLED  # The sandbox went down under it (it is found stopped).
-        return self.exit_code is not None
-
-    def _deliver(self, name: str, text: str) -> None:
-        if self.events is not None:
-            self._put((name, text))
-            return
-        buffer = self.stdout if name == "stdout" else self.stderr
-        room = self.cap - len(buffer)
-        data = text.encode()
-        if len(data) > room:
-            self.truncated = True
-            data = data[:max(room, 0)]
-        buffer.extend(data)
-
-    def _put(self, event) -> None:
-        if self.events is None:
-            return
-        while not self.abandoned:
-            try:
-                self.events.put(event, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def kill(self) -> None:
-        if self.done.is_set():
-            return
-        self.killed = True
-        try:
-            self.process.kill()
-        except Exception:  # noqa: BLE001 - the sandbox may be going away
-            log.debug("command %s: kill failed", self.id, exc_info=True)
-
-    def abandon(self) -> None:
-        """The streaming client went away: stop the command and stop queueing its output."""
-        self.abandoned = True
-        self.kill()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self.done.wait(timeout)
-
-    def status(self) -> dict:
-        return {"id": self.id, "state": "exited" if self.done.is_set() else "running",
-                "exit_code": self.exit_code if self.done.is_set() else None, "timed_out": self.timed_out,
-                "sandbox_stopped": self.sandbox_stopped,
-                "stdout": self.stdout.decode("utf-8", "replace"), "stderr": self.stderr.decode("utf-8", "replace"),
-                "truncated": self.truncated, "started_at": self.started}
 
 
 # --- sandboxes ----------------------------------------------------------------------------------
@@ -643,7 +380,7 @@ class Manager:
                 sandbox.tenant = tenant.name
                 sandbox.expires = time.time() + ttl
             else:
-                sandbox = Sandbox(_new_id("sbx_"), tenant.name, image=merged.sandbox.image, resources=wanted,
+                sandbox = Sandbox(new_id("sbx_"), tenant.name, image=merged.sandbox.image, resources=wanted,
                                   expires=time.time() + ttl, workspace="", allow=tuple(merged.network.allow),
                                   tier=merged.sandbox.tier)
                 sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
@@ -914,7 +651,7 @@ class Manager:
                 self._warm_wakeup.clear()
                 continue
             defaults = self.config.default_resources
-            sandbox = Sandbox(_new_id("sbx_"), None, image="default", resources=defaults,
+            sandbox = Sandbox(new_id("sbx_"), None, image="default", resources=defaults,
                               expires=time.time() + 86400, workspace="", allow=())
             sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
             try:
@@ -941,49 +678,6 @@ class Manager:
     def warm_count(self) -> int:
         with self._lock:
             return len(self._warm)
-
-
-# --- request checks (pure) -----------------------------------------------------------------------
-
-def _argv(cmd) -> list[str]:
-    if isinstance(cmd, str):
-        argv = ["/bin/sh", "-c", cmd]
-    elif isinstance(cmd, list) and cmd and all(isinstance(a, str) for a in cmd):
-        argv = list(cmd)
-    else:
-        raise Unprocessable("cmd: expected a shell command string or a non-empty list of strings",
-                            code="invalid_request")
-    if any("\x00" in a for a in argv) or sum(len(a.encode()) for a in argv) > MAX_ARGV_BYTES:
-        raise Unprocessable("cmd: contains NUL or is longer than 256 KiB", code="invalid_request")
-    return argv
-
-
-def _envs(envs) -> dict[str, str]:
-    from blastwall.policy.model import is_env_name
-
-    if envs is None:
-        return {}
-    if not isinstance(envs, dict) or len(envs) > 256:
-        raise Unprocessable("envs: expected a table of at most 256 NAME: value pairs", code="invalid_request")
-    for name, value in envs.items():
-        if not isinstance(name, str) or not is_env_name(name):
-            raise Unprocessable(f"envs: {str(name)[:64]!r} is not an environment variable name",
-                                code="invalid_request")
-        if not isinstance(value, str) or "\x00" in value or len(value) > MAX_ENV_VALUE:
-            raise Unprocessable(f"envs.{name}: expected a string without NUL, at most 64 KiB", code="invalid_request")
-    return dict(envs)
-
-
-def _cwd(cwd) -> str:
-    if cwd is None or cwd == "":
-        return MOUNT_AT
-    if not isinstance(cwd, str) or "\x00" in cwd or len(cwd) > 4096:
-        raise Unprocessable("cwd: expected a path", code="invalid_request")
-    path = cwd if cwd.startswith("/") else f"{MOUNT_AT}/{cwd}"
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise Unprocessable("cwd: no '..' components", code="invalid_request")
-    return "/" + "/".join(parts)
 
 
 def _workspace_path(path: object, *, root: bool = False) -> str:
