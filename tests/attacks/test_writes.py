@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 from tests.attacks.host import snapshot
+from tests.attacks.tiers import tier_run, tiers_for
 from tests.conftest import assert_no_traceback, blastwall, in_sandbox, needs_bwrap, needs_root
 
 pytestmark = needs_bwrap
@@ -66,6 +67,33 @@ def test_mandatory_deny_of_existing_paths(home, workspace, target):
     out = try_write([path], home=home, workspace=workspace)
     assert "written" not in out
     assert snapshot(workspace) == before
+
+
+EXISTING = [".git/config", ".bashrc", ".vscode/settings.json", ".mcp.json", ".envrc", ".blastwall/policy.toml"]
+MISSING = [".git/hooks/pre-commit", ".zshrc", ".vscode/tasks.json", ".idea/workspace.xml", ".claude/settings.json",
+           ".devcontainer/devcontainer.json", ".gitmodules", ".profile"]
+
+
+@pytest.mark.parametrize("tier", tiers_for("mandatory-write-denies"))
+def test_mandatory_denies_hold_in_every_tier(tier, home, workspace, tier_env):
+    """Existing and not-yet-existing protected paths, written, appended, replaced and removed, in every tier."""
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    for rel in EXISTING:
+        (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel != ".git/config":
+            (workspace / rel).write_text("# original\n")
+    before = snapshot(workspace)
+    script = "\n".join(
+        [f"(echo PWNED >> {rel}) 2>/dev/null && echo WROTE {rel}; (rm -rf {rel}) 2>/dev/null; "
+         f"[ -e {rel} ] || echo REMOVED {rel}" for rel in EXISTING]
+        + [f"(mkdir -p $(dirname {rel}) && echo PWNED > {rel}) 2>/dev/null && echo WROTE {rel}" for rel in MISSING]
+        + ["echo legitimate > work.txt && echo CONTROL"])
+    r = tier_run(tier, script, home=home, workspace=workspace, env=tier_env)
+    assert "CONTROL" in r.stdout, (r.stdout, r.stderr)
+    assert "WROTE" not in r.stdout and "REMOVED" not in r.stdout, r.stdout
+    after = snapshot(workspace)
+    assert after.pop("work.txt")[1] == b"legitimate\n"  # The control, on the host.
+    assert after == before
 
 
 @pytest.mark.parametrize("target", [".git/hooks/pre-commit", ".git/config", ".bashrc", ".zshrc", ".vscode/tasks.json",

