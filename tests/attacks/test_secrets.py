@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.attacks.tiers import tier_run, tiers_for
 from tests.conftest import SECRET, assert_no_traceback, blastwall, in_sandbox, needs_bwrap
 
 pytestmark = needs_bwrap
@@ -94,3 +95,18 @@ def test_proc_of_host_processes_is_invisible(home, workspace):
     assert r.returncode == 0, r.stderr
     pids = eval(r.stdout)  # noqa: S307 - our own output
     assert len(pids) <= 4, pids  # bwrap's pid 1, the launcher/python, nothing from the host
+
+
+@pytest.mark.parametrize("tier", tiers_for("secrets-stay-out"))
+def test_secrets_stay_out_in_every_tier(tier, home, workspace, tier_env):
+    """A denied workspace file, a link to a host secret, the secret itself, secret variables: in every tier."""
+    (workspace / ".env").write_text(f"TOKEN={SECRET}\n")
+    (workspace / "innocent.txt").symlink_to(home / ".aws" / "credentials")
+    script = (f"cat README.md; cat .env; cat innocent.txt; cat {home / '.aws' / 'credentials'}; "
+              f"ls -a {home / '.aws'}; env; echo CONTROL")
+    r = tier_run(tier, script, home=home, workspace=workspace, args=["--deny-read", ".env"],
+                 env={**tier_env, "GITHUB_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET, "MY_API_KEY": SECRET})
+    assert_no_traceback(r)
+    assert "project" in r.stdout and "CONTROL" in r.stdout, (r.stdout, r.stderr)  # The control: the workspace reads.
+    assert SECRET not in r.stdout and SECRET not in r.stderr
+

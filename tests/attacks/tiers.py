@@ -21,6 +21,7 @@ CLAIMS = {
     "plant-git-control-files": TIERS,
     "git-control-beyond-dot-git": TIERS,
     "mandatory-write-denies": TIERS,
+    "secrets-stay-out": TIERS,
     "setid-and-device-files": TIERS,
     "never-root-inside": TIERS,
     "socket-family-allowlist": ("process",),  # The others' sockets are their own kernel's.
