@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from tests.attacks.tiers import tier_run, tiers_for
 from tests.conftest import SECRET, blastwall, in_sandbox, needs_bwrap
 
 pytestmark = needs_bwrap
@@ -94,6 +95,51 @@ def test_curl_post_of_credentials_goes_nowhere(home, workspace, tcp):
     assert r.returncode != 0
     threading.Event().wait(0.3)
     assert tcp.connections == 0 and tcp.received == []
+
+
+@pytest.mark.parametrize("tier", tiers_for("no-network-without-a-grant"))
+def test_without_a_grant_nothing_leaves_in_every_tier(tier, home, workspace, tier_env):
+    """TCP and UDP to the host's loopback, its address on the default route and a public name: none arrives."""
+    tcp, udp = Listener(socket.SOCK_STREAM, address=("0.0.0.0", 0)), Listener(socket.SOCK_DGRAM, address=("0.0.0.0", 0))
+    try:
+        _nothing_leaves(tier, home, workspace, tier_env, tcp, udp)
+    finally:
+        tcp.close()
+        udp.close()
+
+
+def _nothing_leaves(tier, home, workspace, tier_env, tcp, udp):
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # No packet: only picks the host's outward address.
+            outward = probe.getsockname()[0]
+    except OSError:
+        outward = "127.0.0.1"  # No route out on this machine: loopback is the host address to try.
+    targets = sorted({"127.0.0.1", outward})
+    for host in targets:  # The control: from the host, each target reaches the listeners.
+        with socket.create_connection((host, tcp.port), timeout=2) as c:
+            c.sendall(b"control")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.sendto(b"control", (host, udp.port))
+    for _ in range(60):
+        if len(tcp.received) == len(udp.received) == len(targets):
+            break
+        threading.Event().wait(0.05)
+    assert tcp.received == udp.received == [b"control"] * len(targets)
+    tcp.received.clear()
+    udp.received.clear()
+    tcp.connections = 0
+    script = "; ".join(
+        [f"curl -sS --max-time 3 -d {SECRET} http://{host}:{tcp.port}/ 2>/dev/null && echo REACHED-{host}"
+         for host in targets]
+        + [f"python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b\"{SECRET}\", "
+           f"(\"{host}\", {udp.port}))' 2>/dev/null" for host in targets]
+        + ["curl -sS --max-time 3 http://example.com/ >/dev/null 2>&1 && echo REACHED-public", "echo CONTROL"])
+    r = tier_run(tier, script, home=home, workspace=workspace, env=tier_env)
+    assert "CONTROL" in r.stdout, (r.stdout, r.stderr)
+    assert "REACHED" not in r.stdout, r.stdout
+    threading.Event().wait(0.5)
+    assert tcp.connections == 0 and tcp.received == [] and udp.received == []
 
 
 def test_curl_to_public_name_fails_without_dns(home, workspace):

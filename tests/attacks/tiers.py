@@ -22,6 +22,7 @@ CLAIMS = {
     "git-control-beyond-dot-git": TIERS,
     "mandatory-write-denies": TIERS,
     "secrets-stay-out": TIERS,
+    "no-network-without-a-grant": TIERS,
     "setid-and-device-files": TIERS,
     "never-root-inside": TIERS,
     "socket-family-allowlist": ("process",),  # The others' sockets are their own kernel's.
