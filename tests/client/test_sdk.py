@@ -85,3 +85,25 @@ def test_async_sandbox(env):
             return result.stdout
 
     assert asyncio.run(main()) == "async"
+
+
+def test_a_session_whose_plan_no_longer_covers_the_host_is_replaced(env, scratch):
+    """The host's git obeys a new hooksPath after boot: the next command runs in a sandbox that protects it."""
+    import subprocess
+
+    workspace = scratch / "repo"
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    marker = scratch / "hook-ran"
+    with Sandbox.create(environ=env, workspace=str(workspace)) as sbx:
+        sbx.commands.run("echo before > /tmp/state")
+        # What husky or `npm install` does on the host while the agent's sandbox runs.
+        subprocess.run(["git", "-C", str(workspace), "config", "core.hooksPath", ".husky"], check=True)
+        (workspace / ".husky").mkdir()
+        result = sbx.commands.run(f"printf '#!/bin/sh\\ntouch {marker}\\n' > .husky/pre-commit 2>&1; "
+                                  "chmod +x .husky/pre-commit 2>/dev/null; cat /tmp/state 2>&1; echo control > ok.txt")
+        assert (workspace / "ok.txt").read_text() == "control\n"  # The control: the workspace is writable.
+        assert not (workspace / ".husky" / "pre-commit").exists(), result.stdout
+        assert "before" not in result.stdout  # A new sandbox: the old one's /tmp is gone with it.
+    subprocess.run(["git", "-C", str(workspace), "-c", "user.name=h", "-c", "user.email=h@h", "commit", "-q",
+                    "--allow-empty", "-m", "x"], check=True, capture_output=True)
+    assert not marker.exists()

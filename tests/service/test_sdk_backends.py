@@ -88,3 +88,12 @@ def test_state_outside_the_workspace_is_kept_between_commands(create):
         assert sbx.commands.run("od -An -tx1 sub/data.bin").stdout.split() == ["00", "01", "ff"]
         sbx.commands.run("printf made-inside > sub/out.txt")
         assert sbx.files.read("sub/out.txt") == "made-inside"
+
+
+def test_a_process_left_writing_does_not_hold_the_command(create):
+    with create() as sbx:
+        started = time.monotonic()
+        result = sbx.commands.run("(while :; do echo tick; sleep 0.2; done) & echo started", timeout=3)
+        assert result.stdout.startswith("started\n") and result.exit_code == 0
+        assert time.monotonic() - started < 15
+        assert sbx.commands.run("echo next").stdout == "next\n"

@@ -137,7 +137,11 @@ class LocalBackend:
 
         with self._session_lock:
             if self._session is not None and self._session.alive():
-                return self._session
+                # Compiled at boot; the host may have changed since (a hooksPath set, a submodule added).
+                # A session that no longer protects what a plan compiled now would is replaced.
+                now = api.plan_for(self.policy, workspace=self.workspace, cwd=self.workspace, environ=self._environ)
+                if self._session.plan.still_covers(now):
+                    return self._session
             if self._session is not None:
                 self._session.close()
                 self._session = None
@@ -244,6 +248,8 @@ _LOCAL_CODES = {"not_found": "file_not_found", "exists": "file_exists", "too_lar
 
 
 QUIET_AFTER_EXIT = 0.5  # Seconds a finished command's pipes may stay open (a process it left) before we stop reading.
+DRAIN_AFTER_EXIT = 2.0  # At most this long after the exit, however much a process it left keeps writing.
+MAX_KEPT = 64 << 20  # Bytes of each stream kept for the result (the callbacks get all of it).
 
 
 def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[int, bool, dict[str, str]]:
@@ -255,10 +261,14 @@ def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[in
     decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in fds.values()}
     output = {name: [] for name in fds.values()}
 
+    kept = {name: 0 for name in fds.values()}
+
     def deliver(name: str, data: bytes, final: bool = False) -> None:
         text = decoders[name].decode(data, final=final)
         if text:
-            output[name].append(text)
+            if kept[name] < MAX_KEPT:
+                output[name].append(text[:MAX_KEPT - kept[name]])
+                kept[name] += len(text)
             if sinks.get(name):
                 sinks[name](text)
 
@@ -270,14 +280,15 @@ def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[in
         selector.register(exit_fd, selectors.EVENT_READ, None)
     deadline = time.monotonic() + timeout
     timed_out = False
-    quiet_until = None
+    quiet_until = hard_stop = None
     try:
         while True:
             status = process.poll()
             now = time.monotonic()
             if status is not None:
                 quiet_until = quiet_until or now + QUIET_AFTER_EXIT
-                if now >= quiet_until or all(key.data is None for key in selector.get_map().values()):
+                hard_stop = hard_stop or now + DRAIN_AFTER_EXIT
+                if now >= min(quiet_until, hard_stop) or all(key.data is None for key in selector.get_map().values()):
                     break
             elif now >= deadline and not timed_out:
                 timed_out = True
@@ -285,7 +296,7 @@ def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[in
                 deadline = now + 10.0  # Then the host side of it too.
             elif now >= deadline:
                 process.kill()
-            wait = 0.2 if status is None else max(0.0, quiet_until - now)
+            wait = 0.2 if status is None else max(0.0, min(quiet_until, hard_stop) - now)
             for key, _ in selector.select(timeout=min(wait, max(0.0, deadline - now) + 0.01)):
                 if key.data is None:
                     selector.unregister(key.fd)  # Ended: poll() says how.

@@ -296,6 +296,22 @@ class Plan:
     def of(self, kind: type[Operation]) -> list:
         return [op for op in self.operations if type(op) is kind]
 
+    def shielded(self) -> frozenset[str]:
+        """Every path this plan keeps from the sandbox: read-only, held by a placeholder, or hidden."""
+        out = {op.path for op in self.of(ReadOnly)} | {op.path for op in self.of(Hide)}
+        for op in self.of(Placeholder):
+            out |= {op.path, op.target}
+        return frozenset(out)
+
+    def still_covers(self, current: "Plan") -> bool:
+        """True when a sandbox built from this plan protects everything ``current`` (compiled now) would.
+
+        A long-lived session's plan is compiled once; the host may change since
+        (a ``core.hooksPath`` set, a repository created).  Its commands may go on
+        only while this holds."""
+        mine = self.shielded()
+        return all(any(path == p or path.startswith(p.rstrip("/") + "/") for p in mine) for path in current.shielded())
+
     def __iter__(self):
         return iter(self.operations)
 

@@ -127,7 +127,9 @@ def serve(sock_fd: int, *, hello: dict | None = None, say_failures: bool = False
                 continue
             fds = array.array("i")
             try:
-                data, ancillary, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * fds.itemsize))
+                # Close-on-exec as they arrive: a command started meanwhile must not inherit the next one's.
+                data, ancillary, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * fds.itemsize),
+                                                              socket.MSG_CMSG_CLOEXEC)
             except ConnectionResetError:
                 data, ancillary = b"", []
             if not data:
@@ -162,7 +164,7 @@ def _say(fd: int, argv, errno_: int | None, message: str) -> None:
     name = str(argv[0]) if isinstance(argv, list) and argv else ""
     text = "command not found" if errno_ == errno.ENOENT else message
     try:
-        os.write(fd, f"blastwall: Can't run {name!r}: {text}\n".encode("utf-8", "replace"))
+        os.write(fd, f"blastwall: Can't run {name!r}: {text}\n".encode("utf-8", "backslashreplace"))
     except OSError:
         pass
 
@@ -205,12 +207,16 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: list[int]) -> i
 
     if len(stdio) != 3:
         raise OSError(errno.EBADF, "the command's three descriptors did not arrive")
-    os.chdir(cwd)  # First: a relative program, or an empty PATH entry, means the command's directory.
+    try:
+        os.chdir(cwd)  # First: a relative program, or an empty PATH entry, means the command's directory.
+    except (OSError, ValueError) as exc:
+        raise NotADirectoryError(errno.ENOTDIR, f"can't use {cwd!r} as the working directory: "
+                                                f"{getattr(exc, 'strerror', None) or exc}") from None
     program = argv[0] if argv and "/" in argv[0] else which(argv[0] if argv else "", env.get("PATH", os.defpath))
     if not program:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory")
     for fd in stdio:
-        os.set_inheritable(fd, False)  # Received without close-on-exec: only their copies as 0, 1, 2 go on.
+        os.set_inheritable(fd, False)  # Received close-on-exec already: only their copies as 0, 1, 2 go on.
     return os.posix_spawn(program, argv, env, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                           file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)])
 

@@ -154,3 +154,89 @@ def test_the_plans_timeout_bounds_each_command_not_the_session(home, workspace):
         assert _run(session, "echo alive") == (0, "alive\n")
     finally:
         session.close()
+
+
+def test_a_command_never_holds_the_next_commands_descriptors(home, workspace):
+    """A large frame arrives in pieces: the next command's descriptors must not reach the one being started."""
+    session = _session(home, workspace)
+    try:
+        big = {f"PAD{i}": "x" * 40_000 for i in range(10)}  # Each under the kernel's 128 KiB per string.
+        for _ in range(8):
+            r, w = os.pipe()
+            first = session.exec(["sh", "-c", "sleep 0.3; ls /proc/self/fd"], env=big, stdout=w, stderr=w,
+                                 stdin=os.open(os.devnull, os.O_RDONLY))
+            os.close(w)
+            b_in_r, b_in_w = os.pipe()
+            second = session.exec(["cat"], stdin=b_in_r, stdout=os.open(os.devnull, os.O_WRONLY),
+                                  stderr=os.open(os.devnull, os.O_WRONLY))
+            os.close(b_in_r)
+            assert first.wait(30) == 0
+            listed = sorted(int(fd) for fd in os.read(r, 65536).split())
+            os.close(r)
+            os.close(b_in_w)
+            assert second.wait(30) == 0
+            assert listed == [0, 1, 2, 3], listed  # 3: the listing's own; nothing of the second command's.
+    finally:
+        session.close()
+
+
+def test_a_stopped_spawner_ends_the_session_instead_of_hanging_it(home, workspace):
+    marker = f"sleep {5000 + uuid.uuid4().int % 1000}"
+    session = _session(home, workspace, {"resources": {"timeout": "2s"}})
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        victim = session.exec(["sh", "-c", f"kill -STOP $PPID; {marker}"], stdin=devnull, stdout=devnull,
+                              stderr=devnull)
+        started = time.monotonic()
+        with pytest.raises(SandboxStopped):
+            victim.wait(60)  # The timeout's kill goes nowhere; the sandbox is then killed from the host.
+        assert time.monotonic() - started < 30
+        with pytest.raises(SandboxStopped):
+            for _ in range(50):  # However much is sent, exec refuses rather than blocks.
+                session.exec(["true"], env={"PAD": "x" * 20_000}, stdin=devnull, stdout=devnull, stderr=devnull)
+        os.close(devnull)
+    finally:
+        session.close()
+    deadline = time.monotonic() + 10
+    while _host_processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _host_processes_with(marker) == []
+
+
+def test_a_session_outlives_the_thread_that_booted_it(home, workspace):
+    import threading
+
+    holder = {}
+
+    def boot():
+        holder["session"] = _session(home, workspace)
+
+    thread = threading.Thread(target=boot)
+    thread.start()
+    thread.join()
+    session = holder["session"]
+    try:
+        assert _run(session, "echo kept > /tmp/state") == (0, "")
+        time.sleep(1.0)  # The booting thread is gone; its sandbox must not be.
+        assert session.alive() and _run(session, "cat /tmp/state") == (0, "kept\n")
+    finally:
+        session.close()
+
+
+def test_what_the_caller_gives_is_checked_and_the_session_goes_on(home, workspace):
+    session = _session(home, workspace)
+    try:
+        for bad in (dict(argv="true"), dict(argv=["true"], cwd="relative"), dict(argv=["true"], stdin=9999),
+                    dict(argv=["true"], env={"A": b"bytes"}), dict(argv=[])):
+            argv = bad.pop("argv")
+            with pytest.raises(ValueError):
+                session.exec(argv, **bad)
+        r, w = os.pipe()
+        process = session.exec(["true"], cwd="/nonexistent", stdout=w, stderr=w)
+        os.close(w)
+        assert process.wait(30) == 126
+        assert b"working directory" in os.read(r, 4096)
+        os.close(r)
+        assert session.alive() and _run(session, "echo fine") == (0, "fine\n")
+    finally:
+        session.close()

@@ -35,6 +35,8 @@ from blastwall.tiers.process import ProcessSandbox
 __all__ = ["ProcessSession", "SessionStopped"]
 
 BOOT_TIMEOUT = 30.0  # Seconds for the spawner to say it runs.
+SEND_TIMEOUT = 10.0  # Seconds a frame may wait for the spawner to read it.
+KILL_GRACE = 5.0  # Seconds a killed command has to end before its whole sandbox is killed from the host.
 
 
 SessionStopped = SandboxStopped  # The session's sandbox is gone (closed, timed out, its spawner killed inside).
@@ -50,6 +52,7 @@ class SessionProcess:
         self._done = ExitLatch()
         self._signals: list[int] = []  # Asked for before the spawner said which pid it is.
         self.lost = False  # The sandbox went down under it.
+        self._killed = False
         from blastwall.tiers._lifecycle import start_deadline
 
         self._deadline = start_deadline(session.plan, self.kill)  # The plan's [resources] timeout, per command.
@@ -67,12 +70,26 @@ class SessionProcess:
         return status
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the command's process group; a SIGKILL not obeyed within KILL_GRACE (a spawner stopped
+        from inside), or asked for twice, kills the whole sandbox from the host."""
         if self._done.status is not None:
             return
+        if sig == signal.SIGKILL:
+            if self._killed:
+                self._session._wedged("a command did not end when killed")
+                return
+            self._killed = True
+            timer = threading.Timer(KILL_GRACE, self._not_obeyed)
+            timer.daemon = True
+            timer.start()
         if self.pid is None:
             self._signals.append(sig)
             return
         self._session._signal(self.pid, sig)
+
+    def _not_obeyed(self) -> None:
+        if self._done.status is None:
+            self._session._wedged("a command did not end when killed")
 
     def release(self) -> None:
         self._done.release()
@@ -110,6 +127,10 @@ class ProcessSession(SessionBase):
         self._by_pid: dict[int, SessionProcess] = {}
         self._next = 1
         self._stopped = False
+        self._closed = False
+        self._closing = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self.stopped_because = ""
 
     # The contract's reports, from the sandbox.
     @property
@@ -142,23 +163,40 @@ class ProcessSession(SessionBase):
 
     def boot(self) -> None:
         """Start the sandbox and its spawner."""
+        if self._closed:
+            raise SandboxStopped("the session was closed; start a new one")
         if not self._prepared:
             self.prepare()
         if self._booted:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            spawner = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_spawner.py")
-            self._box.start([sys.executable, "-I", "-S", "-B", spawner], stdin=theirs.fileno(), stdout=devnull,
-                            stderr=devnull)
-        except BaseException:
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def keeper() -> None:
+            # bubblewrap (and the relays) die with the *thread* that started them (PR_SET_PDEATHSIG,
+            # bwrap's --die-with-parent): this one, which lives as long as the session, whichever
+            # thread booted it and then ended.
+            devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                spawner = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_spawner.py")
+                self._box.start([sys.executable, "-I", "-S", "-B", spawner], stdin=theirs.fileno(),
+                                stdout=devnull, stderr=devnull)
+            except BaseException as exc:  # noqa: BLE001 - handed to boot()
+                failure.append(exc)
+            finally:
+                theirs.close()
+                os.close(devnull)
+                started.set()
+            self._closing.wait()
+
+        self._keeper = threading.Thread(target=keeper, daemon=True, name="blastwall-process-session-keeper")
+        self._keeper.start()
+        started.wait()
+        if failure:
             ours.close()
-            self._box.close()
-            raise
-        finally:
-            theirs.close()
-            os.close(devnull)
+            self.close()
+            raise failure[0]
         self._sock = ours
         from blastwall.tiers._spawner import Reader
 
@@ -192,19 +230,19 @@ class ProcessSession(SessionBase):
 
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
              stdin: int = 0, stdout: int = 1, stderr: int = 2, ctty: bool = False) -> "SessionProcess":
-        """Start ``argv``; its Process.  ``env`` is added to the sandbox's environment (the plan's)."""
-        if not argv:
-            raise EnforcementError("Can't run an empty command")
+        """Start ``argv``; its Process.  ``env`` is added to the sandbox's environment (the plan's);
+        ``cwd`` is an absolute path inside (the plan's working directory when None)."""
         if ctty:
             raise ValueError("a session's commands have no controlling terminal; run a one-shot command for one")
+        _check_request(argv, env, cwd, (stdin, stdout, stderr))
         from blastwall.tiers._spawner import MAX_HEADER, pack
 
         (chdir,) = self.plan.of(P.Chdir)
-        header = {"id": 0, "argv": [str(a) for a in argv], "env": {**self._box.environment, **(env or {})},
+        header = {"id": 0, "argv": list(argv), "env": {**self._box.environment, **(env or {})},
                   "cwd": cwd or chdir.path}
         with self._lock:
             if self._stopped or self._sock is None:
-                raise SessionStopped("the session's sandbox has stopped")
+                raise SandboxStopped("the session's sandbox has stopped")
             cid, self._next = self._next, self._next + 1
             header["id"] = cid
             frame = pack(header)
@@ -213,26 +251,55 @@ class ProcessSession(SessionBase):
             process = SessionProcess(self, cid)
             self._procs[cid] = process
         try:
-            with self._send_lock:
-                self._sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                              _fds(stdin, stdout, stderr))])
-        except OSError:
+            self._send(frame, _fds(stdin, stdout, stderr))
+        except SandboxStopped:
             with self._lock:
                 self._procs.pop(cid, None)
             process.release()
-            raise SessionStopped("the session's sandbox has stopped") from None
+            raise
         return process
+
+    def _send(self, frame: bytes, fds: bytes | None = None) -> None:
+        """Write one frame to the spawner, within SEND_TIMEOUT: a spawner that does not read (stopped from
+        inside, or wedged) ends the session rather than hang its host."""
+        import select
+        import time
+
+        sock = self._sock
+        deadline = time.monotonic() + SEND_TIMEOUT
+        view = memoryview(frame)
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)] if fds else []
+        with self._send_lock:
+            while view:
+                remaining = deadline - time.monotonic()
+                if sock is None or self._stopped:
+                    raise SandboxStopped("the session's sandbox has stopped")
+                try:
+                    if remaining <= 0 or not select.select([], [sock], [], remaining)[1]:
+                        break
+                    sent = sock.sendmsg([view], ancillary, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    raise SandboxStopped("the session's sandbox has stopped") from None
+                ancillary = []  # The descriptors travel with the first byte.
+                view = view[sent:]
+            else:
+                return
+        self._wedged("its command starter stopped reading (stopped or killed from inside)")
+        raise SandboxStopped("the session's sandbox stopped: its command starter stopped answering")
+
+    def _wedged(self, why: str) -> None:
+        """The spawner cannot be trusted to act any more: the whole sandbox goes, from the host."""
+        self.stopped_because = why
+        threading.Thread(target=self.close, daemon=True, name="blastwall-process-session-close").start()
 
     def _signal(self, pid: int, sig: int) -> None:
         from blastwall.tiers._spawner import pack
 
-        sock = self._sock
-        if sock is None or self._stopped:
-            return
         try:
-            with self._send_lock:
-                sock.sendall(pack({"op": "signal", "pid": pid, "sig": int(sig)}))
-        except OSError:
+            self._send(pack({"op": "signal", "pid": pid, "sig": int(sig)}))
+        except SandboxStopped:
             pass
 
     def _read_loop(self, reader, pending: list) -> None:
@@ -294,6 +361,7 @@ class ProcessSession(SessionBase):
 
     def close(self) -> None:
         """Kill everything in the sandbox and remove it (the placeholders, the gateway's session)."""
+        self._closed = True
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
@@ -307,6 +375,7 @@ class ProcessSession(SessionBase):
         if sock is not None:
             sock.close()
         self._stop()
+        self._closing.set()  # The keeper thread ends: nothing of the sandbox is left to die with it.
 
 
 
@@ -314,3 +383,21 @@ def _fds(*fds: int) -> bytes:
     import array
 
     return array.array("i", fds).tobytes()
+
+
+def _check_request(argv, env, cwd, fds) -> None:
+    """Refuse what the caller gave before anything is sent: a clear error, and the session goes on."""
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple)) or not argv \
+            or not all(isinstance(a, str) for a in argv):
+        raise ValueError("argv: expected a non-empty list of strings")
+    if env is not None and (not isinstance(env, dict)
+                            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise ValueError("env: expected a table of strings")
+    if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
+        raise ValueError(f"cwd: expected an absolute path inside the sandbox, not {cwd!r}")
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except (OSError, TypeError, OverflowError):
+            raise ValueError(f"{fd!r} is not an open descriptor") from None
+
