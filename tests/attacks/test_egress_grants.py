@@ -215,7 +215,11 @@ def h2_request(sock, headers) -> tuple[int | None, bool]:
                 status = int(dict(event.headers)[b":status"])
             elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
                 reset = True
-        sock.sendall(conn.data_to_send())
+        try:
+            sock.sendall(conn.data_to_send())
+        except OSError:
+            reset = True  # The gateway closed the connection while we answered it (its GOAWAY, then EOF).
+            break
     sock.close()
     return status, reset
 

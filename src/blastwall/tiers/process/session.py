@@ -129,6 +129,7 @@ class ProcessSession(SessionBase):
         self._stopped = False
         self._closed = False
         self._closing = threading.Event()
+        self._close_lock = threading.Lock()
         self._keeper: threading.Thread | None = None
         self.stopped_because = ""
 
@@ -360,7 +361,12 @@ class ProcessSession(SessionBase):
         return self._booted and not self._stopped
 
     def close(self) -> None:
-        """Kill everything in the sandbox and remove it (the placeholders, the gateway's session)."""
+        """Kill everything in the sandbox and remove it (the placeholders, the gateway's session).
+        Safe from any thread, more than once (the host kills a wedged sandbox from its own)."""
+        with self._close_lock:
+            self._close()
+
+    def _close(self) -> None:
         self._closed = True
         sock, self._sock = self._sock, None
         if sock is not None:
