@@ -234,8 +234,8 @@ def _open(policy: Policy, *, workspace, cwd, environ, broker, one_shot: bool, la
     if tier == "process":
         from blastwall.tiers.process.session import ProcessSession
 
-        # Not tied to the starting thread: the session ends when its channel closes (this process's end).
-        return ProcessSession(plan, environ=environ, broker=broker, die_with_parent=False)
+        # Its sandbox belongs to a thread of its own that lives as long as the session (not the caller's).
+        return ProcessSession(plan, environ=environ, broker=broker)
     if tier == "container":
         from blastwall.tiers.container.session import ContainerSession as Session
     else:

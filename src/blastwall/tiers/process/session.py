@@ -384,7 +384,6 @@ class ProcessSession(SessionBase):
         self._closing.set()  # The keeper thread ends: nothing of the sandbox is left to die with it.
 
 
-
 def _fds(*fds: int) -> bytes:
     import array
 
