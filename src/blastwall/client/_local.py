@@ -260,7 +260,6 @@ def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[in
 
     decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in fds.values()}
     output = {name: [] for name in fds.values()}
-
     kept = {name: 0 for name in fds.values()}
 
     def deliver(name: str, data: bytes, final: bool = False) -> None:
@@ -295,7 +294,8 @@ def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[in
                 process.kill()
                 deadline = now + 10.0  # Then the host side of it too.
             elif now >= deadline:
-                process.kill()
+                process.kill()  # Again: the tier kills its host side (the process tier: the whole sandbox).
+                deadline = now + 10.0
             wait = 0.2 if status is None else max(0.0, min(quiet_until, hard_stop) - now)
             for key, _ in selector.select(timeout=min(wait, max(0.0, deadline - now) + 0.01)):
                 if key.data is None:

@@ -154,35 +154,35 @@ class OneShotProcess:
 
     def __init__(self, box) -> None:
         self._box = box
-        self._done = ExitLatch()
+        self._status: int | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
 
     def exit_fd(self) -> int | None:
-        return None  # A one-shot run waits for its command; nothing selects on it.
+        return None  # A one-shot run waits for its command; nothing selects on it (and no descriptor is held).
 
     def poll(self) -> int | None:
-        return self._done.status
+        return self._status
 
     def wait(self, timeout: float | None = None) -> int:
         if timeout is not None:
             raise ValueError("a one-shot command is waited for whole (its [resources] timeout bounds it)")
         with self._lock:
-            if self._done.status is None and self._error is None:
+            if self._status is None and self._error is None:
                 try:
-                    self._done.set(self._box.wait())
+                    self._status = self._box.wait()
                 except BaseException as exc:
                     self._error = exc
         if self._error is not None:
             raise self._error
-        assert self._done.status is not None
-        return self._done.status
+        assert self._status is not None
+        return self._status
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self._box.kill(sig)
 
     def release(self) -> None:
-        self._done.release()
+        """Nothing to let go of."""
 
 
 class SessionBase:
