@@ -45,43 +45,46 @@ def find_blastwall() -> list[str]:
     return [sys.executable, "-m", "blastwall"]
 
 
-def ensure_srt() -> tuple[list[str] | None, str]:
-    binary = SRT_DIR / "node_modules" / ".bin" / "srt"
-    if not binary.exists():
+def npm_package(directory: Path, package: str, binary: str) -> tuple[Path | None, str]:
+    """``binary`` of npm ``package``, installed into ``directory`` on first use; (None, why) if it cannot be."""
+    path = directory / "node_modules" / ".bin" / binary
+    if not path.exists():
         if not shutil.which("npm"):
             return None, "npm is not installed"
-        SRT_DIR.mkdir(exist_ok=True)
-        r = subprocess.run(["npm", "install", "--silent", "--prefix", str(SRT_DIR), "@anthropic-ai/sandbox-runtime"],
+        directory.mkdir(exist_ok=True)
+        r = subprocess.run(["npm", "install", "--silent", "--prefix", str(directory), package],
                            capture_output=True, text=True, timeout=600)
-        if r.returncode != 0 or not binary.exists():
-            return None, f"npm install @anthropic-ai/sandbox-runtime failed: {r.stderr.strip()[:200]}"
+        if r.returncode != 0 or not path.exists():
+            return None, f"npm install {package} failed: {r.stderr.strip()[:200]}"
+    return path, ""
+
+
+def probed(argv: list[str], name: str) -> tuple[list[str] | None, str]:
+    """``argv`` if it runs here, else (None, why)."""
+    probe = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return None, f"{name} does not run here: {probe.stderr.strip()[:200]}"
+    return argv, ""
+
+
+def ensure_srt() -> tuple[list[str] | None, str]:
+    binary, why = npm_package(SRT_DIR, "@anthropic-ai/sandbox-runtime", "srt")
+    if binary is None:
+        return None, why
     missing = [tool for tool in ("rg", "socat") if not shutil.which(tool)]
     if missing:
         return None, f"srt needs {', '.join(missing)} (apt-get install ripgrep socat)"
-    probe = subprocess.run([str(binary), "true"], capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        return None, f"srt does not run here: {probe.stderr.strip()[:200]}"
-    return [str(binary), "true"], ""
+    return probed([str(binary), "true"], "srt")
 
 
 def ensure_codex() -> tuple[list[str] | None, str]:
-    binary = CODEX_DIR / "node_modules" / ".bin" / "codex"
-    if not binary.exists():
-        if not shutil.which("npm"):
-            return None, "npm is not installed"
-        CODEX_DIR.mkdir(exist_ok=True)
-        r = subprocess.run(["npm", "install", "--silent", "--prefix", str(CODEX_DIR), "@openai/codex"],
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0 or not binary.exists():
-            return None, f"npm install @openai/codex failed: {r.stderr.strip()[:200]}"
+    binary, why = npm_package(CODEX_DIR, "@openai/codex", "codex")
+    if binary is None:
+        return None, why
     # The npm package's `codex` is a node script that starts the native binary; node's own start-up
     # (~90 ms here) is not the sandbox's, so the native binary is measured, as the package runs it.
     native = sorted(CODEX_DIR.glob("node_modules/@openai/codex-linux-*/vendor/*/bin/codex"))
-    argv = [str(native[0]) if native else str(binary), "sandbox", "--", "true"]
-    probe = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        return None, f"codex sandbox does not run here: {probe.stderr.strip()[:200]}"
-    return argv, ""
+    return probed([str(native[0]) if native else str(binary), "sandbox", "--", "true"], "codex sandbox")
 
 
 def session_exec(workspace: str, env: dict, runs: int, warmup: int) -> list[float]:

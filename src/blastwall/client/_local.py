@@ -157,8 +157,6 @@ class LocalBackend:
             return session
 
     def _run(self, cmd, envs, cwd: str, timeout: float, handle, on_stdout, on_stderr) -> CommandResult:
-        from blastwall.tiers._check import KILLED, SandboxStopped
-
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         session = self._live_session()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -178,8 +176,6 @@ class LocalBackend:
         sinks = {"stdout": on_stdout, "stderr": on_stderr}
         try:
             status, timed_out, output = _pump(process, {out_r: "stdout", err_r: "stderr"}, timeout, sinks)
-        except SandboxStopped:
-            status, timed_out, output = KILLED, False, {"stdout": "", "stderr": ""}
         finally:
             process.release()
         return CommandResult(output["stdout"], output["stderr"], 124 if timed_out else status)
@@ -258,6 +254,8 @@ def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[in
     import selectors
     import time
 
+    from blastwall.tiers._check import KILLED, SandboxStopped
+
     decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in fds.values()}
     output = {name: [] for name in fds.values()}
     kept = {name: 0 for name in fds.values()}
@@ -317,4 +315,8 @@ def _pump(process, fds: dict[int, str], timeout: float, sinks: dict) -> tuple[in
             os.close(fd)
     for name in decoders:
         deliver(name, b"", final=True)
-    return process.wait(), timed_out, {name: "".join(parts) for name, parts in output.items()}
+    try:
+        status = process.wait()
+    except SandboxStopped:
+        status = KILLED  # The sandbox went down under it: what it wrote until then is still its output.
+    return status, timed_out, {name: "".join(parts) for name, parts in output.items()}

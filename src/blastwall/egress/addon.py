@@ -30,7 +30,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from blastwall.egress.decide import Verdict, check_addresses, decide, inspects, names_agree, pinned_address
 from blastwall.egress.gateway import SESSION_PEER
 from blastwall.egress.messages import (Scrubber, check_binding, check_form, check_overrides, check_request,
-                                       decoder_for, host_of, normalize_path, query_keys)
+                                       decoder_for, normalize_path, query_keys)
 from blastwall.egress.reasons import EgressReason as R
 
 logger = logging.getLogger("blastwall.gateway")

@@ -48,6 +48,13 @@ def _run(session, script: str, timeout: float = 60) -> tuple[int, str]:
     return status, out.decode()
 
 
+def _until(condition, seconds: float) -> None:
+    """Wait, at most ``seconds``, for ``condition()`` (the assertion after it says whether it came)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _host_processes_with(marker: str) -> list[int]:
     found = []
     for name in os.listdir("/proc"):
@@ -105,9 +112,7 @@ def test_killing_the_spawner_ends_the_session_and_leaves_nothing(home, workspace
         devnull = os.open(os.devnull, os.O_RDWR)
         victim = session.exec(["sh", "-c", marker], stdin=devnull, stdout=devnull, stderr=devnull)
         os.close(devnull)
-        deadline = time.monotonic() + 30
-        while not _host_processes_with(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _until(lambda: _host_processes_with(marker), 30)
         assert _host_processes_with(marker)  # The control: it runs, and the host sees it.
         try:
             _run(session, "kill -9 -1")  # It kills itself too: its status, or the session's end.
@@ -121,9 +126,7 @@ def test_killing_the_spawner_ends_the_session_and_leaves_nothing(home, workspace
             session.exec(["true"])
     finally:
         session.close()
-    deadline = time.monotonic() + 10
-    while _host_processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _until(lambda: not _host_processes_with(marker), 10)
     assert _host_processes_with(marker) == []
 
 
@@ -132,15 +135,11 @@ def test_close_kills_what_the_commands_left_running(home, workspace):
     session = _session(home, workspace)
     try:
         assert _run(session, f"setsid {marker} >/dev/null 2>&1 & echo started")[1] == "started\n"
-        deadline = time.monotonic() + 30
-        while not _host_processes_with(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _until(lambda: _host_processes_with(marker), 30)
         assert _host_processes_with(marker)
     finally:
         session.close()
-    deadline = time.monotonic() + 10
-    while _host_processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _until(lambda: not _host_processes_with(marker), 10)
     assert _host_processes_with(marker) == []
 
 
@@ -197,9 +196,7 @@ def test_a_stopped_spawner_ends_the_session_instead_of_hanging_it(home, workspac
         os.close(devnull)
     finally:
         session.close()
-    deadline = time.monotonic() + 10
-    while _host_processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _until(lambda: not _host_processes_with(marker), 10)
     assert _host_processes_with(marker) == []
 
 
