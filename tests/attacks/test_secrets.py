@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import pytest
 
+import os
+import subprocess
+import sys
+import time
+
 from tests.attacks.tiers import tier_run, tiers_for
-from tests.conftest import SECRET, assert_no_traceback, blastwall, in_sandbox, needs_bwrap
+from tests.conftest import SECRET, assert_no_traceback, blastwall, bw_env, in_sandbox, needs_bwrap
 
 pytestmark = needs_bwrap
 
@@ -110,3 +115,44 @@ def test_secrets_stay_out_in_every_tier(tier, home, workspace, tier_env):
     assert "project" in r.stdout and "CONTROL" in r.stdout, (r.stdout, r.stderr)  # The control: the workspace reads.
     assert SECRET not in r.stdout and SECRET not in r.stderr
 
+
+
+@pytest.mark.parametrize("tier", tiers_for("secrets-the-host-changes-later"))
+def test_a_secret_the_host_replaces_or_creates_while_the_sandbox_runs_stays_unreadable(
+        tier, home, workspace, tier_env):
+    """The hide was a mount on the file as it was: the host renaming a new one over it (``npm config
+    set``, ``git credential-store``, ``passwd``) or creating a missing one (``aws configure`` while a
+    session runs) must not show the new file inside."""
+    (home / "projects").mkdir()
+    later = "AKIA-WRITTEN-BY-THE-HOST-LATER"
+    script = ("cat README.md; touch started; i=0; while [ ! -e go ] && [ $i -lt 4000 ]; do sleep 0.05; "
+              "i=$((i+1)); done; "
+              f"for f in {home}/.netrc {home}/.pypirc {home}/.config/gh/hosts.yml {home}/notes.txt "
+              f"{home}/projects/new.txt; do echo \"== $f\"; cat \"$f\"; done; echo CONTROL")
+    run = subprocess.Popen([sys.executable, "-m", "blastwall", "run", "--tier", tier, "--", "sh", "-c", script],
+                           cwd=workspace, env=bw_env(home, tier_env), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 200
+        while not (workspace / "started").exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (workspace / "started").exists(), run.communicate(timeout=10)
+        # The host, meanwhile: a secret replaced by rename, two created, and two controls.
+        (home / ".netrc.new").write_text(f"machine example.com password {later}\n")
+        os.rename(home / ".netrc.new", home / ".netrc")
+        (home / ".pypirc").write_text(f"[pypi]\npassword = {later}\n")
+        (home / ".config" / "gh").mkdir(parents=True)
+        (home / ".config" / "gh" / "hosts.yml").write_text(f"oauth_token: {later}\n")
+        (home / "projects" / "new.txt").write_text("a file the host wrote meanwhile\n")
+        (workspace / "go").touch()
+        out, err = run.communicate(timeout=200)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert "project" in out and "CONTROL" in out, (out, err)  # The sandbox ran it all.
+    if tier == "process":  # The other tiers show none of the host's home at all.
+        assert "an ordinary readable file" in out, out  # The control: what was there is readable,
+        assert "a file the host wrote meanwhile" in out, out  # and so is what appears beside no secret.
+    assert later not in out and later not in err, out
+    assert later in (home / ".netrc").read_text()  # The host's files are as the host wrote them.

@@ -22,6 +22,7 @@ CLAIMS = {
     "git-control-beyond-dot-git": TIERS,
     "mandatory-write-denies": TIERS,
     "secrets-stay-out": TIERS,
+    "secrets-the-host-changes-later": TIERS,
     "no-network-without-a-grant": TIERS,
     "setid-and-device-files": TIERS,
     "never-root-inside": TIERS,

@@ -229,3 +229,29 @@ def test_passthrough_never_covers_a_ruled_or_credential_host():
     plan = compile_({"network": {"allow": ["pinned.example.org"], "passthrough": ["pinned.example.org"],
                                  "rules": [{"host": "api.example.com"}]}})
     assert plan.of(P.Egress)[0].rules()["passthrough"] == ["pinned.example.org"]
+
+
+def test_read_barrier_keeps_what_appears_where_the_secrets_are_unreadable():
+    fs = FakeFS(dirs=[WS, f"{HOME}/.aws", f"{HOME}/.config", "/vault/ssh", "/tmp", "/var/tmp", "/etc"],
+                files=[f"{HOME}/.netrc"], links={f"{HOME}/.ssh": "/vault/ssh"})
+    (reads,) = compile_(fs=fs, doc={"filesystem": {"deny_read": ["./.env"]}}).of(P.LandlockReads)
+    # The secrets' directories (resolved) and all above them; never a writable root or a private tmpfs.
+    assert {"/", "/home", HOME, f"{HOME}/.config", "/vault"} <= set(reads.parents)
+    assert WS not in reads.parents and "/tmp" not in reads.parents
+    assert {f"{HOME}/.aws", f"{HOME}/.netrc", f"{HOME}/.ssh", "/vault/ssh"} <= set(reads.excluded)
+    assert f"{HOME}/.config/gh" in reads.excluded  # Missing now: its first missing component.
+    assert f"{HOME}/.kube" in reads.excluded
+    assert f"{HOME}/.docker" in reads.excluded  # ~/.docker/config.json: ~/.docker is missing.
+    assert f"{WS}/.env" not in reads.excluded  # Inside the workspace: the mounts' business alone.
+    assert not any(p.startswith(f"{HOME}/.aws/") for p in reads.parents)  # Nothing below an excluded entry.
+    # A root caller's own secrets only for a root caller; the kernel keeps them from anyone else.
+    assert "/etc/shadow" not in reads.excluded and "/etc" not in reads.parents
+    (root,) = compile_(fs=fs, uid=0).of(P.LandlockReads)
+    assert "/etc/shadow" in root.excluded and "/etc" in root.parents
+
+
+def test_the_hypervisors_reads_open_its_own_directory_in_a_hidden_one():
+    reads = P.LandlockReads(("/", "/home", HOME), (f"{HOME}/.local", f"{HOME}/.aws"))
+    opened = P._reads_opened(reads, (f"{HOME}/.local/state/bw/vm/1",))
+    assert f"{HOME}/.local" not in opened.excluded and f"{HOME}/.aws" in opened.excluded
+    assert {f"{HOME}/.local", f"{HOME}/.local/state", f"{HOME}/.local/state/bw/vm"} <= set(opened.parents)

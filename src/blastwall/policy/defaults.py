@@ -7,6 +7,19 @@ every user's sandbox can see, so each entry says why it is here.
 
 from __future__ import annotations
 
+# Host secrets that only a root caller could read (the kernel's permissions
+# keep them from anyone else's sandbox); part of the secret list below.
+ROOT_CALLER_SECRETS: tuple[str, ...] = (
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/shadow-",
+    "/etc/gshadow-",
+    "/etc/ssh",
+    "/root/.aws",
+    "/root/.ssh",
+    "/root/.gnupg",
+)
+
 # Paths hidden from every sandbox (read *and* write), on top of the user's own
 # ``filesystem.deny_read``.  ``~`` is the invoking user's home; ``{uid}`` the uid.
 # A user may take an entry out only by naming it exactly in
@@ -83,14 +96,7 @@ BUILTIN_SECRETS: tuple[str, ...] = (
     # keyring sockets.
     "/run/user/{uid}",
     # Host secrets readable when blastwall itself runs as root.
-    "/etc/shadow",
-    "/etc/gshadow",
-    "/etc/shadow-",
-    "/etc/gshadow-",
-    "/etc/ssh",
-    "/root/.aws",
-    "/root/.ssh",
-    "/root/.gnupg",
+    *ROOT_CALLER_SECRETS,
 )
 
 # Paths made read-only inside every writable root (the workspace and any

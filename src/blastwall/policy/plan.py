@@ -30,6 +30,7 @@ __all__ = [
     "Hide",
     "Host",
     "IsolateNetwork",
+    "LandlockReads",
     "LandlockWrites",
     "OPERATION_TYPES",
     "Pin",
@@ -232,6 +233,25 @@ class LandlockWrites(Operation):
     __slots__ = ("paths",)
 
 
+class LandlockReads(Operation):
+    """At the LSM level, keep the secrets unreadable even when the host replaces or creates them.
+
+    A hidden path is a mount on the host's directory entry as it was at the
+    start; the host replacing the file (an atomic rename: ``npm config set``,
+    ``git credential-store``, ``passwd``) or creating it later (``aws
+    configure`` while a session runs) would show the new one inside.  So the
+    files of every directory in ``parents`` (the secrets' ancestors) are
+    readable only through a rule on each entry present when the command starts,
+    except the entries in ``excluded`` (the secrets, and a secret's first
+    missing component) and the parents themselves: whatever appears in such a
+    directory later is unreadable inside.  Secrets beneath a writable root or
+    a private tmpfs are not here (the sandbox creates files there and must
+    read them back); the mounts alone hide those.
+    """
+
+    __slots__ = ("parents", "excluded")
+
+
 class RequireLandlock(Operation):
     """Refuse to run where Landlock cannot be applied."""
 
@@ -275,6 +295,7 @@ OPERATION_TYPES: tuple[type[Operation], ...] = (
     User,
     Environment,
     LandlockWrites,
+    LandlockReads,
     RequireLandlock,
     Resources,
 )
@@ -479,8 +500,11 @@ def compile_plan(policy, host: Host) -> Plan:
     # blastwall's state (audit log, gateway sessions, trust store) is nobody's business inside.
     secret_sources += [(p, Reason.SELF_PROTECTION) for p in host.hidden]
     missing_denied: list[str] = []  # deny_read entries that do not exist (yet): see 3.
+    unreadable: list[str] = []  # Every secret's path, present or not, and its target: see 5b.
     for raw, reason in secret_sources:
         expanded = expand(raw, home=host.home, base=workspace, uid=host.uid)
+        if host.uid == 0 or raw not in _defaults.ROOT_CALLER_SECRETS:
+            unreadable.append(expanded)
         if not probe.lexists(expanded):
             if reason is Reason.DENY_READ:
                 missing_denied.append(expanded)
@@ -495,6 +519,8 @@ def compile_plan(policy, host: Host) -> Plan:
                 key="filesystem.deny_read",
             )
         hidden[target] = Hide(target, "dir" if kind == "dir" else "file", reason)
+        if target != expanded and unreadable and unreadable[-1] == expanded:
+            unreadable.append(target)
 
     def is_hidden(path: str) -> bool:
         return any(is_within(path, h) for h in hidden)
@@ -665,6 +691,9 @@ def compile_plan(policy, host: Host) -> Plan:
     mounts.sort(key=_mount_order)
     ops += mounts
 
+    # 5b. What appears later where the secrets are stays unreadable (LandlockReads).
+    private = (*roots, *tmp_paths, *(("/run",) if sockets else ()))
+    barrier = _read_barrier(unreadable, private=private, probe=probe)
     ops.append(IsolateNetwork())
     net = policy.network
     credentials = policy.credentials.entries
@@ -697,6 +726,8 @@ def compile_plan(policy, host: Host) -> Plan:
     ops.append(_environment(policy, host))
     landlock = ["/dev", *tmp_paths, *roots]
     ops.append(LandlockWrites(tuple(landlock)))
+    if barrier is not None:
+        ops.append(barrier)
     if "landlock" in policy.sandbox.require:
         ops.append(RequireLandlock())
     res = policy.resources
@@ -705,6 +736,44 @@ def compile_plan(policy, host: Host) -> Plan:
     cwd = probe.realpath(host.cwd)
     ops.append(Chdir(cwd if is_within(cwd, workspace) and not is_hidden(cwd) else workspace))
     return Plan(tuple(ops), tuple(notes), workspace)
+
+
+def _read_barrier(secrets: list[str], *, private: tuple[str, ...], probe: FileProbe) -> LandlockReads | None:
+    """The LandlockReads of ``secrets`` (paths, present or not); None if none lies outside ``private``.
+
+    For each secret: its nearest existing ancestor (resolved) and every
+    directory above it are parents; the entry of that ancestor on the way to
+    the secret (the secret itself, or its first missing component) is
+    excluded.  Secrets beneath a ``private`` root (writable, or a private
+    tmpfs) are left to the mounts.
+    """
+    parents: set[str] = set()
+    excluded: set[str] = set()
+
+    def beneath_private(path: str) -> bool:
+        return any(is_within(path, root) for root in private)
+
+    for path in secrets:
+        if path == "/" or beneath_private(path):
+            continue
+        child, directory = path, os.path.dirname(path)
+        while directory != "/" and probe.kind(directory) != "dir":
+            child, directory = directory, os.path.dirname(directory)
+        directory = probe.realpath(directory)
+        entry = os.path.join(directory, os.path.basename(child))
+        if beneath_private(entry):
+            continue
+        excluded.add(entry)
+        while True:
+            parents.add(directory)
+            if directory == "/":
+                break
+            directory = os.path.dirname(directory)
+    # Beneath an excluded entry nothing is readable anyway: no parent there.
+    parents = {p for p in parents if not any(is_within(p, e) for e in excluded)}
+    if not parents:
+        return None
+    return LandlockReads(tuple(sorted(parents)), tuple(sorted(excluded)))
 
 
 _MOUNT_RANK = {PrivateTmp: 0, Device: 0, Writable: 1, Pin: 2, ReadOnly: 3, Placeholder: 4, Hide: 5}
@@ -745,6 +814,8 @@ def hypervisor_plan(plan: Plan, *, own: str, sockets: tuple[str, ...], devices: 
             rest.append(op)
         elif kind is LandlockWrites:
             rest.append(LandlockWrites(tuple(op.paths) + (own,)))
+        elif kind is LandlockReads:
+            rest.append(_reads_opened(op, (own, *sockets)))
         elif kind is Chdir:
             rest.append(Chdir(own))
         elif kind is Environment:
@@ -767,6 +838,20 @@ def hypervisor_plan(plan: Plan, *, own: str, sockets: tuple[str, ...], devices: 
     # command with a TCP connection over the loopback of QEMU's own, empty network namespace.
     tail += [SocketFamilies(("unix", "inet")), AllowUnixSockets(tuple(sockets))]
     return Plan(tuple(head + mounts + tail), (), plan.workspace)
+
+
+def _reads_opened(reads: LandlockReads, paths: tuple[str, ...]) -> LandlockReads:
+    """``reads`` with ``paths`` readable: an excluded entry holding one becomes a parent, and so
+    does each directory between it and the path (the mounts still show nothing else there)."""
+    parents, excluded = set(reads.parents), set(reads.excluded)
+    for path in paths:
+        for entry in [e for e in excluded if is_within(path, e)]:
+            excluded.discard(entry)
+            directory = os.path.dirname(path)
+            while is_within(directory, entry):
+                parents.add(directory)
+                directory = os.path.dirname(directory)
+    return LandlockReads(tuple(sorted(parents)), tuple(sorted(excluded)))
 
 
 class Access:

@@ -45,6 +45,7 @@ HANDLED = frozenset({
     P.DenySyscalls,  # gVisor implements the syscall surface itself; set-id modes and devices, which would reach
     #                  the host through the gofer, it refuses itself (the OCI profile, session.oci_seccomp)
     P.LandlockWrites,  # outside the bound roots, writes land in the throw-away layer
+    P.LandlockReads,  # the secrets' directories are the host's, and the host's files are not there at all
     P.Resources,  # cgroup limits set by runsc (_raw_cgroups); the timeout by a Deadline
     P.Egress,  # a network namespace of the run's own whose only route is the gateway (session.py, _raw_net.py)
 })

@@ -49,7 +49,7 @@ BOOT_TIMEOUT = 60.0
 # Plan operations that are not mounts; session_mounts refuses any other kind it does not know.
 _NOT_MOUNTS = frozenset({P.ReadOnlyRoot, P.PrivateDev, P.PrivateProc, P.Chdir, P.IsolateNetwork, P.Egress,
                          P.DenySyscalls, P.SocketFamilies, P.AllowUnixSockets, P.User, P.Environment,
-                         P.LandlockWrites, P.RequireLandlock, P.Resources})
+                         P.LandlockWrites, P.LandlockReads, P.RequireLandlock, P.Resources})
 
 
 def session_mounts(plan: P.Plan, workspace: str, mount_at: str,

@@ -33,7 +33,7 @@ HANDLED = frozenset({
     P.Hide, P.Placeholder, P.Chdir, P.IsolateNetwork, P.DenySyscalls, P.SocketFamilies, P.AllowUnixSockets,
     P.User,  # bubblewrap's --uid/--gid: the user namespace maps that user onto the caller
     P.Device,  # a hypervisor's plan only (the VM tier's QEMU): the host's /dev/kvm in the private /dev
-    P.Environment, P.LandlockWrites, P.RequireLandlock, P.Egress,
+    P.Environment, P.LandlockWrites, P.LandlockReads, P.RequireLandlock, P.Egress,
     P.Resources,  # its timeout only; _check_limits refuses memory, cpus and pids (no cgroups here)
 })
 
@@ -229,6 +229,11 @@ class ProcessSandbox(OneShot):
         launcher = [self._launcher, "--stderr-fd", str(_FD_REAL_STDERR), "--ready-fd", str(_FD_READY)]
         for path in landlock.paths:
             launcher += ["--write", path]
+        for reads in self.plan.of(P.LandlockReads):
+            for path in reads.parents:
+                launcher += ["--read-parent", path]
+            for path in reads.excluded:
+                launcher += ["--read-exclude", path]
         if self.plan.of(P.RequireLandlock):
             launcher.append("--require-landlock")
         if self.plan.of(P.AllowUnixSockets):

@@ -12,8 +12,11 @@
  *      namespace; a unix socket, or a pair other than stream and seqpacket,
  *      unless the policy allows them, also with garbage in the family's upper half; a netlink socket;
  *      a setuid mode);
- *   3. applies Landlock: writes only beneath the --write hierarchies, abstract
- *      unix sockets and signals scoped where the ABI allows;
+ *   3. applies Landlock: writes only beneath the --write hierarchies; with
+ *      --read-parent, files read only through a rule on each entry the
+ *      parent holds now but the --read-exclude ones (so a secret the host
+ *      replaces or creates later stays unreadable); abstract unix sockets
+ *      and signals scoped where the ABI allows;
  *   4. reports readiness, takes the terminal if asked, and execs the command.
  *
  * Misuse looks like: continuing after a failed check, exec'ing before Landlock
@@ -21,10 +24,13 @@
  * means the launcher refused; messages start with "blastwall: ".
  *
  * Usage: blastwall-enter --stderr-fd N --ready-fd N [--write PATH]...
+ *        [--read-parent DIR]... [--read-exclude PATH]...
  *        [--require-landlock] [--allow-unix] [--ctty] -- COMMAND [ARG]...
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -51,6 +57,7 @@
 #endif
 
 #define FS_WRITE_FILE (1ULL << 1)
+#define FS_READ_FILE (1ULL << 2)
 #define FS_REMOVE_DIR (1ULL << 4)
 #define FS_REMOVE_FILE (1ULL << 5)
 #define FS_MAKE_CHAR (1ULL << 6)
@@ -78,6 +85,12 @@ struct path_beneath_attr {
 } __attribute__((packed));
 
 #define MAX_WRITE 256
+#define MAX_READ 2048
+
+struct paths {
+    char *items[MAX_READ];
+    int count;
+};
 
 
 static int parse_fd(const char *text)
@@ -190,7 +203,71 @@ static void verify_boundary(int allow_unix)
     }
 }
 
-static void restrict_writes(char **paths, int count, long abi)
+static int listed(const struct paths *list, const char *path)
+{
+    int i;
+    for (i = 0; i < list->count; i++)
+        if (strcmp(list->items[i], path) == 0)
+            return 1;
+    return 0;
+}
+
+static void add_rule(int ruleset, int fd, uint64_t allowed, const char *path)
+{
+    struct path_beneath_attr rule;
+    rule.allowed_access = allowed;
+    rule.parent_fd = fd;
+    if (syscall(SYS_landlock_add_rule, ruleset, 1 /* PATH_BENEATH */, &rule, 0U) < 0)
+        fail(125, "Can't apply Landlock: landlock_add_rule(%s): %s", path, strerror(errno));
+}
+
+/* Every entry of every parent, but the parents and the excluded ones, gets
+ * a read rule; the parents themselves get none, so nothing that appears in
+ * them later (a new file, or one renamed over an old one) is readable.  An
+ * entry that is a symbolic link gets none either: what it points at is
+ * judged where it lies.  A parent missing inside has nothing to allow. */
+static void allow_reads(int ruleset, const struct paths *parents, const struct paths *excluded)
+{
+    char path[PATH_MAX];
+    int i;
+    for (i = 0; i < parents->count; i++) {
+        const char *parent = parents->items[i];
+        const char *prefix = strcmp(parent, "/") == 0 ? "" : parent;
+        struct dirent *entry;
+        DIR *dir;
+        int dfd = open(parent, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0) {
+            if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP || errno == EACCES)
+                continue;
+            fail(125, "Can't apply Landlock: Can't open %s: %s", parent, strerror(errno));
+        }
+        dir = fdopendir(dfd);
+        if (!dir)
+            fail(125, "Can't apply Landlock: Can't list %s: %s", parent, strerror(errno));
+        while ((errno = 0, entry = readdir(dir)) != NULL) {
+            struct stat st;
+            int fd;
+            if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
+                continue;
+            if (snprintf(path, sizeof path, "%s/%s", prefix, entry->d_name) >= (int)sizeof path)
+                fail(125, "Can't apply Landlock: a path in %s is too long", parent);
+            if (listed(parents, path) || listed(excluded, path))
+                continue;
+            fd = openat(dfd, entry->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+            if (fd < 0)
+                continue; /* Gone since it was listed: nothing to allow. */
+            if (fstat(fd, &st) == 0 && !S_ISLNK(st.st_mode))
+                add_rule(ruleset, fd, FS_READ_FILE, path);
+            close(fd);
+        }
+        if (errno)
+            fail(125, "Can't apply Landlock: Can't list %s: %s", parent, strerror(errno));
+        closedir(dir);
+    }
+}
+
+static void restrict_fs(char **paths, int count, const struct paths *parents, const struct paths *excluded,
+                        long abi)
 {
     uint64_t handled = FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_CHAR | FS_MAKE_DIR |
                        FS_MAKE_REG | FS_MAKE_SOCK | FS_MAKE_FIFO | FS_MAKE_BLOCK | FS_MAKE_SYM;
@@ -203,6 +280,8 @@ static void restrict_writes(char **paths, int count, long abi)
         handled |= FS_TRUNCATE;
     if (abi >= 5)
         handled |= FS_IOCTL_DEV;
+    if (parents->count)
+        handled |= FS_READ_FILE;
     attr.handled_access_fs = handled;
     if (abi >= 6) {
         attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL;
@@ -212,7 +291,6 @@ static void restrict_writes(char **paths, int count, long abi)
     if (ruleset < 0)
         fail(125, "Can't apply Landlock: landlock_create_ruleset: %s", strerror(errno));
     for (i = 0; i < count; i++) {
-        struct path_beneath_attr rule;
         /* Device nodes are never granted; device ioctls only under /dev. */
         uint64_t allowed = handled & ~(FS_MAKE_CHAR | FS_MAKE_BLOCK);
         int fd;
@@ -221,12 +299,11 @@ static void restrict_writes(char **paths, int count, long abi)
         fd = open(paths[i], O_PATH | O_CLOEXEC | O_DIRECTORY);
         if (fd < 0)
             fail(125, "Can't apply Landlock: Can't open %s for Landlock: %s", paths[i], strerror(errno));
-        rule.allowed_access = allowed;
-        rule.parent_fd = fd;
-        if (syscall(SYS_landlock_add_rule, ruleset, 1 /* PATH_BENEATH */, &rule, 0U) < 0)
-            fail(125, "Can't apply Landlock: landlock_add_rule(%s): %s", paths[i], strerror(errno));
+        add_rule(ruleset, fd, allowed, paths[i]);
         close(fd);
     }
+    if (parents->count)
+        allow_reads(ruleset, parents, excluded);
     if (syscall(SYS_landlock_restrict_self, ruleset, 0U) < 0)
         fail(125, "Can't apply Landlock: landlock_restrict_self: %s", strerror(errno));
     close(ruleset);
@@ -235,6 +312,7 @@ static void restrict_writes(char **paths, int count, long abi)
 int main(int argc, char **argv)
 {
     char *write_paths[MAX_WRITE];
+    static struct paths read_parents, read_excluded;
     int n_write = 0, stderr_fd = -1, ready_fd = -1;
     int require_landlock = 0, allow_unix = 0, ctty = 0;
     char **command = NULL;
@@ -247,10 +325,18 @@ int main(int argc, char **argv)
             command = &argv[i + 1];
             break;
         }
-        if (strcmp(arg, "--stderr-fd") == 0 || strcmp(arg, "--ready-fd") == 0 || strcmp(arg, "--write") == 0) {
+        if (strcmp(arg, "--stderr-fd") == 0 || strcmp(arg, "--ready-fd") == 0 || strcmp(arg, "--write") == 0 ||
+            strcmp(arg, "--read-parent") == 0 || strcmp(arg, "--read-exclude") == 0) {
             if (i + 1 >= argc)
                 fail(125, "Can't start the sandbox launcher: %s needs a value", arg);
-            if (strcmp(arg, "--write") == 0) {
+            if (strcmp(arg, "--read-parent") == 0 || strcmp(arg, "--read-exclude") == 0) {
+                struct paths *list = arg[7] == 'p' ? &read_parents : &read_excluded;
+                if (argv[i + 1][0] != '/')
+                    fail(125, "Can't start the sandbox launcher: %s takes an absolute path", arg);
+                if (list->count >= MAX_READ)
+                    fail(125, "Can't start the sandbox launcher: too many %s paths", arg);
+                list->items[list->count++] = argv[i + 1];
+            } else if (strcmp(arg, "--write") == 0) {
                 if (argv[i + 1][0] != '/')
                     fail(125, "Can't start the sandbox launcher: --write takes an absolute path");
                 if (n_write >= MAX_WRITE)
@@ -292,7 +378,7 @@ int main(int argc, char **argv)
     /* 3. Landlock. */
     abi = landlock_abi();
     if (abi)
-        restrict_writes(write_paths, n_write, abi);
+        restrict_fs(write_paths, n_write, &read_parents, &read_excluded, abi);
     else if (require_landlock)
         fail(125, "Refusing to run: Landlock is required but this kernel does not provide it");
 

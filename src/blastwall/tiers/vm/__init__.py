@@ -50,6 +50,7 @@ HANDLED = frozenset({
     P.SocketFamilies,  # likewise: a socket in the guest is the guest kernel's
     P.User,  # the guest user that runs every command (bw.uid), never root
     P.LandlockWrites,  # outside the workspace, writes land in the throw-away layer
+    P.LandlockReads,  # the secrets' directories are the host's, which the guest never sees (QEMU's sandbox has them)
     P.Resources,  # memory: the VM's RAM; cpus: whole vCPUs; pids: RLIMIT_NPROC of the guest's user; timeout: a Deadline
     P.Egress,  # QEMU user networking, restrict=on, forwards only to the session's gateway sockets (session.py)
 })
