@@ -143,3 +143,24 @@ def test_user_namespaces_blocked(home, workspace):
     assert "user namespace" in r.stderr and "fix:" in r.stderr
     assert_no_traceback(r)
     assert_did_not_run(workspace)
+
+
+@needs_root
+def test_a_placeholder_that_cannot_be_made_refuses_the_run_and_leaves_nothing(home, workspace):
+    import shutil
+
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(workspace)]).returncode != 0:
+        pytest.skip("this file system has no immutable attribute (chattr +i) to make mkdir fail")
+    try:
+        r = blastwall(["run", "--", "touch", MARKER], home=home, cwd=workspace)
+    finally:
+        subprocess.run(["chattr", "-i", str(workspace)], check=True)
+    assert_no_traceback(r)
+    assert r.returncode == 125, r.stderr
+    assert "Can't create the placeholder" in r.stderr and "Operation not permitted" in r.stderr
+    assert_did_not_run(workspace)
+    assert sorted(p.name for p in workspace.iterdir()) == ["README.md"]
+    journals = home / ".local" / "state" / "blastwall" / "placeholders"
+    assert not journals.exists() or not list(journals.iterdir())
+    ok = blastwall(["run", "--", "touch", "made"], home=home, cwd=workspace)  # The control.
+    assert ok.returncode == 0 and (workspace / "made").exists(), ok.stderr

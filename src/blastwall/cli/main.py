@@ -25,7 +25,10 @@ def entry() -> None:
         import signal
 
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: where is it stuck?
-    sys.exit(main(sys.argv[1:]))
+    from blastwall.cli import resident
+
+    status = resident.run(sys.argv[1:])  # Through the resident helper, when it can take the run.
+    sys.exit(main(sys.argv[1:]) if status is None else status)
 
 
 def _say(text: str) -> None:
@@ -42,7 +45,11 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         _say(f"blastwall: {exc}\n(run 'blastwall --help' for usage)")
         return 2
-    handler = _HANDLERS[parsed.command]
+    return guarded(_HANDLERS[parsed.command], parsed)
+
+
+def guarded(handler, parsed) -> int:
+    """``handler(parsed)``'s exit status; every error becomes one message and a status."""
     try:
         return handler(parsed)
     except UsageError as exc:  # An option's value, found wrong by its handler.
@@ -54,7 +61,7 @@ def main(argv: list[str]) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
-    except SystemExit:
+    except (SystemExit, NeedsTerminal):
         raise
     except BrokenPipeError:
         return 141
@@ -114,15 +121,35 @@ def flags_layer(parsed):
     return layer
 
 
-def _load(parsed):
+def _load(parsed, notes: list[str] | None = None):
+    """The effective policy; its notes are said, or added to ``notes`` for the caller to say."""
     from blastwall import api
 
-    notes: list[str] = []
+    said: list[str] = [] if notes is None else notes
     policy = api.load(parsed.get("--policy"), flags=flags_layer(parsed),
-                      workspace=parsed.get("--workspace") or os.getcwd(), notes=notes)
+                      workspace=parsed.get("--workspace") or os.getcwd(), notes=said)
+    if notes is None:
+        _say_notes(said)
+    return policy
+
+
+def _say_notes(notes: list[str]) -> None:
     for note in notes:
         _say(f"blastwall: note: {note}")
-    return policy
+
+
+class NeedsTerminal(Exception):
+    """The run asks its questions on the terminal: not for the resident helper."""
+
+
+class ResidentRun:
+    """What ``cmd_run`` tells the resident helper: ``accept()`` once the run may start (it
+    is never handed back to the caller after that); ``records``: the audit record's arguments,
+    written by the helper once the caller has the status."""
+
+    def __init__(self, accept) -> None:
+        self.accept = accept
+        self.records: list[tuple] = []
 
 
 def _warn_once_landlock(degraded: tuple[str, ...]) -> None:
@@ -144,11 +171,18 @@ def _warn_once_landlock(degraded: tuple[str, ...]) -> None:
         pass
 
 
-def cmd_run(parsed, command: list[str] | None = None) -> int:
+def cmd_run(parsed, command: list[str] | None = None, *, resident=None) -> int:
+    """``resident``: a ResidentRun when the resident helper runs it."""
     from blastwall import api
 
-    policy = _load(parsed)
+    notes: list[str] = []
+    policy = _load(parsed, notes)
     command = command or parsed.args
+    if resident is not None:
+        if policy.network.unlisted == "ask" and not parsed.get("--approval-webhook"):
+            raise NeedsTerminal
+        resident.accept()
+    _say_notes(notes)
     broker = None
     if policy.network.unlisted == "ask":
         from blastwall.approvals import broker as brokers
@@ -189,14 +223,17 @@ def cmd_run(parsed, command: list[str] | None = None) -> int:
     finally:
         sandbox.close()
         _report_egress(sandbox)
-        _audit_run(policy, command, status)
+        if resident is None:
+            _audit_run(policy, command, status)
+        else:
+            resident.records.append((policy, command, status))
 
 
-def _audit_run(policy, command: list[str], status) -> None:
+def _audit_run(policy, command: list[str], status, *, detach: bool = True) -> None:
     """Record the run.  Written by a detached child, so that the command's
     caller does not wait ~15 ms for SQLite; the row still lands (and chains)."""
     try:
-        first = os.fork()
+        first = os.fork() if detach else -1
     except OSError:
         first = -1
     if first > 0:

@@ -753,18 +753,26 @@ def _read_barrier(secrets: list[str], *, private: tuple[str, ...], probe: FilePr
     def beneath_private(path: str) -> bool:
         return any(is_within(path, root) for root in private)
 
+    is_dir: dict[str, bool] = {}  # Most secrets share their directories: ask the probe once each.
+    resolved: dict[str, str] = {}
     for path in secrets:
         if path == "/" or beneath_private(path):
             continue
         child, directory = path, os.path.dirname(path)
-        while directory != "/" and probe.kind(directory) != "dir":
+        while directory != "/":
+            if directory not in is_dir:
+                is_dir[directory] = probe.kind(directory) == "dir"
+            if is_dir[directory]:
+                break
             child, directory = directory, os.path.dirname(directory)
-        directory = probe.realpath(directory)
+        if directory not in resolved:
+            resolved[directory] = probe.realpath(directory)
+        directory = resolved[directory]
         entry = os.path.join(directory, os.path.basename(child))
         if beneath_private(entry):
             continue
         excluded.add(entry)
-        while True:
+        while directory not in parents:
             parents.add(directory)
             if directory == "/":
                 break

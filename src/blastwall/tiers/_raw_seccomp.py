@@ -236,6 +236,26 @@ def compile_filter(*, families: tuple[str, ...], socket_families: tuple[str, ...
     at 0, inheritable, ready to be handed to ``bwrap --seccomp FD``.  The
     caller owns and must close it.
     """
+    key = (tuple(families), tuple(socket_families))
+    program = _compiled.get(key)
+    if program is None:
+        fd = _compile(families, socket_families)
+        size = os.fstat(fd).st_size
+        _compiled[key] = os.pread(fd, size, 0)
+        return fd
+    fd = os.memfd_create("blastwall-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+# Programs this process compiled, by their rules: the same rules give the same program, and the
+# resident helper's runs (forked from it) skip libseccomp.  Bytes only; each run gets its own memfd.
+_compiled: dict[tuple, bytes] = {}
+
+
+def _compile(families: tuple[str, ...], socket_families: tuple[str, ...]) -> int:
     rules = _rules(families, socket_families)
     lib = _load()
     ctx = lib.seccomp_init(SCMP_ACT_ALLOW)

@@ -90,9 +90,16 @@ def find_bwrap(environ=os.environ) -> str:
 
 
 def landlock_abi() -> int:
-    from blastwall.tiers.process._raw_landlock import landlock_abi as abi
+    """The kernel's Landlock ABI (0: none); asked once per process (and once per resident helper)."""
+    global _landlock_abi
+    if _landlock_abi is None:
+        from blastwall.tiers.process._raw_landlock import landlock_abi as abi
 
-    return abi()
+        _landlock_abi = abi()
+    return _landlock_abi
+
+
+_landlock_abi: int | None = None
 
 
 def find_socat() -> str | None:

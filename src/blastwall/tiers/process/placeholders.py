@@ -88,27 +88,26 @@ def _try_exclusive(workspace: str, held_locks: dict[str, int]) -> int | None:
     return fd
 
 
-def create(ops, roots, *, environ=os.environ, tag: str | None = None) -> list[Record]:
+def create(ops, roots, held_locks: dict[str, int], *, environ=os.environ, tag: str | None = None) -> list[Record]:
     """Create the placeholders of ``ops`` (Placeholder operations); journal them.
 
-    ``roots`` are the writable roots; call ``lock_roots(roots)`` first, and
-    ``recover()`` before the plan was compiled.
+    ``roots`` are the writable roots; ``held_locks`` what ``lock_roots(roots)``
+    gave (call ``recover()`` before the plan was compiled).  On failure what
+    was created is removed as ``remove`` would, which lets go of the locks.
     """
     if not ops:
         return []
     records: list[Record] = []
     journal = _journal_path(environ, tag or str(os.getpid()))
     os.makedirs(os.path.dirname(journal), mode=0o700, exist_ok=True)
-    with open(journal, "w", encoding="utf-8") as out:
+    parents = _Parents()
+    with parents, open(journal, "w", encoding="utf-8") as out:
         for op in sorted(ops, key=lambda o: o.path):
             root = _root_of(op.path, roots)
             try:
-                parent, name = _open_parent(op.path, root)
-                try:
-                    os.mkdir(name, 0o755, dir_fd=parent)
-                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                finally:
-                    os.close(parent)
+                parent, name = parents.open(op.path, root)
+                os.mkdir(name, 0o755, dir_fd=parent)
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             except FileExistsError:
                 # Created since the plan was compiled (another run, or the user):
                 # it exists now, so the read-only bind still covers it; not ours to remove.
@@ -116,7 +115,7 @@ def create(ops, roots, *, environ=os.environ, tag: str | None = None) -> list[Re
             except OSError as exc:
                 from blastwall.errors import EnforcementError
 
-                remove(records, environ=environ)
+                remove(records, held_locks, environ=environ, tag=tag)
                 raise EnforcementError(
                     f"Can't create the placeholder {op.path} that protects {op.target}: {exc.strerror}"
                 ) from None
@@ -124,6 +123,30 @@ def create(ops, roots, *, environ=os.environ, tag: str | None = None) -> list[Re
             out.write(f"{root}\tdir\t{st.st_dev}\t{st.st_ino}\t{op.path}\n")
             out.flush()
     return records
+
+
+class _Parents:
+    """Parent directories opened once for many placeholders (most share the workspace)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[tuple[str, str], int] = {}
+
+    def open(self, path: str, root: str) -> tuple[int, str]:
+        key = (os.path.dirname(path), root)
+        fd = self._fds.get(key)
+        if fd is None:
+            fd, name = _open_parent(path, root)
+            self._fds[key] = fd
+            return fd, name
+        return fd, os.path.basename(path)
+
+    def __enter__(self) -> "_Parents":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _open_parent(path: str, root: str) -> tuple[int, str]:
@@ -175,9 +198,10 @@ def remove(records: list[Record], held_locks: dict[str, int], *, environ=os.envi
         with _deferred_lock:
             earlier = _deferred.pop(root, [])
         try:
-            for batch, _ in [(items, journal), *earlier]:
-                for path, kind, dev, ino, item_root in sorted(batch, reverse=True):
-                    _remove_one(path, kind, dev, ino, item_root)
+            with _Parents() as parents:
+                for batch, _ in [(items, journal), *earlier]:
+                    for path, kind, dev, ino, item_root in sorted(batch, reverse=True):
+                        _remove_one(path, kind, dev, ino, item_root, parents)
         finally:
             os.close(fd)
         for _, other in earlier:
@@ -200,9 +224,9 @@ def _unlink_journal_if_settled(journal: str) -> None:
         pass
 
 
-def _remove_one(path: str, kind: str, dev: int, ino: int, root: str) -> None:
+def _remove_one(path: str, kind: str, dev: int, ino: int, root: str, parents: _Parents) -> None:
     try:
-        parent, name = _open_parent(path, root)
+        parent, name = parents.open(path, root)
     except OSError:
         return  # Gone, or a component is no longer a real directory: leave it.
     try:
@@ -213,8 +237,6 @@ def _remove_one(path: str, kind: str, dev: int, ino: int, root: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY, errno.ENOTDIR):
             raise
-    finally:
-        os.close(parent)
 
 
 def recover(*, environ=os.environ) -> None:
@@ -250,8 +272,9 @@ def recover(*, environ=os.environ) -> None:
                 done = False
                 continue
             try:
-                for rec in sorted(items, reverse=True):
-                    _remove_one(*rec)
+                with _Parents() as parents:
+                    for rec in sorted(items, reverse=True):
+                        _remove_one(*rec, parents)
             finally:
                 os.close(fd)
         if done:
@@ -282,8 +305,8 @@ class Guard:
         self._tag = f"{os.getpid()}.{next(_serial)}"
         self._locks = lock_roots(roots)
         try:
-            self._records: list[Record] | None = create(plan.of(P.Placeholder), roots, environ=environ,
-                                                        tag=self._tag)
+            self._records: list[Record] | None = create(plan.of(P.Placeholder), roots, self._locks,
+                                                        environ=environ, tag=self._tag)
         except BaseException:
             for fd in self._locks.values():
                 os.close(fd)
