@@ -119,3 +119,25 @@ def test_a_session_keeps_its_state_between_commands(tier, home, workspace, reque
         session.close()
     assert not session.alive()
     assert session.egress_summary is None and session.gateway_lost is False  # No network asked for.
+
+
+@pytest.mark.parametrize("tier", _tiers())
+def test_the_environment_a_command_sees_is_the_plans(tier, home, workspace, request):
+    """Every variable of the plan, as the plan has it; a tier with an image of its own sets only
+    PATH, HOME, USER and LOGNAME to its layout (tiers._lifecycle.image_environment)."""
+    image_cache = request.getfixturevalue("image_cache") if tier != "process" else None
+    with _session(tier, home, workspace, image_cache) as session:
+        (env_op,) = session.plan.of(P.Environment)
+        status, out = _run(session, ["env", "-0"])
+    assert status == 0, out
+    seen = dict(item.partition("=")[::2] for item in out.split("\0") if item)
+    planned = dict(env_op.variables)
+    assert planned["BLASTWALL_SANDBOX"] == tier and "HOME" in planned  # The control: a real plan.
+    layout = {"PATH", "HOME", "USER", "LOGNAME"} if tier != "process" else set()
+    kept = ("PWD", "OLDPWD", "SHLVL", "_")  # The working directory's, which bubblewrap and shells keep.
+    assert {k: v for k, v in seen.items() if k not in layout and k not in kept} == \
+        {k: v for k, v in planned.items() if k not in layout and k not in kept}
+    if tier == "process":
+        assert seen["HOME"] == planned["HOME"] and seen["PATH"] == planned["PATH"]
+    else:
+        assert seen["USER"] == seen["LOGNAME"] == "user" and seen["PATH"].startswith("/usr/local/sbin:")

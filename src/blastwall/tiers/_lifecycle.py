@@ -76,6 +76,26 @@ def spawn(argv: list[str], env: dict[str, str], layout: dict[int, int], *, new_s
     os._exit(125)
 
 
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LAYOUT_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME")
+
+
+def image_environment(plan, *, home: str, user: str = "user") -> dict[str, str]:
+    """The plan's environment in a tier with a filesystem of its own (an image).
+
+    The host's ``LAYOUT_VARIABLES`` name the host's directories and user, which
+    are not there: they become the image's (``home``: where the tier puts the
+    user's home).  Every other variable is the plan's, unchanged.  This is the
+    only place a tier departs from the plan's environment.
+    """
+    from blastwall.policy import plan as P
+
+    (env_op,) = plan.of(P.Environment)
+    env = dict(env_op.variables)
+    env.update(PATH=IMAGE_PATH, HOME=home, USER=user, LOGNAME=user)
+    return env
+
+
 def reap(pid: int) -> int:
     """Wait for ``pid``; its exit status as a shell reports it (128+N when killed by signal N)."""
     while True:

@@ -228,10 +228,9 @@ class ContainerSandbox(OneShot):
         from blastwall.tiers.process.placeholders import Guard
 
         self._guard = Guard(self.plan, environ=self._environ)
-        (env_op,) = self.plan.of(P.Environment)
-        env = dict(env_op.variables)
-        env["BLASTWALL_SANDBOX"] = "container"
-        env["HOME"] = "/tmp"  # The image's /root is root's; the command is not.
+        from blastwall.tiers._lifecycle import image_environment
+
+        env = image_environment(self.plan, home="/tmp")  # The image's /root is root's; the command is not.
         (chdir,) = self.plan.of(P.Chdir)
         (user,) = self.plan.of(P.User)
         self._dir = make_state(self._id, self._environ)

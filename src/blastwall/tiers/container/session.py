@@ -29,7 +29,6 @@ from blastwall.tiers._lifecycle import SessionBase, is_devnull
 
 __all__ = ["ContainerSession", "session_mounts"]
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The init says it is up, then waits on its stdin: the session's lifeline.  When
 # the owner closes it (or dies), the init exits, gVisor stops every process of
 # the sandbox and the foreground `runsc run` tears the sandbox down itself,
@@ -447,14 +446,10 @@ class ContainerSession(SessionBase):
         return self._net.netns_path, mounts
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        (env_op,) = self.plan.of(P.Environment)
-        env = dict(env_op.variables)
+        from blastwall.tiers._lifecycle import image_environment
+
+        env = image_environment(self.plan, home=self.home)
         env.update(self.egress_env)
-        env["PATH"] = DEFAULT_PATH
-        env["HOME"] = self.home
-        env.setdefault("USER", "user")
-        env.setdefault("LOGNAME", env["USER"])
-        env["BLASTWALL_SANDBOX"] = "container"
         env.update(extra)
         return env
 

@@ -320,13 +320,8 @@ class Agent:
 
         cid = h["id"]
         command = _Running(cid, str(h["argv"][0]) if h.get("argv") else "")
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.home,
-               "USER": USER, "LOGNAME": USER}
         as_root = h.get("user") == "root"
-        if as_root:
-            env.update(HOME="/root", USER="root", LOGNAME="root")
-        env.update(h.get("env") or {})
-        env["BLASTWALL_SANDBOX"] = "vm"
+        env = dict(h.get("env") or {})  # The host's plan, whole: PATH, HOME and USER included.
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         if h.get("stdin"):

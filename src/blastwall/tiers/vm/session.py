@@ -467,8 +467,11 @@ class VmSession(SessionBase):
             stdin = None  # The guest's /dev/null: no pipe, no pump thread.
 
         cid = self._new_id()
-        (env_op,) = self.plan.of(P.Environment)
-        variables = {k: v for k, v in env_op.variables if k not in ("PATH", "HOME", "USER", "LOGNAME")}
+        from blastwall.tiers._lifecycle import image_environment
+
+        variables = image_environment(self.plan, home=self.mount_at)
+        if root:
+            variables.update(HOME="/root", USER="root", LOGNAME="root")
         variables.update(self.egress_env)
         variables.update(env or {})
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv) \
