@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -139,13 +140,73 @@ def test_runs_do_not_wait_for_each_other(helper, home, workspace):
         slow.wait()
 
 
-def test_the_callers_umask_and_environment_are_the_runs(helper, home, workspace):
-    # The helper was started with umask 022 and without the variable; this caller has 077 and sets it.
-    r = run(["--env", "PROBE_VALUE", "--", "sh", "-c", "echo $PROBE_VALUE; touch made"], home=home, cwd=workspace,
-            env=_env(home, PROBE_VALUE="from-this-caller"), preexec_fn=lambda: os.umask(0o077))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "from-this-caller\n"
-    assert (workspace / "made").stat().st_mode & 0o777 == 0o600
+def test_the_callers_environment_is_the_runs(helper, home, workspace):
+    r = run(["--env", "PROBE_VALUE", "--", "sh", "-c", "echo $PROBE_VALUE"], home=home, cwd=workspace,
+            env=_env(home, PROBE_VALUE="from-this-caller"))
+    assert r.returncode == 0 and r.stdout == "from-this-caller\n", r.stderr
+    other = run(["--", "sh", "-c", "echo ${PROBE_VALUE:-unset}"], home=home, cwd=workspace)
+    assert other.stdout == "unset\n"  # Nothing of one caller's is left for the next.
+
+
+def _through_helper(helper, home, workspace, prefix=(), preexec_fn=None) -> bool:
+    """Whether a run of ``sleep`` started through ``prefix`` had its sandbox under the helper."""
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "blastwall", "run", "--", "sleep", "3"], cwd=workspace,
+                            env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=preexec_fn)
+    try:
+        seen = _wait_for(lambda: any(_comm(p) == "bwrap" for p in _descendants(helper.pid)), timeout=5)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        return seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("how", ["umask", "no-new-privs", "mount-namespace"])
+def test_a_caller_confined_otherwise_runs_it_itself(helper, home, workspace, how):
+    """A run through the helper would shed the caller's own confinement: it is not taken."""
+    import shutil
+
+    assert _through_helper(helper, home, workspace)  # The control: this caller is served.
+    if how == "umask":
+        r = run(["--", "touch", "made"], home=home, cwd=workspace, preexec_fn=lambda: os.umask(0o077))
+        assert r.returncode == 0, r.stderr
+        assert (workspace / "made").stat().st_mode & 0o777 == 0o600
+        assert not _through_helper(helper, home, workspace, preexec_fn=lambda: os.umask(0o077))
+    elif how == "no-new-privs":
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is not installed")
+        assert not _through_helper(helper, home, workspace, prefix=("setpriv", "--no-new-privs"))
+    else:
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            pytest.skip("needs root and unshare(1) to give the caller a mount namespace of its own")
+        (workspace / "hidden").mkdir()
+        (workspace / "hidden" / "data").write_text("the caller cannot see this\n")
+        script = (f"mount -t tmpfs none {workspace / 'hidden'} && "
+                  f"{sys.executable} -m blastwall run -- ls -A hidden")
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=workspace,
+                           env=_env(home), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == ""  # The caller's own view, as a run without the helper has it.
+        assert not _through_helper(helper, home, workspace, prefix=("unshare", "-m"))
+
+
+def test_code_planted_in_the_workspace_is_not_imported_by_a_helper_started_there(home, workspace):
+    marker = home / "imported-from-the-workspace"
+    for name in ("fcntl", "select", "signal", "socket", "struct", "gc", "threading"):
+        (workspace / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    env = _env(home, BLASTWALL_RESIDENT_IDLE="3")
+    first = subprocess.run([str(Path(sys.executable).with_name("blastwall")), "run", "--", "true"], cwd=workspace,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert _wait_for(lambda: _socket(home).exists(), timeout=30)  # The helper started from there, and runs.
+    served = subprocess.run([str(Path(sys.executable).with_name("blastwall")), "run", "--", "echo", "ok"],
+                            cwd=workspace, env=env, capture_output=True, text=True, timeout=60)
+    assert served.stdout == "ok\n", served.stderr
+    assert not marker.exists()
+    assert _wait_for(lambda: not _socket(home).exists(), timeout=30)
 
 
 def test_a_policy_error_is_said_once_and_a_bad_request_changes_nothing(helper, home, workspace):

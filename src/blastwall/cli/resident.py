@@ -14,8 +14,13 @@ hand the run back and exit.
 
 What the caller keeps doing itself (the helper answers "direct" before
 anything runs): commands other than `run`, runs on a terminal (the private
-pty follows the caller's window), runs that would ask on the terminal, and
-anything the helper cannot parse.  A run the helper has accepted is never
+pty follows the caller's window), runs that would ask on the terminal,
+anything the helper cannot parse, another interpreter or copy of blastwall,
+and a caller confined otherwise than the helper -- its namespaces, root,
+cgroup, limits, umask, groups, capabilities, no-new-privs or seccomp state,
+read by the helper from /proc for the connecting process, never taken from
+the request -- since a run through the helper would shed that confinement
+(an agent already in someone else's sandbox keeps it).  A run the helper has accepted is never
 started twice: if the helper is lost after accepting, the caller reports it
 (exit status 125).  The caller closing the connection (killed, interrupted)
 stops the sandbox.
@@ -26,7 +31,9 @@ refused.  It exits after ten idle minutes.  ``BLASTWALL_RESIDENT=off``
 keeps every run in the calling process.
 
 The caller's side (``run``) imports nothing but ``_socket``: it runs before
-anything else on every command.
+anything else on every command.  The helper runs with ``python -I`` from
+``/``: nothing of the caller's directory (a workspace, writable inside) or
+``PYTHON*`` variables reaches its imports.
 """
 
 from __future__ import annotations
@@ -81,7 +88,7 @@ def run(argv: list[str]) -> int | None:
 
 
 def _ask(conn, argv: list[str], environ, _socket) -> int | None:
-    fields = [os.getcwd(), _context(), str(len(argv)), *argv, *(f"{k}={v}" for k, v in environ.items())]
+    fields = [os.getcwd(), _installation(), str(len(argv)), *argv, *(f"{k}={v}" for k, v in environ.items())]
     payload = b"\0".join(os.fsencode(f) for f in fields)
     if b"\0" in b"".join(os.fsencode(f) for f in argv):
         return None
@@ -109,20 +116,36 @@ def _ask(conn, argv: list[str], environ, _socket) -> int | None:
     return int.from_bytes(reply[1:], "little", signed=True)
 
 
-def _context() -> str:
-    """What a process passes to its children besides the environment: umask, cgroup, limits.
+def _installation() -> str:
+    """Which interpreter and which copy of blastwall: a helper of another serves nobody here."""
+    return f"{sys.executable}:{os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}"
 
-    A run through the helper must get the caller's; where they differ, the caller runs it."""
-    mask = os.umask(0o077)
-    os.umask(mask)
-    parts = [f"{mask:o}"]
-    for name in ("/proc/self/cgroup", "/proc/self/limits"):
-        try:
-            with open(name, "rb") as f:
-                parts.append(f.read().decode("utf-8", "replace").replace("\0", ""))
-        except OSError:
-            parts.append("?")
-    return ";".join(parts)
+
+# What a process hands its children besides the environment, read by the helper from /proc for
+# the peer (never taken from the request) and for itself: where they differ, the caller runs it.
+_INHERITED_STATUS = ("Umask", "NoNewPrivs", "Seccomp", "Seccomp_filters", "CapInh", "CapPrm", "CapEff", "CapBnd",
+                     "CapAmb", "Groups", "Uid", "Gid")
+_NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "user", "uts")
+
+
+def _confinement(pid: int) -> str | None:
+    """Process ``pid``'s namespaces, root, cgroup, limits, umask, capabilities, no-new-privs and
+    seccomp state (a Landlock domain needs no-new-privs or a capability); None if unreadable."""
+    base = f"/proc/{pid}"
+    try:
+        parts = [os.readlink(f"{base}/ns/{name}") for name in _NAMESPACES]
+        root = os.stat(f"{base}/root")
+        parts.append(f"root={root.st_dev}:{root.st_ino}")
+        for name in ("cgroup", "limits"):
+            with open(f"{base}/{name}", "rb") as f:
+                parts.append(f.read().decode("utf-8", "replace"))
+        with open(f"{base}/status", "rb") as f:
+            status = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    fields = dict(line.partition(":")[::2] for line in status.splitlines())
+    parts += [f"{key}={fields.get(key, '?').strip()}" for key in _INHERITED_STATUS]
+    return "\0".join(parts)
 
 
 def _recv_exactly(conn, size: int) -> bytes:
@@ -142,7 +165,8 @@ def _start_helper(environ) -> None:
     except OSError:
         return
     try:
-        os.posix_spawn(sys.executable, [sys.executable, "-m", "blastwall.cli.resident"], dict(environ),
+        # -I: not the caller's directory (the workspace, writable inside) on sys.path, nor PYTHON* variables.
+        os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "blastwall.cli.resident"], dict(environ),
                        file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)], setsid=True)
     except OSError:
         pass
@@ -166,6 +190,7 @@ def serve(environ=os.environ, *, idle: float = IDLE_SECONDS) -> int:
         return 1
     directory = state_dir(environ)
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chdir("/")  # Hold no caller's directory open.
     lock = os.open(os.path.join(directory, "resident.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,7 +220,8 @@ def serve(environ=os.environ, *, idle: float = IDLE_SECONDS) -> int:
             if not ready or _socket_taken(path, mine):
                 return 0
             conn, _ = listener.accept()
-            if not _same_user(conn):
+            peer = _peer(conn)
+            if peer is None:
                 conn.close()
                 continue
             if _fingerprint() != installed:
@@ -207,7 +233,7 @@ def serve(environ=os.environ, *, idle: float = IDLE_SECONDS) -> int:
                 code = 1
                 try:
                     listener.close()
-                    code = _serve_one(conn)
+                    code = _serve_one(conn, peer)
                 except BaseException:  # noqa: BLE001 - the copy must never return into the helper's loop
                     pass
                 finally:
@@ -266,16 +292,17 @@ def _socket_taken(path: str, mine: int) -> bool:
         return True
 
 
-def _same_user(conn) -> bool:
+def _peer(conn) -> int | None:
+    """The connecting process's pid, if it is this user's and visible here; else None."""
     import socket
     import struct
 
     try:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
-        return False
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid == os.getuid()
+        return None
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid if uid == os.getuid() and pid > 0 else None
 
 
 def _send(conn, data: bytes) -> None:
@@ -285,20 +312,28 @@ def _send(conn, data: bytes) -> None:
         pass
 
 
-def _serve_one(conn) -> int:
-    """In the forked copy: take one run from ``conn``; the copy's exit status."""
+def _serve_one(conn, peer: int) -> int:
+    """In the forked copy: take one run from ``conn`` (process ``peer``); the copy's exit status."""
     import signal
     import socket
     import threading
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    conn.settimeout(10.0)  # A caller that stalls mid-request is dropped.
     try:
-        cwd, argv, environ, context, fds = _read_request(conn, socket)
+        cwd, argv, environ, installation, fds = _read_request(conn, socket)
     except (OSError, ValueError):
         _send(conn, _DIRECT)
         return 0
-    if context != _context():
-        _send(conn, _DIRECT)  # Another umask, cgroup or limits than the helper's: the caller's own.
+    conn.settimeout(None)
+    theirs = _confinement(peer)
+    if installation != _installation() or theirs is None or theirs != _confinement(os.getpid()):
+        # Another interpreter or copy of blastwall; or a caller confined otherwise than the helper
+        # (namespaces, root, cgroup, limits, umask, capabilities, no-new-privs, seccomp, groups):
+        # a run through the helper would shed that confinement, so the caller runs it itself.
+        for fd in fds:
+            os.close(fd)
+        _send(conn, _DIRECT)
         return 0
     try:
         for target, fd in zip((0, 1, 2), fds):
@@ -368,10 +403,10 @@ def _read_request(conn, socket):
     if len(payload) != size:
         raise ValueError("short request")
     fields = [os.fsdecode(f) for f in payload.split(b"\0")]
-    cwd, context, count = fields[0], fields[1], int(fields[2])
+    cwd, installation, count = fields[0], fields[1], int(fields[2])
     argv = fields[3:3 + count]
     environ = dict(item.partition("=")[::2] for item in fields[3 + count:])
-    return cwd, argv, environ, context, fds
+    return cwd, argv, environ, installation, fds
 
 
 def _watch_caller(conn, done) -> None:
