@@ -6,9 +6,7 @@ Runs the three commands interleaved (one of each per round, so machine noise
 hits all alike) and prints medians, the 90th percentile and ratios.
 * bare bwrap: the same namespaces and a minimal mount set (ro root, /dev,
   /proc, private /tmp, the workspace) with no seccomp, no Landlock, no policy;
-* blastwall run: the installed `blastwall` command with the default policy, served
-  by the resident helper the first run starts (cli/resident.py);
-* run, no helper: the same with BLASTWALL_RESIDENT=off (all in the calling process);
+* blastwall run: the installed `blastwall` command with the default policy;
 * blastwall net: the same with `--allow-domain example.com` and a warm gateway;
 * codex sandbox: OpenAI Codex's Linux sandbox (`codex sandbox -- true`, npm
   `@openai/codex`), installed into bench/.codex on first use; its native
@@ -115,16 +113,6 @@ def session_exec(workspace: str, env: dict, runs: int, warmup: int) -> list[floa
     return times
 
 
-def wait_for_helper(env: dict) -> None:
-    """Until the resident helper the first run started listens (or 20 s: then runs go without it)."""
-    from blastwall._dirs import state_dir
-
-    path = os.path.join(state_dir(env), "resident.sock")
-    deadline = time.monotonic() + 20
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def bare_bwrap(workspace: str) -> list[str]:
     from blastwall.tiers.process import find_bwrap
     from blastwall.tiers._raw_bwrap import FIXED_FLAGS
@@ -133,15 +121,12 @@ def bare_bwrap(workspace: str) -> list[str]:
             "--tmpfs", "/tmp", "--bind", workspace, workspace, "--chdir", workspace, "--", "true"]
 
 
-def measure(commands: dict[str, list[str]], runs: int, warmup: int, cwd: str, env: dict,
-            envs: dict[str, dict] | None = None) -> dict[str, list[float]]:
-    """``envs``: the environment of the commands that do not run in ``env``."""
+def measure(commands: dict[str, list[str]], runs: int, warmup: int, cwd: str, env: dict) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in commands}
     for round_ in range(warmup + runs):
         for name, argv in commands.items():
             start = time.perf_counter()
-            r = subprocess.run(argv, cwd=cwd, env=(envs or {}).get(name, env), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+            r = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             elapsed = (time.perf_counter() - start) * 1000
             if r.returncode != 0:
                 raise SystemExit(f"bench: {name} failed (exit {r.returncode}): {r.stderr.decode()[:300]}")
@@ -159,9 +144,7 @@ def main() -> int:
     args = parser.parse_args()
 
     # A normal installation has compiled bytecode; make sure this one does too.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "BLASTWALL_RESIDENT")}
-    env["BLASTWALL_RESIDENT_IDLE"] = "120"  # The helper the first run starts ends soon after the bench.
-    direct = {**env, "BLASTWALL_RESIDENT": "off"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     import blastwall
 
     compileall.compile_dir(os.path.dirname(blastwall.__file__), quiet=1)
@@ -171,11 +154,9 @@ def main() -> int:
     workspace = tempfile.mkdtemp(prefix="blastwall-bench-", dir=base)
     try:
         commands = {"bare bwrap": bare_bwrap(workspace), "blastwall run": [*find_blastwall(), "run", "--", "true"],
-                    "run, no helper": [*find_blastwall(), "run", "--", "true"],
                     "blastwall net": [*find_blastwall(), "run", "--allow-domain", "example.com", "--", "true"]}
-        # Warm the gateway and the resident helper: the goals are about both already running.
+        # Warm the gateway: the goal is about a gateway that is already running.
         subprocess.run(commands["blastwall net"], cwd=workspace, env=env, check=True)
-        wait_for_helper(env)
         codex_note = "skipped (--no-codex)"
         if not args.no_codex:
             codex, why = ensure_codex()
@@ -192,7 +173,7 @@ def main() -> int:
                 srt_note = ""
             else:
                 srt_note = f"skipped: {why}"
-        times = measure(commands, args.runs, args.warmup, workspace, env, {"run, no helper": direct})
+        times = measure(commands, args.runs, args.warmup, workspace, env)
         times["session exec"] = session_exec(workspace, env, args.runs, args.warmup)
     finally:
         shutil.rmtree(workspace, ignore_errors=True)

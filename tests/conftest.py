@@ -20,10 +20,6 @@ from pathlib import Path
 
 import pytest
 
-# No test starts a resident helper by accident (one would outlive the run for ten minutes);
-# tests/cli/test_resident.py starts its own.
-os.environ["BLASTWALL_RESIDENT"] = "off"
-
 BASE = Path(os.environ.get("BLASTWALL_TEST_TMP") or Path.home() / ".cache" / "blastwall-tests").resolve()
 if any(BASE == Path(p) or Path(p) in BASE.parents for p in ("/tmp", "/var/tmp", "/dev/shm", "/run")):
     raise SystemExit(f"tests: {BASE} is on a path the sandbox replaces with a private tmpfs; "
@@ -85,7 +81,6 @@ def bw_env(home: Path, extra: dict | None = None) -> dict:
         "XDG_CONFIG_HOME": str(home / ".config"),
         "XDG_STATE_HOME": str(home / ".local" / "state"),
         "XDG_CACHE_HOME": str(home / ".cache"),
-        "BLASTWALL_RESIDENT": "off",  # tests/cli/test_resident.py runs through the helper on purpose.
     }
     if extra:
         env.update(extra)

@@ -25,10 +25,7 @@ def entry() -> None:
         import signal
 
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: where is it stuck?
-    from blastwall.cli import resident
-
-    status = resident.run(sys.argv[1:])  # Through the resident helper, when it can take the run.
-    sys.exit(main(sys.argv[1:]) if status is None else status)
+    sys.exit(main(sys.argv[1:]))
 
 
 def _say(text: str) -> None:
@@ -45,11 +42,7 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         _say(f"blastwall: {exc}\n(run 'blastwall --help' for usage)")
         return 2
-    return guarded(_HANDLERS[parsed.command], parsed)
-
-
-def guarded(handler, parsed) -> int:
-    """``handler(parsed)``'s exit status; every error becomes one message and a status."""
+    handler = _HANDLERS[parsed.command]
     try:
         return handler(parsed)
     except UsageError as exc:  # An option's value, found wrong by its handler.
@@ -61,7 +54,7 @@ def guarded(handler, parsed) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
-    except (SystemExit, NeedsTerminal):
+    except SystemExit:
         raise
     except BrokenPipeError:
         return 141
@@ -121,35 +114,15 @@ def flags_layer(parsed):
     return layer
 
 
-def _load(parsed, notes: list[str] | None = None):
-    """The effective policy; its notes are said, or added to ``notes`` for the caller to say."""
+def _load(parsed):
     from blastwall import api
 
-    said: list[str] = [] if notes is None else notes
+    notes: list[str] = []
     policy = api.load(parsed.get("--policy"), flags=flags_layer(parsed),
-                      workspace=parsed.get("--workspace") or os.getcwd(), notes=said)
-    if notes is None:
-        _say_notes(said)
-    return policy
-
-
-def _say_notes(notes: list[str]) -> None:
+                      workspace=parsed.get("--workspace") or os.getcwd(), notes=notes)
     for note in notes:
         _say(f"blastwall: note: {note}")
-
-
-class NeedsTerminal(Exception):
-    """The run asks its questions on the terminal: not for the resident helper."""
-
-
-class ResidentRun:
-    """What ``cmd_run`` tells the resident helper: ``accept()`` once the run may start (it
-    is never handed back to the caller after that); ``records``: the audit record's arguments,
-    written by the helper once the caller has the status."""
-
-    def __init__(self, accept) -> None:
-        self.accept = accept
-        self.records: list[tuple] = []
+    return policy
 
 
 def _warn_once_landlock(degraded: tuple[str, ...]) -> None:
@@ -171,18 +144,11 @@ def _warn_once_landlock(degraded: tuple[str, ...]) -> None:
         pass
 
 
-def cmd_run(parsed, command: list[str] | None = None, *, resident=None) -> int:
-    """``resident``: a ResidentRun when the resident helper runs it."""
+def cmd_run(parsed, command: list[str] | None = None) -> int:
     from blastwall import api
 
-    notes: list[str] = []
-    policy = _load(parsed, notes)
+    policy = _load(parsed)
     command = command or parsed.args
-    if resident is not None:
-        if policy.network.unlisted == "ask" and not parsed.get("--approval-webhook"):
-            raise NeedsTerminal
-        resident.accept()
-    _say_notes(notes)
     broker = None
     if policy.network.unlisted == "ask":
         from blastwall.approvals import broker as brokers
@@ -223,17 +189,14 @@ def cmd_run(parsed, command: list[str] | None = None, *, resident=None) -> int:
     finally:
         sandbox.close()
         _report_egress(sandbox)
-        if resident is None:
-            _audit_run(policy, command, status)
-        else:
-            resident.records.append((policy, command, status))
+        _audit_run(policy, command, status)
 
 
-def _audit_run(policy, command: list[str], status, *, detach: bool = True) -> None:
+def _audit_run(policy, command: list[str], status) -> None:
     """Record the run.  Written by a detached child, so that the command's
     caller does not wait ~15 ms for SQLite; the row still lands (and chains)."""
     try:
-        first = os.fork() if detach else -1
+        first = os.fork()
     except OSError:
         first = -1
     if first > 0:

@@ -9,13 +9,40 @@ from __future__ import annotations
 
 import os
 
-from blastwall._dirs import _home, cache_dir, config_dir, state_dir, user_policy_path
 from blastwall.errors import PolicyError
 from blastwall.policy.model import Layer, Policy, merge, parse_layer
 
 __all__ = ["config_dir", "load_policy", "read_policy_file", "user_policy_path"]
 
 MAX_POLICY_BYTES = 1 << 20
+
+
+def config_dir(environ=os.environ) -> str:
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(_home(environ), ".config")
+    return os.path.join(base, "blastwall")
+
+
+def state_dir(environ=os.environ) -> str:
+    base = environ.get("XDG_STATE_HOME") or os.path.join(_home(environ), ".local", "state")
+    return os.path.join(base, "blastwall")
+
+
+def cache_dir(environ=os.environ) -> str:
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(_home(environ), ".cache")
+    return os.path.join(base, "blastwall")
+
+
+def user_policy_path(environ=os.environ) -> str:
+    return os.path.join(config_dir(environ), "policy.toml")
+
+
+def _home(environ) -> str:
+    home = environ.get("HOME")
+    if home and os.path.isabs(home):
+        return home
+    import pwd  # Only without a usable $HOME.
+
+    return pwd.getpwuid(os.getuid()).pw_dir
 
 
 def read_text(path: str, what: str = "policy file") -> str:

@@ -250,8 +250,8 @@ def compile_filter(*, families: tuple[str, ...], socket_families: tuple[str, ...
     return fd
 
 
-# Programs this process compiled, by their rules: the same rules give the same program, and the
-# resident helper's runs (forked from it) skip libseccomp.  Bytes only; each run gets its own memfd.
+# Programs this process compiled, by their rules: the same rules give the same program, so the
+# service's and the SDK's many sandboxes skip libseccomp after the first.  Bytes only; each gets its own memfd.
 _compiled: dict[tuple, bytes] = {}
 
 

@@ -90,7 +90,7 @@ def find_bwrap(environ=os.environ) -> str:
 
 
 def landlock_abi() -> int:
-    """The kernel's Landlock ABI (0: none); asked once per process (and once per resident helper)."""
+    """The kernel's Landlock ABI (0: none); asked once per process (the service and the SDK start many)."""
     global _landlock_abi
     if _landlock_abi is None:
         from blastwall.tiers.process._raw_landlock import landlock_abi as abi
