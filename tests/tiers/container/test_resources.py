@@ -225,7 +225,13 @@ def test_cpus_sets_the_quota_and_throttles(home, workspace, image_cache, scratch
     run = Run('[resources]\ncpus = 0.5\n', ["python3", "-c", CPU_BURN], home=home, workspace=workspace,
               image_cache=image_cache, scratch=scratch)
     run.wait_for_cgroup()
-    assert (run.cgroup("cpu", "cpu.cfs_quota_us"), run.cgroup("cpu", "cpu.cfs_period_us")) == (50000, 100000)
+    # One controller's directory can appear before the cpu controller's is written: wait for it, bounded.
+    deadline = time.monotonic() + 10
+    quota = (None, None)
+    while time.monotonic() < deadline and quota != (50000, 100000):
+        quota = (run.cgroup("cpu", "cpu.cfs_quota_us"), run.cgroup("cpu", "cpu.cfs_period_us"))
+        time.sleep(0.05)
+    assert quota == (50000, 100000)
     time.sleep(1)  # Past start-up.
     used0, wall0 = run.cgroup("cpuacct", "cpuacct.usage"), time.monotonic()
     time.sleep(2)
