@@ -112,9 +112,9 @@ def test_vm_sandbox_through_the_sdk_and_http(service):
         assert service.call("GET", f"/v1/sandboxes/{sid}/commands/{cid}", key).json()["state"] == "running"
         killed = service.call("POST", f"/v1/sandboxes/{sid}/commands/{cid}/kill", key).json()
         assert killed["state"] == "exited" and killed["exit_code"] == 137
-        out, _, _ = service.run(key, sid, "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done "
-                                          "2>/dev/null | grep -c '^sleep 30[01]'")
-        assert out.strip() == "0"
+        out, err, code = service.run(key, sid, "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done "
+                                                "2>/dev/null | grep -c '^sleep 30[01]'")
+        assert out.strip() == "0", (out, err, code)
     finally:
         sandbox.kill()
     # Gone from the host: QEMU, its state, the workspace.
