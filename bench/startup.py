@@ -87,6 +87,17 @@ def ensure_codex() -> tuple[list[str] | None, str]:
     return probed([str(native[0]) if native else str(binary), "sandbox", "--", "true"], "codex sandbox")
 
 
+def optional(commands: dict, name: str, ensure, *, skipped: bool, flag: str) -> str:
+    """Add comparison ``name`` to ``commands`` if ``ensure()`` finds it; the note to print ("" if added)."""
+    if skipped:
+        return f"skipped ({flag})"
+    argv, why = ensure()
+    if argv is None:
+        return f"skipped: {why}"
+    commands[name] = argv
+    return ""
+
+
 def session_exec(workspace: str, env: dict, runs: int, warmup: int) -> list[float]:
     """Milliseconds of each ``exec(["true"])`` in one booted process-tier session."""
     from blastwall import api
@@ -157,22 +168,8 @@ def main() -> int:
                     "blastwall net": [*find_blastwall(), "run", "--allow-domain", "example.com", "--", "true"]}
         # Warm the gateway: the goal is about a gateway that is already running.
         subprocess.run(commands["blastwall net"], cwd=workspace, env=env, check=True)
-        codex_note = "skipped (--no-codex)"
-        if not args.no_codex:
-            codex, why = ensure_codex()
-            if codex:
-                commands["codex sandbox"] = codex
-                codex_note = ""
-            else:
-                codex_note = f"skipped: {why}"
-        srt_note = "skipped (--no-srt)"
-        if not args.no_srt:
-            srt, why = ensure_srt()
-            if srt:
-                commands["srt"] = srt
-                srt_note = ""
-            else:
-                srt_note = f"skipped: {why}"
+        codex_note = optional(commands, "codex sandbox", ensure_codex, skipped=args.no_codex, flag="--no-codex")
+        srt_note = optional(commands, "srt", ensure_srt, skipped=args.no_srt, flag="--no-srt")
         times = measure(commands, args.runs, args.warmup, workspace, env)
         times["session exec"] = session_exec(workspace, env, args.runs, args.warmup)
     finally:

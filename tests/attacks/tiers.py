@@ -31,12 +31,20 @@ CLAIMS = {
 }
 
 
+def tier_params(tiers=TIERS):
+    """pytest parameters, one per tier: skipped, saying why, where this machine lacks it; the VM marked slow."""
+    params = []
+    for tier in tiers:
+        why = missing(tier)
+        marks = ([pytest.mark.skip(reason=why)] if why is not None else []) + \
+            ([pytest.mark.slow] if tier == "vm" else [])
+        params.append(pytest.param(tier, id=tier, marks=marks))
+    return params
+
+
 def tiers_for(technique: str):
-    """pytest parameters: every tier claiming a defence against ``technique``, marked to skip where missing."""
-    return [pytest.param(tier, id=tier, marks=[pytest.mark.skipif(missing(tier) is not None,
-                                                                  reason=missing(tier) or "")]
-                         + ([pytest.mark.slow] if tier == "vm" else []))
-            for tier in CLAIMS[technique]]
+    """pytest parameters: every tier claiming a defence against ``technique``."""
+    return tier_params(CLAIMS[technique])
 
 
 def tier_run(tier: str, script: str, *, home, workspace, env, args=(), timeout: float = 240):

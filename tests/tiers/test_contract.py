@@ -23,14 +23,12 @@ from blastwall.tiers import contract
 from blastwall.tiers.container import ENFORCES as CONTAINER
 from blastwall.tiers.process import ENFORCES as PROCESS
 from blastwall.tiers.vm import ENFORCES as VM
-from tests.attacks.tiers import TIERS
-from tests.conftest import bw_env, tier_missing
+from tests.attacks.tiers import TIERS, tier_params
+from tests.conftest import bw_env
 
 
 def _tiers():
-    return [pytest.param(tier, id=tier, marks=[pytest.mark.skipif(tier_missing(tier) is not None,
-                                                                  reason=tier_missing(tier) or "")]
-                         + ([pytest.mark.slow] if tier == "vm" else [])) for tier in TIERS]
+    return tier_params(TIERS)
 
 
 @pytest.mark.parametrize("table", [PROCESS, CONTAINER, VM], ids=lambda t: t.tier)
