@@ -12,8 +12,9 @@ PACKAGES=(bubblewrap libseccomp2 socat gcc libc6-dev git curl ca-certificates py
           qemu-system-x86 linux-image-amd64 busybox-static erofs-utils)
 
 # The tests also attack a real server that routes on the request line and virtual hosts: Debian's nginx,
-# started by the tests themselves (never as a system service: see policy-rc.d below).
-[ "${1:-}" = "test" ] && PACKAGES+=(nginx)
+# and keep the service's state in a real PostgreSQL: both started by the tests themselves in temporary
+# directories (never as system services: see policy-rc.d below).
+[ "${1:-}" = "test" ] && PACKAGES+=(nginx postgresql)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -58,7 +59,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-# The service extra (FastAPI, uvicorn, requests) is for `blastwall serve` and the SDK's remote backend.
+# The service extra (FastAPI, uvicorn, requests) is for `blastwall serve` and the SDK's remote backend;
+# postgres (psycopg 3) for a service whose state is in PostgreSQL.
 extra="[service]"
-[ "${1:-}" = "test" ] && extra="[service,test]"
+[ "${1:-}" = "test" ] && extra="[service,postgres,test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"

@@ -71,17 +71,21 @@ def free_port() -> int:
 class Service:
     """One `blastwall serve` process and everything it owns on the host."""
 
-    def __init__(self, root: Path, images: Path, *, args=()) -> None:
+    def __init__(self, root: Path, images: Path, *, args=(), database: str | None = None) -> None:
         self.root = root
         self.home = root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.data = root / "data"
         self.db = self.data / "service.sqlite"
+        # A shared database (PostgreSQL) goes to serve through the environment: no password in argv.
+        self.database = database or str(self.db)
         self.audit_db = root / "audit.sqlite"
         self.state = root / "st"  # Short: the gateway's unix socket paths live under it.
         # BLASTWALL_DEBUG: `kill -USR1` dumps the service's threads into its log (see wait_clean).
         self.env = bw_env(self.home, {"XDG_CACHE_HOME": str(images), "XDG_STATE_HOME": str(self.state),
                                       "BLASTWALL_AUDIT_DB": str(self.audit_db), "BLASTWALL_DEBUG": "1"})
+        if database is not None:
+            self.env["BLASTWALL_DATABASE"] = database
         self.args = list(args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -135,7 +139,7 @@ class Service:
         from blastwall.service.ceiling import Ceiling
         from blastwall.service.store import Store
 
-        store = Store(str(self.db))
+        store = Store(self.database)
         try:
             _key_id, key = store.add_tenant(name or f"t{uuid.uuid4().hex[:8]}", Ceiling.from_dict(ceiling),
                                             expires=expires)
@@ -146,7 +150,7 @@ class Service:
     def revoke(self, target: str) -> None:
         from blastwall.service.store import Store
 
-        store = Store(str(self.db))
+        store = Store(self.database)
         try:
             store.revoke(target)
         finally:
@@ -258,11 +262,27 @@ class Service:
             log.close()
 
 
-def make_service(images: Path, *, args=()) -> Service:
+def make_service(images: Path, *, args=(), database: str | None = None) -> Service:
     BASE.mkdir(parents=True, exist_ok=True)
     root = BASE / f"s-{uuid.uuid4().hex[:8]}"
     root.mkdir()
-    return Service(root, images, args=args)
+    return Service(root, images, args=args, database=database)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the session (Debian's binaries, run by the tests themselves)."""
+    from tests.postgres import Postgres, postgres_binaries
+
+    if postgres_binaries() is None:
+        pytest.skip(reason="PostgreSQL's server is not installed (Debian package postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip(reason="psycopg is not installed (pip install .[postgres])")
+    server = Postgres()
+    yield server
+    server.close()
 
 
 def destroy_service(svc: Service) -> None:

@@ -14,14 +14,26 @@ from blastwall.service.store import AuthFailure, Store
 from tests.conftest import blastwall
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, scratch):
+    """The same tests on either database the service can keep its state in."""
+    if request.param == "sqlite":
+        s = Store(str(scratch / "db" / "service.sqlite"))
+    else:
+        s = Store(request.getfixturevalue("postgres").new_database(), upgrade=True)
+    yield s
+    s.close()
+
+
 @pytest.fixture
-def store(scratch):
+def sqlite_store(scratch):
     s = Store(str(scratch / "db" / "service.sqlite"))
     yield s
     s.close()
 
 
-def test_key_is_stored_only_as_a_digest(store, scratch):
+def test_key_is_stored_only_as_a_digest(sqlite_store, scratch):
+    store = sqlite_store
     key_id, key = store.add_tenant("acme", Ceiling.from_dict({}))
     assert key.startswith(f"bwk_{key_id}_") and len(key) > 50
     raw = (scratch / "db" / "service.sqlite").read_bytes() + b"".join(

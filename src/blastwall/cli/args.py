@@ -50,19 +50,23 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "audit export": ({"--json": (False, False)}, "none", "print every audit row as JSON"),
     "mcp": ({"--workspace": (True, False), "--policy": (True, False), "--tier": (True, False)}, "none",
             "serve sandboxed run_command/read_file/write_file tools over MCP (stdio)"),
-    "serve": ({"--listen": (True, False), "--db": (True, False), "--data-dir": (True, False), "--warm": (True, False),
+    "serve": ({"--listen": (True, False), "--db": (True, False), "--database": (True, False), "--data-dir": (True, False), "--warm": (True, False),
                "--policy": (True, False), "--max-upload": (True, False), "--default-ttl": (True, False),
                "--max-sandboxes": (True, False), "--memory": (True, False), "--cpus": (True, False),
                "--tls-cert": (True, False), "--tls-key": (True, False), "--log-level": (True, False)}, "none",
               "serve the multi-tenant sandbox HTTP API"),
-    "tenant add": ({"--db": (True, False), "--max-sessions": (True, False), "--max-memory": (True, False),
+    "tenant add": ({"--db": (True, False), "--database": (True, False), "--max-sessions": (True, False), "--max-memory": (True, False),
                     "--max-cpus": (True, False), "--max-pids": (True, False), "--max-ttl": (True, False),
                     "--allow-domain": (True, True),
                     "--image": (True, True), "--tier": (True, True), "--expires": (True, False)}, "one",
                    "add a tenant of the service and print its first API key"),
-    "tenant key": ({"--db": (True, False), "--expires": (True, False)}, "one", "issue another API key for a tenant"),
-    "tenant list": ({"--db": (True, False), "--json": (False, False)}, "none", "list tenants and their keys"),
-    "tenant revoke": ({"--db": (True, False)}, "one", "revoke a tenant (and all its keys) or one key"),
+    "tenant key": ({"--db": (True, False), "--database": (True, False), "--expires": (True, False)}, "one", "issue another API key for a tenant"),
+    "tenant list": ({"--db": (True, False), "--database": (True, False), "--json": (False, False)}, "none", "list tenants and their keys"),
+    "tenant revoke": ({"--db": (True, False), "--database": (True, False)}, "one", "revoke a tenant (and all its keys) or one key"),
+    "db upgrade": ({"--db": (True, False), "--database": (True, False), "--data-dir": (True, False)}, "none",
+                   "bring the service's database schema up to date"),
+    "db status": ({"--db": (True, False), "--database": (True, False), "--data-dir": (True, False)}, "none",
+                  "show the service database's schema version"),
     "version": ({}, "none", "print the version"),
 }
 
@@ -77,13 +81,14 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall trust [--workspace DIR] [--yes] [--allow-widening] | --revoke | --list
        blastwall audit tail [-n N] [--json] | show SEQ | verify | export --json
        blastwall mcp [--workspace DIR] [--policy FILE] [--tier TIER]
-       blastwall serve [--listen HOST:PORT] [--data-dir DIR] [--db FILE] [--warm N] [--policy FILE]
+       blastwall serve [--listen HOST:PORT] [--data-dir DIR] [--database PATH|URL] [--warm N] [--policy FILE]
                        [--max-upload SIZE] [--default-ttl DURATION] [--max-sandboxes N] [--memory SIZE]
                        [--cpus N] [--tls-cert FILE --tls-key FILE] [--log-level LEVEL]
        blastwall tenant add NAME [--max-sessions N] [--max-memory SIZE] [--max-cpus N] [--max-pids N] [--max-ttl DURATION]
                             [--allow-domain HOST]... [--image NAME]... [--tier container|vm]...
-                            [--expires DURATION|DATE] [--db FILE]
-       blastwall tenant key NAME [--expires DURATION|DATE] | list [--json] | revoke NAME|KEY-ID  [--db FILE]
+                            [--expires DURATION|DATE] [--database PATH|URL]
+       blastwall tenant key NAME [--expires DURATION|DATE] | list [--json] | revoke NAME|KEY-ID  [--database PATH|URL]
+       blastwall db upgrade | status  [--database PATH|URL]
        blastwall version
 
 Sandbox options:
@@ -101,6 +106,10 @@ Sandbox options:
   --image NAME         the container tier's image (default: default; see blastwall image build)
   --require FEATURE    refuse to run without FEATURE (landlock)
   --approval-webhook URL  with network.unlisted = "ask": ask this URL instead of the terminal
+
+Service database: --database takes an SQLite file (the default: service.sqlite in the data
+directory) or a postgresql:// URL shared by several replicas; BLASTWALL_DATABASE gives it
+without putting a password on the command line (--db is the same as --database).
 
 Exit status: the command's; 125 if the sandbox could not be set up; 2 for usage
 or policy errors.
@@ -138,11 +147,11 @@ def parse(argv: list[str]) -> Parsed:
         return Parsed("version", {}, [])
     name = argv[0]
     rest = argv[1:]
-    if name in ("policy", "audit", "approvals", "image", "tenant"):
+    if name in ("policy", "audit", "approvals", "image", "tenant", "db"):
         if not rest or rest[0] in ("-h", "--help"):
             subs = {"policy": "show or import-srt", "audit": "tail, verify or export",
                     "approvals": "list or revoke", "image": "build, import, list or rm",
-                    "tenant": "add, key, list or revoke"}[name]
+                    "tenant": "add, key, list or revoke", "db": "upgrade or status"}[name]
             raise UsageError(f"{name} needs a subcommand: {subs}")
         name = f"{name} {rest[0]}"
         rest = rest[1:]

@@ -597,13 +597,24 @@ def cmd_mcp(parsed) -> int:
 
 
 def _service_db(parsed) -> str:
+    """The service's database: --database (or --db), $BLASTWALL_DATABASE, or the data directory's SQLite file."""
     from blastwall.service.store import default_db_path
 
-    if parsed.get("--db"):
-        return os.path.abspath(parsed.get("--db"))
+    if parsed.get("--database") and parsed.get("--db"):
+        raise UsageError("give --database or --db (they are the same), not both")
+    target = parsed.get("--database") or parsed.get("--db") or os.environ.get("BLASTWALL_DATABASE")
+    if target:
+        return target if "://" in target else os.path.abspath(target)
     if parsed.get("--data-dir"):
         return os.path.join(os.path.abspath(parsed.get("--data-dir")), "service.sqlite")
     return default_db_path()
+
+
+def _open_store(parsed, **options):
+    """The service's store (a database that is away raises DatabaseUnavailable: a ContainmentError)."""
+    from blastwall.service.store import Store
+
+    return Store(_service_db(parsed), **options)
 
 
 def _option(parsed, name: str, convert, default=None):
@@ -681,7 +692,6 @@ def cmd_tenant_add(parsed) -> int:
     import json
 
     from blastwall.service.ceiling import Ceiling, parse_duration, parse_size
-    from blastwall.service.store import Store
 
     fields = {
         "max_sessions": _option(parsed, "--max-sessions", _whole),
@@ -699,7 +709,7 @@ def cmd_tenant_add(parsed) -> int:
         raise UsageError(f"tenant add: {exc}") from None
     expires = _option(parsed, "--expires", _expiry)
     name = parsed.args[0]
-    store = Store(_service_db(parsed))
+    store = _open_store(parsed)
     try:
         key_id, key = store.add_tenant(name, ceiling, expires=expires)
     except ValueError as exc:
@@ -715,11 +725,10 @@ def cmd_tenant_add(parsed) -> int:
 
 
 def cmd_tenant_key(parsed) -> int:
-    from blastwall.service.store import Store
 
     expires = _option(parsed, "--expires", _expiry)
     name = parsed.args[0]
-    store = Store(_service_db(parsed))
+    store = _open_store(parsed)
     try:
         key_id, key = store.add_key(name, expires=expires)
     except ValueError as exc:
@@ -738,9 +747,7 @@ def cmd_tenant_list(parsed) -> int:
     import time
 
     from blastwall.service.ceiling import format_size
-    from blastwall.service.store import Store
-
-    store = Store(_service_db(parsed))
+    store = _open_store(parsed)
     try:
         tenants = store.tenants()
     finally:
@@ -773,9 +780,7 @@ def cmd_tenant_list(parsed) -> int:
 
 
 def cmd_tenant_revoke(parsed) -> int:
-    from blastwall.service.store import Store
-
-    store = Store(_service_db(parsed))
+    store = _open_store(parsed)
     try:
         what = store.revoke(parsed.args[0])
     except ValueError as exc:
@@ -787,6 +792,39 @@ def cmd_tenant_revoke(parsed) -> int:
                 reason=what)
     sys.stdout.write(f"revoked {what}\n")
     return 0
+
+
+def _with_schema(parsed, work):
+    """``work(database, migrations)`` on the service's database, opened without checking its schema."""
+    from blastwall.service import migrations
+
+    store = _open_store(parsed, check=False)
+    try:
+        return store.db, work(store.db, migrations)
+    finally:
+        store.close()
+
+
+def cmd_db_upgrade(parsed) -> int:
+    db, (before, applied, after) = _with_schema(parsed, lambda db, m: (m.version(db), m.upgrade(db), m.version(db)))
+    if applied:
+        sys.stdout.write(f"{db.description}: schema version {before} -> {after} "
+                         f"(applied {', '.join(map(str, applied))})\n")
+    else:
+        sys.stdout.write(f"{db.description}: schema version {after}, up to date\n")
+    return 0
+
+
+def cmd_db_status(parsed) -> int:
+    db, (found, migrations) = _with_schema(parsed, lambda db, m: (m.version(db), m))
+    sys.stdout.write(f"{db.description} ({db.kind}): schema version {found}; this blastwall needs "
+                     f"{migrations.LATEST}\n")
+    for number, what, _ in migrations.MIGRATIONS:
+        if number > found:
+            sys.stdout.write(f"  pending: {number} ({what})\n")
+    if found > migrations.LATEST:
+        sys.stdout.write("  written by a newer blastwall: upgrade blastwall here\n")
+    return 0 if found == migrations.LATEST else 1
 
 
 def cmd_version(parsed) -> int:
@@ -822,6 +860,8 @@ _HANDLERS = {
     "tenant key": cmd_tenant_key,
     "tenant list": cmd_tenant_list,
     "tenant revoke": cmd_tenant_revoke,
+    "db upgrade": cmd_db_upgrade,
+    "db status": cmd_db_status,
     "version": cmd_version,
     "help": cmd_help,
 }

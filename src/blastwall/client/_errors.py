@@ -130,6 +130,7 @@ _BY_CODE = {
     "sandbox_unavailable": ServiceError,
     "audit_unavailable": ServiceError,
     "shutting_down": ServiceError,
+    "database_unavailable": ServiceError,  # Retry-After says when to try again.
 }
 _BY_STATUS = {400: InvalidRequestError, 401: AuthenticationError, 403: CeilingExceededError,
               404: SandboxNotFoundError, 422: InvalidRequestError, 429: QuotaExceededError}

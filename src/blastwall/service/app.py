@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from blastwall.service.database import RETRY_AFTER, DatabaseUnavailable, database_message
 from blastwall.service.errors import ServiceError, Unauthorized, Unprocessable
 from blastwall.service.store import AuthFailure
 
@@ -282,8 +283,16 @@ def _error(status: int, code: str, message: str, details=None, headers=None) -> 
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
-        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(status_code=exc.status, content=exc.body(), headers=headers)
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.retry_after is not None:
+            headers["retry-after"] = str(exc.retry_after)
+        return JSONResponse(status_code=exc.status, content=exc.body(), headers=headers or None)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_unavailable(request: Request, exc: DatabaseUnavailable):
+        # From any route (the key's check reads the database too): 503, never 401 or 500.
+        log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return _error(503, "database_unavailable", database_message(exc), headers={"retry-after": str(RETRY_AFTER)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):

@@ -12,7 +12,8 @@
     ├── PayloadTooLarge                413 payload_too_large
     ├── Unprocessable                  422 invalid_policy, invalid_request
     ├── QuotaExceeded                  429 quota_exceeded
-    └── Unavailable                    503 sandbox_unavailable, audit_unavailable, shutting_down
+    └── Unavailable                    503 sandbox_unavailable, audit_unavailable, shutting_down,
+                                           database_unavailable (with Retry-After: nothing was done)
 
 Anything else that escapes a route is a bug: the application answers 500
 ``internal_error`` with a generic message and logs the traceback; clients
@@ -30,12 +31,14 @@ class ServiceError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, details: list | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, details: list | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.details = details
+        self.retry_after = retry_after  # Seconds, sent as Retry-After.
 
     def body(self) -> dict:
         error: dict = {"code": self.code, "message": self.message}
@@ -92,5 +95,5 @@ CODES = {
     (422, "invalid_policy"), (422, "invalid_request"),
     (429, "quota_exceeded"),
     (500, "internal_error"),
-    (503, "sandbox_unavailable"), (503, "audit_unavailable"), (503, "shutting_down"),
+    (503, "sandbox_unavailable"), (503, "audit_unavailable"), (503, "shutting_down"), (503, "database_unavailable"),
 }

@@ -56,7 +56,7 @@ def serve(*, listen: str, config, db_path: str, tls_cert: str | None = None, tls
             app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
             timeout_graceful_shutdown=10, ssl_certfile=tls_cert, ssl_keyfile=tls_key, server_header=False))
         log.info("serving on %s://%s:%d (data %s, database %s, warm pool %d)", "https" if tls_cert else "http",
-                 host, port, config.data_dir, db_path, config.warm)
+                 host, port, config.data_dir, store.db.description, config.warm)
         server.run()
         return 0 if server.started else 125
     finally:

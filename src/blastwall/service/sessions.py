@@ -11,14 +11,18 @@ One ``Manager`` per service process.  It owns:
   workspace directory mounted at ``/home/user`` inside, and bound to one
   tenant: every lookup is by (tenant, id), so another tenant's id is exactly
   as unknown as an id that never existed;
-* quotas, checked and reserved under one lock before anything boots, so
-  concurrent requests cannot overshoot a tenant's sessions or memory;
+* quotas: a tenant's (sandboxes, memory) are checked and its sandbox's row
+  written in one database transaction before anything boots, so concurrent
+  requests, on this replica or another sharing the database, cannot
+  overshoot them; the machine's capacity (``max_sandboxes``) under one lock;
 * the TTL reaper (a thread that destroys expired sandboxes and those of
   revoked tenants);
 * the warm pool: sandboxes of the default configuration booted ahead of
   demand and handed to the first request that asks for exactly that;
 * crash recovery: at start, what a previous service process left (its
   containers, its workspaces, its rows) is destroyed before anything new runs.
+  A replica is its data directory: its id (``replica`` in it) marks its rows,
+  so it reaps only what it ran, never another replica's sandboxes.
 
 Every action is written to the audit log *before* it takes effect; if the log
 cannot be written the action is refused (503), so nothing happens unaudited.
@@ -38,8 +42,9 @@ from blastwall.service.commands import KILL_GRACE, MOUNT_AT, Command, _argv, _cw
 from blastwall.service.config import Config, default_pids, host_pid_limit, prepare_data_dir
 from blastwall.service.ceiling import (SERVICE_TIERS, CeilingExceeded, Resources, TenantPolicyError, format_size,
                                        parse_size, tenant_layer)
+from blastwall.service.database import RETRY_AFTER, DatabaseUnavailable, database_message
 from blastwall.service.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
-    ServiceError, Unavailable, Unprocessable
+    ServiceError, Unauthorized, Unavailable, Unprocessable
 
 __all__ = ["Config", "Manager", "default_pids", "host_pid_limit", "prepare_data_dir"]
 
@@ -125,6 +130,8 @@ class Manager:
         self._audit = None
         self._audit_lock = threading.Lock()
         self._lockfd: int | None = None
+        self.replica = ""
+        self._rows_to_remove: set[str] = set()  # Sandboxes gone whose row the database did not take yet.
         self._base_layers: list = []
         self._default_has_egress = False
         self._warm_wakeup = threading.Event()
@@ -145,6 +152,7 @@ class Manager:
             raise ContainmentError(f"Can't start the service: another `blastwall serve` uses {self.config.data_dir}",
                                    fix="stop it, or give this one its own --data-dir") from None
         self._lockfd = fd
+        self.replica = _replica_id(self.config.data_dir)
         from blastwall.audit.log import AuditLog, default_path
 
         self._audit = AuditLog(self.config.audit_path or self.config.environ.get("BLASTWALL_AUDIT_DB")
@@ -196,7 +204,11 @@ class Manager:
         # We hold the data directory's lock, so the process that wrote these
         # rows has exited; it may still be a zombie for a moment, and the
         # tier's reaper leaves the containers of a live owner alone.
-        rows = self.store.sandbox_rows()
+        # Rows written before replicas had ids (replica "") are ours when their
+        # workspace is in our sandboxes directory.
+        rows = self.store.sandbox_rows(replica=self.replica) + [
+            row for row in self.store.sandbox_rows(replica="")
+            if os.path.dirname(row["workspace"]) == self.config.sandboxes_dir]
         deadline = time.time() + 10
         for owner in {row["owner"] for row in rows if row["owner"] != os.getpid()}:
             while alive(owner) and time.time() < deadline:
@@ -362,40 +374,35 @@ class Manager:
     def _create(self, tenant, *, policy, image, tier, resources, ttl, client: str) -> Sandbox:
         merged, wanted, ttl, is_default = self.resolve_request(tenant, policy=policy, image=image, tier=tier,
                                                                resources=resources, ttl=ttl)
-        ceiling = tenant.ceiling
         with self._lock:
-            mine = [s for s in self._sandboxes.values() if s.tenant == tenant.name]
-            if len(mine) >= ceiling.max_sessions:
-                raise QuotaExceeded(f"this tenant already has {len(mine)} sandboxes (at most "
-                                    f"{ceiling.max_sessions}); delete one or wait for one to expire")
-            used = sum(s.resources.memory for s in mine)
-            if used + wanted.memory > ceiling.max_memory:
-                raise QuotaExceeded(f"this tenant's sandboxes use {format_size(used)} of "
-                                    f"{format_size(ceiling.max_memory)} memory; {format_size(wanted.memory)} more "
-                                    "does not fit")
             if len(self._sandboxes) >= self.config.max_sandboxes:
                 raise QuotaExceeded("the service is at capacity; try again later")
             sandbox = self._warm.pop(0) if is_default and self._warm else None
-            if sandbox is not None:
-                sandbox.tenant = tenant.name
-                sandbox.expires = time.time() + ttl
-            else:
+            if sandbox is None:
                 sandbox = Sandbox(new_id("sbx_"), tenant.name, image=merged.sandbox.image, resources=wanted,
                                   expires=time.time() + ttl, workspace="", allow=tuple(merged.network.allow),
                                   tier=merged.sandbox.tier)
                 sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
-            self._sandboxes[sandbox.id] = sandbox
+            self._sandboxes[sandbox.id] = sandbox  # Counted against the capacity from now.
         warm = sandbox.session is not None
+        try:
+            self._reserve(tenant, sandbox, wanted, time.time() + ttl, claim=warm)
+        except BaseException:
+            with self._lock:
+                self._sandboxes.pop(sandbox.id, None)
+                if warm:
+                    self._warm.insert(0, sandbox)
+            raise
         if warm:
+            sandbox.tenant = tenant.name
+            sandbox.expires = time.time() + ttl
             self._warm_wakeup.set()
         try:
             self.audit("create", tenant.name, sandbox.id, rule=f"key {tenant.key_id}",
                        detail=f"tier={sandbox.tier} image={sandbox.image} memory={format_size(wanted.memory)} cpus={wanted.cpus:g} "
                               f"ttl={ttl}s allow={','.join(merged.network.allow) or '-'}",
                        reason=f"from {client}{' (warm)' if warm else ''}")
-            if warm:
-                self.store.update_sandbox(sandbox.id, tenant=tenant.name, expires=sandbox.expires)
-            else:
+            if not warm:
                 self._boot(sandbox, merged)
         except BaseException as exc:
             with self._lock:
@@ -410,15 +417,40 @@ class Manager:
             sandbox.state = "running"
         return sandbox
 
+    def _reserve(self, tenant, sandbox: Sandbox, resources: Resources, expires: float, *, claim: bool) -> None:
+        """The tenant's quota checked and the sandbox's row written, in one database transaction."""
+        from blastwall.service.store import QuotaFull
+
+        ceiling = tenant.ceiling
+        try:
+            self.store.reserve_sandbox(sandbox.id, tenant=tenant.name, workspace=sandbox.workspace, expires=expires,
+                                       memory=resources.memory, replica=self.replica,
+                                       max_sessions=ceiling.max_sessions, max_memory=ceiling.max_memory, claim=claim)
+        except QuotaFull as full:
+            if full.sandboxes >= ceiling.max_sessions:
+                raise QuotaExceeded(f"this tenant already has {full.sandboxes} sandboxes (at most "
+                                    f"{ceiling.max_sessions}); delete one or wait for one to expire") from None
+            raise QuotaExceeded(f"this tenant's sandboxes use {format_size(full.memory)} of "
+                                f"{format_size(ceiling.max_memory)} memory; {format_size(resources.memory)} more "
+                                "does not fit") from None
+        except ValueError:
+            raise Unauthorized("the API key is invalid, revoked or expired") from None
+        except DatabaseUnavailable as exc:
+            if exc.unknown and not claim:  # The row may have been written: it goes when the database is back.
+                with self._lock:
+                    self._rows_to_remove.add(sandbox.id)
+            raise _unavailable(exc) from None
+
     def _stopped(self, sandbox: Sandbox) -> None:
         self._destroy(sandbox, reason="the sandbox stopped by itself (its memory limit, or a crash)")
 
     def _boot(self, sandbox: Sandbox, policy) -> None:
-        """Workspace, plan, row, boot: in that order, so a crash at any point leaves something to reap."""
+        """Workspace, plan, container id, boot: in that order, after the row, so a crash leaves something to reap."""
         from blastwall import api
         from blastwall.tiers.container.session import ContainerSession
         from blastwall.tiers.vm.session import VmSession
 
+        # The row is written first (a reservation, or a spare's): then the workspace.
         os.mkdir(sandbox.workspace, 0o700)
         # Disposable: the workspace dies with the sandbox and the host never runs
         # or trusts its files, so the sandbox's home is its own (git init, ~/.config).
@@ -430,8 +462,7 @@ class Manager:
         # The workspace belongs to whoever the sandbox's user is on the host, before it boots.
         os.chown(sandbox.workspace, *session.host_owner)
         sandbox.session = session
-        self.store.add_sandbox(sandbox.id, tenant=sandbox.tenant or "", container=session.id,
-                               workspace=sandbox.workspace, expires=sandbox.expires)
+        self.store.update_sandbox(sandbox.id, container=session.id)
         session.boot()
 
     def _teardown(self, sandbox: Sandbox) -> None:
@@ -448,10 +479,22 @@ class Manager:
                 log.exception("closing sandbox %s failed", sandbox.id)
         if sandbox.workspace:
             self._remove_workspace(sandbox.workspace)
+        self._remove_row(sandbox.id)
+
+    def _remove_row(self, sandbox_id: str) -> None:
+        """The row goes (the tenant's quota is freed); with the database away, the reaper retries."""
         try:
-            self.store.remove_sandbox(sandbox.id)
+            self.store.remove_sandbox(sandbox_id)
+        except DatabaseUnavailable as exc:
+            log.warning("sandbox %s is gone, but its row stays until the database is back: %s", sandbox_id,
+                        exc.message)
+            with self._lock:
+                self._rows_to_remove.add(sandbox_id)
+            return
         except Exception:  # noqa: BLE001
-            log.exception("removing the row of sandbox %s failed", sandbox.id)
+            log.exception("removing the row of sandbox %s failed", sandbox_id)
+        with self._lock:
+            self._rows_to_remove.discard(sandbox_id)
 
     def _destroy(self, sandbox: Sandbox, *, reason: str) -> bool:
         """Take ``sandbox`` out of service and tear it down; False if someone else already did."""
@@ -494,8 +537,12 @@ class Manager:
         if ttl > tenant.ceiling.max_ttl:
             raise Forbidden(f"ttl: a TTL of {ttl}s is more than this tenant's {tenant.ceiling.max_ttl}s")
         self.audit("set-ttl", tenant.name, sandbox.id, detail=f"ttl={ttl}s")
-        sandbox.expires = time.time() + ttl
-        self.store.update_sandbox(sandbox.id, expires=sandbox.expires)
+        expires = time.time() + ttl
+        try:
+            self.store.update_sandbox(sandbox.id, expires=expires)
+        except DatabaseUnavailable as exc:
+            raise _unavailable(exc) from None
+        sandbox.expires = expires
         return sandbox
 
     # -- commands ----------------------------------------------------------------------------------
@@ -621,7 +668,15 @@ class Manager:
                 doomed = [(s, "TTL expired") for s in live if s.state == "running" and s.expires <= now]
                 if now - last_revoked_check >= 2.0:
                     last_revoked_check = now
-                    revoked = self.store.revoked_tenants()
+                    with self._lock:
+                        unremoved = list(self._rows_to_remove)
+                    for sandbox_id in unremoved:
+                        self._remove_row(sandbox_id)
+                    try:
+                        revoked = self.store.revoked_tenants()
+                    except DatabaseUnavailable as exc:
+                        log.warning("revocations not checked: %s", exc.message)
+                        revoked = set()
                     doomed += [(s, "tenant revoked") for s in live if s.tenant in revoked and s.state == "running"]
                 # In parallel: a tear-down takes a while, and one slow sandbox
                 # must not keep the others alive past their time.
@@ -654,6 +709,14 @@ class Manager:
             sandbox = Sandbox(new_id("sbx_"), None, image="default", resources=defaults,
                               expires=time.time() + 86400, workspace="", allow=())
             sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
+            try:
+                self.store.add_sandbox(sandbox.id, tenant="", container="", workspace=sandbox.workspace,
+                                       expires=sandbox.expires, memory=defaults.memory, replica=self.replica)
+            except DatabaseUnavailable as exc:
+                log.warning("warm pool: waiting for the database: %s", exc.message)
+                if self._stopping.wait(5):
+                    return
+                continue
             try:
                 self._boot(sandbox, self._merge(None, None, defaults))
             except Exception as exc:  # noqa: BLE001
@@ -726,10 +789,36 @@ def _file_error(exc) -> ServiceError:
     return BadRequest(exc.message, code="invalid_path")
 
 
+def _replica_id(data_dir: str) -> str:
+    """This data directory's replica id: made once, kept in the directory (which only we can write)."""
+    path = os.path.join(data_dir, "replica")
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+        if text.startswith("rep_") and len(text) == 20 and all(c in "0123456789abcdef" for c in text[4:]):
+            return text
+        log.warning("%s does not hold a replica id; making a new one", path)
+    except FileNotFoundError:
+        pass
+    text = new_id("rep_")[:20]
+    temporary = f"{path}.{os.getpid()}"
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
+        f.write(text + "\n")
+    os.replace(temporary, path)
+    return text
+
+
+def _unavailable(exc: DatabaseUnavailable) -> Unavailable:
+    log.error("%s", exc.message)
+    return Unavailable(database_message(exc), code="database_unavailable", retry_after=RETRY_AFTER)
+
+
 def _translate(exc: BaseException) -> BaseException:
     """A failure while creating or running, as the client should see it."""
     if isinstance(exc, ServiceError):
         return exc
+    if isinstance(exc, DatabaseUnavailable):
+        return _unavailable(exc)
     if isinstance(exc, PolicyError):
         return Unprocessable(exc.message)
     if isinstance(exc, ContainmentError):

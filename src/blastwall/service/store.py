@@ -1,4 +1,7 @@
-"""The service's SQLite store: tenants, their API keys, and the sandboxes alive now.
+"""The service's store: tenants, their API keys, and the sandboxes alive now.
+
+It keeps them in a ``Database`` (``database.py``): an SQLite file on one
+machine, PostgreSQL for several ``serve`` replicas that share one truth.
 
 An API key is ``bwk_<id>_<secret>``: the id (12 hex digits) is public and names
 the key in listings, audit rows and ``tenant revoke``; the secret (32 random
@@ -7,10 +10,14 @@ A high-entropy random secret needs no slow hash: nobody can guess a 256-bit
 preimage, and a stolen database does not give the keys.  The digest is
 compared in constant time, and an unknown id costs the same comparison.
 
-The ``sandboxes`` table records every sandbox a service process created and
-has not yet destroyed, so that the next process can reap what a crashed one
-left (``reap_rows``).  The CLI (``blastwall tenant ...``) and a running service
-share the file; revocations take effect at the service's next request.
+The ``sandboxes`` table records every sandbox a replica created and has not
+yet destroyed, with the replica that runs it, so that its next process can
+reap what a crashed one left (``sandbox_rows(replica=...)``).  A tenant's quota
+(sandboxes, memory) is checked against these rows and a new row written in
+one transaction that holds the tenant's row: two replicas racing for a
+tenant's last slot cannot both win.  The CLI (``blastwall tenant ...``) and
+running replicas share the database; revocations take effect at each
+replica's next request.
 """
 
 from __future__ import annotations
@@ -20,43 +27,16 @@ import hmac
 import json
 import os
 import secrets
-import sqlite3
-import threading
 import time
 
 from blastwall.service.ceiling import Ceiling
 
-__all__ = ["KEY_PREFIX", "AuthFailure", "Store", "Tenant", "check_tenant_name", "default_db_path"]
+__all__ = ["KEY_PREFIX", "AuthFailure", "QuotaFull", "Store", "Tenant", "check_tenant_name", "default_db_path"]
 
 KEY_PREFIX = "bwk_"
 _KEY_ID_LEN = 12
 _DUMMY_DIGEST = hashlib.sha256(b"blastwall: no such key").hexdigest()
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants (
-    name TEXT PRIMARY KEY,
-    created REAL NOT NULL,
-    revoked REAL,
-    ceiling TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS keys (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL REFERENCES tenants(name),
-    digest TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL,
-    revoked REAL
-);
-CREATE TABLE IF NOT EXISTS sandboxes (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    container TEXT NOT NULL,
-    workspace TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
-    owner INTEGER NOT NULL
-);
-"""
 
 
 def default_db_path(environ=os.environ) -> str:
@@ -116,43 +96,38 @@ def split_key(key: str) -> tuple[str, str]:
     return key_id, secret
 
 
-class Store:
-    """One SQLite file, safe to share between threads of one process (one connection, one lock)."""
+class QuotaFull(Exception):
+    """A tenant's quota has no room for one more sandbox of that size: what it holds now."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        # The file holds key digests: nobody else reads it.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        os.close(fd)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+    def __init__(self, sandboxes: int, memory: int) -> None:
+        super().__init__(f"{sandboxes} sandboxes, {memory} bytes")
+        self.sandboxes, self.memory = sandboxes, memory
+
+
+class Store:
+    """The service's state in one database; safe to share between threads of one process."""
+
+    def __init__(self, database, **options) -> None:
+        """``database``: a ``Database``, or a path or URL to open with ``options`` (see ``open_database``)."""
+        from blastwall.service.database import open_database
+
+        self.db = open_database(database, **options) if isinstance(database, str) else database
+        self.path = self.db.target
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def _query(self, sql: str, args=()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self.db.query(sql, args)
 
     def _write(self, statements: list[tuple[str, tuple]]) -> int:
         """Run statements in one transaction; the row count of the last."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                count = 0
-                for sql, args in statements:
-                    count = self._db.execute(sql, args).rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return count
+        def run(tx):
+            for sql, args in statements:
+                tx.execute(sql, args)
+            return tx.rowcount
+
+        return self.db.transaction(run)
 
     # -- tenants and keys -----------------------------------------------------------------
     def add_tenant(self, name: str, ceiling: Ceiling, *, expires: float | None = None) -> tuple[str, str]:
@@ -162,12 +137,17 @@ class Store:
             raise ValueError(f"tenant {name!r} exists (issue another key with `blastwall tenant key {name}`)")
         key_id, key, digest = self._new_key()
         now = time.time()
-        self._write([
-            ("INSERT INTO tenants (name, created, revoked, ceiling) VALUES (?, ?, NULL, ?)",
-             (name, now, json.dumps(ceiling.as_dict()))),
-            ("INSERT INTO keys (id, tenant, digest, created, expires, revoked) VALUES (?, ?, ?, ?, ?, NULL)",
-             (key_id, name, digest, now, expires)),
-        ])
+        try:
+            self._write([
+                ("INSERT INTO tenants (name, created, revoked, ceiling) VALUES (?, ?, NULL, ?)",
+                 (name, now, json.dumps(ceiling.as_dict()))),
+                ("INSERT INTO keys (id, tenant, digest, created, expires, revoked) VALUES (?, ?, ?, ?, ?, NULL)",
+                 (key_id, name, digest, now, expires)),
+            ])
+        except Exception as exc:
+            if self.db.is_conflict(exc):  # Added by someone else since the check above.
+                raise ValueError(f"tenant {name!r} exists") from None
+            raise
         return key_id, key
 
     def add_key(self, name: str, *, expires: float | None = None) -> tuple[str, str]:
@@ -240,10 +220,43 @@ class Store:
         return Tenant(name, Ceiling.from_dict(json.loads(ceiling)), key_id)
 
     # -- sandboxes ---------------------------------------------------------------------------
-    def add_sandbox(self, sandbox_id: str, *, tenant: str, container: str, workspace: str, expires: float) -> None:
-        self._write([("INSERT INTO sandboxes (id, tenant, container, workspace, created, expires, owner) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (sandbox_id, tenant, container, workspace, time.time(), expires, os.getpid()))])
+    _SANDBOX_FIELDS = ("id", "tenant", "container", "workspace", "created", "expires", "owner", "memory", "replica")
+
+    def add_sandbox(self, sandbox_id: str, *, tenant: str, container: str, workspace: str, expires: float,
+                    memory: int = 0, replica: str = "") -> None:
+        """A row for a sandbox nobody's quota pays for yet (a warm spare: ``tenant`` is "")."""
+        self._write([self._insert(sandbox_id, tenant, container, workspace, expires, memory, replica)])
+
+    def reserve_sandbox(self, sandbox_id: str, *, tenant: str, workspace: str, expires: float, memory: int,
+                        replica: str, max_sessions: int, max_memory: int, claim: bool = False) -> None:
+        """The tenant's quota checked and the sandbox's row written, in one transaction.
+
+        ``claim``: the row exists (a warm spare, tenant ""): it becomes the
+        tenant's.  ``QuotaFull`` if the tenant has no room; ``ValueError`` if
+        the tenant is gone, or the spare was claimed by someone else.
+        """
+        def reserve(tx):
+            if not tx.lock_tenant(tenant):
+                raise ValueError(f"no tenant {tenant!r}")
+            count, used = tx.execute("SELECT COUNT(*), COALESCE(SUM(memory), 0) FROM sandboxes WHERE tenant = ?",
+                                     (tenant,))[0]
+            if count >= max_sessions or used + memory > max_memory:
+                raise QuotaFull(int(count), int(used))
+            if claim:
+                tx.execute("UPDATE sandboxes SET tenant = ?, expires = ?, memory = ? WHERE id = ? AND tenant = ''",
+                           (tenant, expires, memory, sandbox_id))
+                if tx.rowcount != 1:
+                    raise ValueError(f"sandbox {sandbox_id} is not a free spare")
+            else:
+                tx.execute(*self._insert(sandbox_id, tenant, "", workspace, expires, memory, replica))
+
+        self.db.transaction(reserve)
+
+    @staticmethod
+    def _insert(sandbox_id, tenant, container, workspace, expires, memory, replica) -> tuple[str, tuple]:
+        return ("INSERT INTO sandboxes (id, tenant, container, workspace, created, expires, owner, memory, replica) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sandbox_id, tenant, container, workspace, time.time(), expires, os.getpid(), memory, replica))
 
     def update_sandbox(self, sandbox_id: str, **fields) -> None:
         allowed = {"tenant", "expires", "container"}
@@ -256,6 +269,8 @@ class Store:
     def remove_sandbox(self, sandbox_id: str) -> None:
         self._write([("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))])
 
-    def sandbox_rows(self) -> list[dict]:
-        names = ("id", "tenant", "container", "workspace", "created", "expires", "owner")
-        return [dict(zip(names, row)) for row in self._query("SELECT " + ", ".join(names) + " FROM sandboxes")]
+    def sandbox_rows(self, *, replica: str | None = None) -> list[dict]:
+        """Every sandbox's row, or those of one replica."""
+        sql = "SELECT " + ", ".join(self._SANDBOX_FIELDS) + " FROM sandboxes"
+        rows = self._query(sql + " WHERE replica = ?", (replica,)) if replica is not None else self._query(sql)
+        return [dict(zip(self._SANDBOX_FIELDS, row)) for row in rows]
