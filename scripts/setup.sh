@@ -60,7 +60,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # The service extra (FastAPI, uvicorn, requests) is for `blastwall serve` and the SDK's remote backend;
-# postgres (psycopg 3) for a service whose state is in PostgreSQL.
+# postgres (psycopg 3) for a service whose state is in PostgreSQL; cluster (Ray) for sandboxes on a cluster.
 extra="[service]"
-[ "${1:-}" = "test" ] && extra="[service,postgres,test]"
+[ "${1:-}" = "test" ] && extra="[service,postgres,cluster,test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"

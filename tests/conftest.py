@@ -144,6 +144,22 @@ def kill_gateway(state) -> None:
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the session (Debian's binaries, run by the tests themselves)."""
+    from tests.postgres import Postgres, postgres_binaries
+
+    if postgres_binaries() is None:
+        pytest.skip(reason="PostgreSQL's server is not installed (Debian package postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip(reason="psycopg is not installed (pip install .[postgres])")
+    server = Postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
 def image_cache():
     """The default container image, built once per test session with `blastwall image build`; its cache dir."""
     cache = BASE / f"images-{os.getpid()}"

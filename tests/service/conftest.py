@@ -269,22 +269,6 @@ def make_service(images: Path, *, args=(), database: str | None = None) -> Servi
     return Service(root, images, args=args, database=database)
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """One PostgreSQL server for the session (Debian's binaries, run by the tests themselves)."""
-    from tests.postgres import Postgres, postgres_binaries
-
-    if postgres_binaries() is None:
-        pytest.skip(reason="PostgreSQL's server is not installed (Debian package postgresql)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip(reason="psycopg is not installed (pip install .[postgres])")
-    server = Postgres()
-    yield server
-    server.close()
-
-
 def destroy_service(svc: Service) -> None:
     svc.stop()
     shutil.rmtree(svc.root, ignore_errors=True)

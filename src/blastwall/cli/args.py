@@ -53,7 +53,8 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "serve": ({"--listen": (True, False), "--db": (True, False), "--database": (True, False), "--data-dir": (True, False), "--warm": (True, False),
                "--policy": (True, False), "--max-upload": (True, False), "--default-ttl": (True, False),
                "--max-sandboxes": (True, False), "--memory": (True, False), "--cpus": (True, False),
-               "--tls-cert": (True, False), "--tls-key": (True, False), "--log-level": (True, False)}, "none",
+               "--tls-cert": (True, False), "--tls-key": (True, False), "--log-level": (True, False),
+               "--cluster": (True, False)}, "none",
               "serve the multi-tenant sandbox HTTP API"),
     "tenant add": ({"--db": (True, False), "--database": (True, False), "--max-sessions": (True, False), "--max-memory": (True, False),
                     "--max-cpus": (True, False), "--max-pids": (True, False), "--max-ttl": (True, False),
@@ -83,7 +84,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall mcp [--workspace DIR] [--policy FILE] [--tier TIER]
        blastwall serve [--listen HOST:PORT] [--data-dir DIR] [--database PATH|URL] [--warm N] [--policy FILE]
                        [--max-upload SIZE] [--default-ttl DURATION] [--max-sandboxes N] [--memory SIZE]
-                       [--cpus N] [--tls-cert FILE --tls-key FILE] [--log-level LEVEL]
+                       [--cpus N] [--tls-cert FILE --tls-key FILE] [--log-level LEVEL] [--cluster ray://HOST:PORT|auto]
        blastwall tenant add NAME [--max-sessions N] [--max-memory SIZE] [--max-cpus N] [--max-pids N] [--max-ttl DURATION]
                             [--allow-domain HOST]... [--image NAME]... [--tier container|vm]...
                             [--expires DURATION|DATE] [--database PATH|URL]

@@ -685,7 +685,8 @@ def cmd_serve(parsed) -> int:
     if bool(parsed.get("--tls-cert")) != bool(parsed.get("--tls-key")):
         raise UsageError("serve: --tls-cert and --tls-key go together")
     return serve(listen=listen, config=config, db_path=_service_db(parsed), tls_cert=parsed.get("--tls-cert"),
-                 tls_key=parsed.get("--tls-key"), log_level=(parsed.get("--log-level") or "info").lower())
+                 tls_key=parsed.get("--tls-key"), log_level=(parsed.get("--log-level") or "info").lower(),
+                 cluster=parsed.get("--cluster"))
 
 
 def cmd_tenant_add(parsed) -> int:

@@ -32,7 +32,8 @@ from __future__ import annotations
 from blastwall.client._async import AsyncCommandHandle, AsyncSandbox
 from blastwall.client._errors import (AuthenticationError, CeilingExceededError, CommandExitError, CommandResult,
                                       EntryInfo, InvalidRequestError, QuotaExceededError, RateLimitError, SandboxClosedError,
-                                      SandboxError, SandboxFileError, SandboxNotFoundError, ServiceError)
+                                      SandboxError, SandboxFileError, SandboxLostError, SandboxNotFoundError,
+                                      ServiceError)
 from blastwall.client._sync import UNSET, CommandHandle, Sandbox
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "SandboxClosedError",
     "SandboxError",
     "SandboxFileError",
+    "SandboxLostError",
     "SandboxNotFoundError",
     "ServiceError",
     "UNSET",

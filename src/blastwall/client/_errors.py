@@ -26,7 +26,7 @@ from __future__ import annotations
 __all__ = ["AuthenticationError", "CeilingExceededError", "CommandExitError", "CommandResult", "EntryInfo",
            "InvalidRequestError",
            "QuotaExceededError", "RateLimitError", "SandboxClosedError", "SandboxError", "SandboxFileError",
-           "SandboxNotFoundError", "ServiceError", "error_for"]
+           "SandboxLostError", "SandboxNotFoundError", "ServiceError", "error_for"]
 
 
 class CommandResult:
@@ -74,6 +74,10 @@ class SandboxNotFoundError(SandboxError):
     """No such sandbox for this key (never created, deleted, expired, or not yours)."""
 
 
+class SandboxLostError(SandboxNotFoundError):
+    """The sandbox died with its node (a cluster): its commands and files are gone; create another."""
+
+
 class InvalidRequestError(SandboxError):
     """An argument or the policy is malformed; ``details`` lists the fields when the service said."""
 
@@ -114,6 +118,7 @@ class ServiceError(SandboxError):
 _BY_CODE = {
     "unauthorized": AuthenticationError,
     "sandbox_not_found": SandboxNotFoundError,
+    "sandbox_lost": SandboxLostError,
     "command_not_found": InvalidRequestError,
     "file_not_found": SandboxFileError,
     "invalid_path": SandboxFileError,
@@ -131,9 +136,10 @@ _BY_CODE = {
     "audit_unavailable": ServiceError,
     "shutting_down": ServiceError,
     "database_unavailable": ServiceError,  # Retry-After says when to try again.
+    "cluster_full": ServiceError,
 }
 _BY_STATUS = {400: InvalidRequestError, 401: AuthenticationError, 403: CeilingExceededError,
-              404: SandboxNotFoundError, 422: InvalidRequestError, 429: QuotaExceededError}
+              404: SandboxNotFoundError, 410: SandboxLostError, 422: InvalidRequestError, 429: QuotaExceededError}
 
 
 def error_for(status: int, code: str, message: str, details=None, *, files: bool = False) -> SandboxError:

@@ -191,6 +191,10 @@ class RemoteBackend:
                         on_stderr(event["stderr"])
                 elif "exit_code" in event:
                     final = event
+                elif isinstance(event.get("error"), dict):  # The sandbox went away mid-command (its node died).
+                    error = event["error"]
+                    raise error_for(410 if error.get("code") == "sandbox_lost" else 503, str(error.get("code", "")),
+                                    str(error.get("message", "the command ended without an exit status")))
         except (ValueError, self._client._requests.RequestException) as exc:
             raise ServiceError(f"the command's output stream broke: {type(exc).__name__}", code="stream") from None
         finally:

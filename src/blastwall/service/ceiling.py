@@ -150,6 +150,9 @@ class Resources:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Resources are immutable")
 
+    def __reduce__(self):  # Immutable, so pickled (to a cluster's node) through the constructor.
+        return (Resources, self.as_tuple())
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Resources) and self.as_tuple() == other.as_tuple()
 
@@ -256,6 +259,9 @@ class Ceiling:
         return cls(max_sessions=sessions, max_memory=memory, max_cpus=float(cpus), max_pids=pids, max_ttl=ttl,
                    allow_domains=tuple(dict.fromkeys(domains)), images=tuple(dict.fromkeys(images)),
                    tiers=tuple(dict.fromkeys(tiers)))
+
+    def __reduce__(self):  # Immutable, so pickled (to a cluster's node) through its checked form.
+        return (Ceiling.from_dict, (self.as_dict(),))
 
     def as_dict(self) -> dict:
         return {"max_sessions": self.max_sessions, "max_memory": self.max_memory, "max_cpus": self.max_cpus,

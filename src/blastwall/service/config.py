@@ -18,9 +18,11 @@ class Config:
     def __init__(self, *, data_dir: str, environ=None, audit_path: str | None = None, policy_file: str | None = None,
                  warm: int = 0, max_upload: int = 64 << 20, default_ttl: int = 300,
                  default_resources: Resources | None = None, max_sandboxes: int = 100,
-                 output_cap: int = 1 << 20, reap_interval: float = 0.5, pid_limit: int | None = None) -> None:
+                 output_cap: int = 1 << 20, reap_interval: float = 0.5, pid_limit: int | None = None,
+                 node: str = "") -> None:
         """``pid_limit``: the machine's pid space (default: read from /proc/sys/kernel); one sandbox may
-        hold a quarter of it (``max_pids``), and the default sandbox no more than 256 processes."""
+        hold a quarter of it (``max_pids``), and the default sandbox no more than 256 processes.
+        ``node``: the Ray node this manager runs on (a cluster's node agent), written on its rows."""
         self.data_dir = os.path.abspath(data_dir)
         self.environ = dict(os.environ if environ is None else environ)
         self.audit_path = audit_path
@@ -34,6 +36,7 @@ class Config:
         self.max_sandboxes = max_sandboxes
         self.output_cap = output_cap
         self.reap_interval = reap_interval
+        self.node = node
 
     @property
     def sandboxes_dir(self) -> str:

@@ -9,11 +9,13 @@
     │                                      touch either: read-only or hidden in it; details say why)
     ├── NotFound                       404 sandbox_not_found, command_not_found, file_not_found, not_found
     ├── Conflict                       409 file_exists
+    ├── Gone                           410 sandbox_lost (its node died with it: a cluster)
     ├── PayloadTooLarge                413 payload_too_large
     ├── Unprocessable                  422 invalid_policy, invalid_request
     ├── QuotaExceeded                  429 quota_exceeded
     └── Unavailable                    503 sandbox_unavailable, audit_unavailable, shutting_down,
-                                           database_unavailable (with Retry-After: nothing was done)
+                                           database_unavailable (with Retry-After: nothing was done),
+                                           cluster_full (no Ray node has room now; Retry-After)
 
 Anything else that escapes a route is a bug: the application answers 500
 ``internal_error`` with a generic message and logs the traceback; clients
@@ -23,7 +25,7 @@ never see one.  The SDK maps each code onto its own error classes
 
 from __future__ import annotations
 
-__all__ = ["CODES", "BadRequest", "Conflict", "Forbidden", "NotFound", "PayloadTooLarge", "QuotaExceeded", "ServiceError",
+__all__ = ["CODES", "BadRequest", "Conflict", "Forbidden", "Gone", "NotFound", "PayloadTooLarge", "QuotaExceeded", "ServiceError",
            "Unauthorized", "Unavailable", "Unprocessable"]
 
 
@@ -67,6 +69,10 @@ class Conflict(ServiceError):
     status, code = 409, "file_exists"
 
 
+class Gone(ServiceError):
+    status, code = 410, "sandbox_lost"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
@@ -89,11 +95,12 @@ CODES = {
     (401, "unauthorized"),
     (403, "ceiling_exceeded"), (403, "path_refused"),
     (409, "file_exists"),
+    (410, "sandbox_lost"),
     (404, "sandbox_not_found"), (404, "command_not_found"), (404, "file_not_found"), (404, "not_found"),
     (405, "method_not_allowed"),
     (413, "payload_too_large"),
     (422, "invalid_policy"), (422, "invalid_request"),
     (429, "quota_exceeded"),
     (500, "internal_error"),
-    (503, "sandbox_unavailable"), (503, "audit_unavailable"), (503, "shutting_down"), (503, "database_unavailable"),
+    (503, "sandbox_unavailable"), (503, "audit_unavailable"), (503, "shutting_down"), (503, "database_unavailable"), (503, "cluster_full"),
 }

@@ -47,6 +47,16 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "CREATE INDEX IF NOT EXISTS sandboxes_by_replica ON sandboxes (replica)",
         "CREATE INDEX IF NOT EXISTS keys_by_tenant ON keys (tenant)",
     )),
+    (3, "a cluster: the Ray node of each sandbox, and each node's audit chain heads", (
+        "ALTER TABLE sandboxes ADD COLUMN node TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE audit_heads (
+            replica TEXT NOT NULL,
+            node TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL,
+            recorded DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (replica, seq))""",
+    )),
 )
 LATEST = MIGRATIONS[-1][0]
 

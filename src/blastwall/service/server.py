@@ -28,7 +28,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def serve(*, listen: str, config, db_path: str, tls_cert: str | None = None, tls_key: str | None = None,
-          log_level: str = "info") -> int:
+          log_level: str = "info", cluster: str | None = None) -> int:
+    """``cluster``: a Ray cluster's address: the sandboxes live on its nodes (``service/cluster.py``)."""
     import uvicorn
 
     from blastwall.service.app import create_app
@@ -47,16 +48,23 @@ def serve(*, listen: str, config, db_path: str, tls_cert: str | None = None, tls
                     "(use --tls-cert/--tls-key, or a TLS-terminating proxy)", host)
     prepare_data_dir(config.data_dir)  # Before anything is created in it.
     store = Store(db_path)
-    manager = Manager(config, store)
+    if cluster:
+        from blastwall.service.cluster import ClusterManager
+
+        manager = ClusterManager(config, store, address=cluster, database=db_path)
+    else:
+        manager = Manager(config, store)
     try:
         manager.start()
-        _warn_without_default_image(config, log)
+        if not cluster:
+            _warn_without_default_image(config, log)
         app = create_app(manager, store)
         server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
             timeout_graceful_shutdown=10, ssl_certfile=tls_cert, ssl_keyfile=tls_key, server_header=False))
-        log.info("serving on %s://%s:%d (data %s, database %s, warm pool %d)", "https" if tls_cert else "http",
-                 host, port, config.data_dir, store.db.description, config.warm)
+        log.info("serving on %s://%s:%d (data %s, database %s, %s)", "https" if tls_cert else "http",
+                 host, port, config.data_dir, store.db.description,
+                 f"sandboxes on the Ray cluster at {cluster}" if cluster else f"warm pool {config.warm}")
         server.run()
         return 0 if server.started else 125
     finally:

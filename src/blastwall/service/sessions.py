@@ -132,6 +132,7 @@ class Manager:
         self._lockfd: int | None = None
         self.replica = ""
         self._rows_to_remove: set[str] = set()  # Sandboxes gone whose row the database did not take yet.
+        self.released = None  # Called with a sandbox's id once it is torn down (a cluster frees its placement).
         self._base_layers: list = []
         self._default_has_egress = False
         self._warm_wakeup = threading.Event()
@@ -139,6 +140,15 @@ class Manager:
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Lock the data directory, reap what a previous process left, start the reaper and the pool."""
+        self.open()
+        self.reap_leftovers()
+        for target, name in ((self._reap_loop, "blastwall-ttl"), (self._warm_loop, "blastwall-warm")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def open(self) -> None:
+        """The data directory locked (one process per directory), this replica's id, the audit log, the policy."""
         import fcntl
 
         prepare_data_dir(self.config.data_dir)
@@ -157,18 +167,15 @@ class Manager:
 
         self._audit = AuditLog(self.config.audit_path or self.config.environ.get("BLASTWALL_AUDIT_DB")
                                or default_path(self.config.environ))
+        self.load_policy()
+
+    def load_policy(self) -> None:
+        """The operator's base policy (``--policy``), or the built-in defaults: never root's personal file."""
         from blastwall.policy.load import user_layers
 
-        # The operator's base policy (``--policy``), or the built-in defaults: never
-        # root's personal policy file by accident.
         self._base_layers = user_layers(self.config.policy_file, environ=self.config.environ) \
             if self.config.policy_file else []
         self._default_has_egress = self._policy_has_egress(self._merge(None, None))
-        self.reap_leftovers()
-        for target, name in ((self._reap_loop, "blastwall-ttl"), (self._warm_loop, "blastwall-warm")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
 
     def close(self) -> None:
         """Destroy every sandbox (they are ephemeral: a stopped service keeps none).  Idempotent."""
@@ -223,6 +230,8 @@ class Manager:
             self.store.remove_sandbox(row["id"])
             self.audit("reap", row["tenant"] or "-", row["id"], decision="destroy",
                        reason=f"left by service process {row['owner']}", strict=False)
+            if self.released is not None:
+                self.released(row["id"])
         # Workspaces without a row (a crash between mkdir and the insert).
         for name in os.listdir(self.config.sandboxes_dir):
             self._remove_workspace(os.path.join(self.config.sandboxes_dir, name))
@@ -359,27 +368,28 @@ class Manager:
 
     # -- create ----------------------------------------------------------------------------------
     def create(self, tenant, *, policy=None, image=None, tier=None, resources=None, ttl=None,
-               client: str = "") -> Sandbox:
+               client: str = "", sandbox_id: str | None = None) -> Sandbox:
+        """``sandbox_id``: the id to give it (a cluster names the placement first); a new one by default."""
         if self._stopping.is_set():
             raise Unavailable("the service is shutting down", code="shutting_down")
         try:
             return self._create(tenant, policy=policy, image=image, tier=tier, resources=resources, ttl=ttl,
-                                client=client)
+                                client=client, sandbox_id=sandbox_id)
         except (Unprocessable, Forbidden, QuotaExceeded) as exc:
             # Refusals are decisions too: the security team sees what was asked and why not.
             self.audit("create", tenant.name, decision="deny", rule=exc.code,
                        reason=f"{exc.message[:500]} (from {client})", strict=False)
             raise
 
-    def _create(self, tenant, *, policy, image, tier, resources, ttl, client: str) -> Sandbox:
+    def _create(self, tenant, *, policy, image, tier, resources, ttl, client: str, sandbox_id: str | None) -> Sandbox:
         merged, wanted, ttl, is_default = self.resolve_request(tenant, policy=policy, image=image, tier=tier,
                                                                resources=resources, ttl=ttl)
         with self._lock:
             if len(self._sandboxes) >= self.config.max_sandboxes:
                 raise QuotaExceeded("the service is at capacity; try again later")
-            sandbox = self._warm.pop(0) if is_default and self._warm else None
+            sandbox = self._warm.pop(0) if is_default and self._warm and sandbox_id is None else None
             if sandbox is None:
-                sandbox = Sandbox(new_id("sbx_"), tenant.name, image=merged.sandbox.image, resources=wanted,
+                sandbox = Sandbox(sandbox_id or new_id("sbx_"), tenant.name, image=merged.sandbox.image, resources=wanted,
                                   expires=time.time() + ttl, workspace="", allow=tuple(merged.network.allow),
                                   tier=merged.sandbox.tier)
                 sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
@@ -424,7 +434,7 @@ class Manager:
         ceiling = tenant.ceiling
         try:
             self.store.reserve_sandbox(sandbox.id, tenant=tenant.name, workspace=sandbox.workspace, expires=expires,
-                                       memory=resources.memory, replica=self.replica,
+                                       memory=resources.memory, replica=self.replica, node=self.config.node,
                                        max_sessions=ceiling.max_sessions, max_memory=ceiling.max_memory, claim=claim)
         except QuotaFull as full:
             if full.sandboxes >= ceiling.max_sessions:
@@ -480,6 +490,11 @@ class Manager:
         if sandbox.workspace:
             self._remove_workspace(sandbox.workspace)
         self._remove_row(sandbox.id)
+        if self.released is not None:
+            try:
+                self.released(sandbox.id)
+            except Exception:  # noqa: BLE001
+                log.exception("releasing sandbox %s failed", sandbox.id)
 
     def _remove_row(self, sandbox_id: str) -> None:
         """The row goes (the tenant's quota is freed); with the database away, the reaper retries."""
@@ -711,7 +726,8 @@ class Manager:
             sandbox.workspace = os.path.join(self.config.sandboxes_dir, sandbox.id)
             try:
                 self.store.add_sandbox(sandbox.id, tenant="", container="", workspace=sandbox.workspace,
-                                       expires=sandbox.expires, memory=defaults.memory, replica=self.replica)
+                                       expires=sandbox.expires, memory=defaults.memory, replica=self.replica,
+                                       node=self.config.node)
             except DatabaseUnavailable as exc:
                 log.warning("warm pool: waiting for the database: %s", exc.message)
                 if self._stopping.wait(5):

@@ -220,15 +220,17 @@ class Store:
         return Tenant(name, Ceiling.from_dict(json.loads(ceiling)), key_id)
 
     # -- sandboxes ---------------------------------------------------------------------------
-    _SANDBOX_FIELDS = ("id", "tenant", "container", "workspace", "created", "expires", "owner", "memory", "replica")
+    _SANDBOX_FIELDS = ("id", "tenant", "container", "workspace", "created", "expires", "owner", "memory", "replica",
+                       "node")
 
     def add_sandbox(self, sandbox_id: str, *, tenant: str, container: str, workspace: str, expires: float,
-                    memory: int = 0, replica: str = "") -> None:
+                    memory: int = 0, replica: str = "", node: str = "") -> None:
         """A row for a sandbox nobody's quota pays for yet (a warm spare: ``tenant`` is "")."""
-        self._write([self._insert(sandbox_id, tenant, container, workspace, expires, memory, replica)])
+        self._write([self._insert(sandbox_id, tenant, container, workspace, expires, memory, replica, node)])
 
     def reserve_sandbox(self, sandbox_id: str, *, tenant: str, workspace: str, expires: float, memory: int,
-                        replica: str, max_sessions: int, max_memory: int, claim: bool = False) -> None:
+                        replica: str, max_sessions: int, max_memory: int, claim: bool = False,
+                        node: str = "") -> None:
         """The tenant's quota checked and the sandbox's row written, in one transaction.
 
         ``claim``: the row exists (a warm spare, tenant ""): it becomes the
@@ -248,15 +250,15 @@ class Store:
                 if tx.rowcount != 1:
                     raise ValueError(f"sandbox {sandbox_id} is not a free spare")
             else:
-                tx.execute(*self._insert(sandbox_id, tenant, "", workspace, expires, memory, replica))
+                tx.execute(*self._insert(sandbox_id, tenant, "", workspace, expires, memory, replica, node))
 
         self.db.transaction(reserve)
 
     @staticmethod
-    def _insert(sandbox_id, tenant, container, workspace, expires, memory, replica) -> tuple[str, tuple]:
-        return ("INSERT INTO sandboxes (id, tenant, container, workspace, created, expires, owner, memory, replica) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sandbox_id, tenant, container, workspace, time.time(), expires, os.getpid(), memory, replica))
+    def _insert(sandbox_id, tenant, container, workspace, expires, memory, replica, node) -> tuple[str, tuple]:
+        return ("INSERT INTO sandboxes (id, tenant, container, workspace, created, expires, owner, memory, replica, "
+                "node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sandbox_id, tenant, container, workspace, time.time(), expires, os.getpid(), memory, replica, node))
 
     def update_sandbox(self, sandbox_id: str, **fields) -> None:
         allowed = {"tenant", "expires", "container"}
@@ -266,11 +268,32 @@ class Store:
         self._write([(f"UPDATE sandboxes SET {assignments} WHERE id = ?",
                       (*[fields[name] for name in sorted(fields)], sandbox_id))])
 
-    def remove_sandbox(self, sandbox_id: str) -> None:
-        self._write([("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))])
+    def remove_sandbox(self, sandbox_id: str) -> bool:
+        """The row gone; False if it was already (another replica took it first)."""
+        return self._write([("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))]) == 1
 
-    def sandbox_rows(self, *, replica: str | None = None) -> list[dict]:
-        """Every sandbox's row, or those of one replica."""
+    def sandbox_row(self, sandbox_id: str) -> dict | None:
+        rows = self._query("SELECT " + ", ".join(self._SANDBOX_FIELDS) + " FROM sandboxes WHERE id = ?", (sandbox_id,))
+        return dict(zip(self._SANDBOX_FIELDS, rows[0])) if rows else None
+
+    # -- audit chain heads -----------------------------------------------------------------------
+    def record_audit_head(self, *, replica: str, node: str, seq: int, digest: str) -> None:
+        """One audit log's head as it is now: later, a log that no longer has it was rewritten."""
+        self._write([("INSERT INTO audit_heads (replica, node, seq, hash, recorded) VALUES (?, ?, ?, ?, ?) "
+                      "ON CONFLICT (replica, seq) DO NOTHING", (replica, node, seq, digest, time.time()))])
+
+    def audit_heads(self) -> list[dict]:
+        names = ("replica", "node", "seq", "hash", "recorded")
+        return [dict(zip(names, row)) for row in
+                self._query("SELECT replica, node, seq, hash, recorded FROM audit_heads ORDER BY replica, seq")]
+
+    def sandbox_rows(self, *, replica: str | None = None, node: str | None = None,
+                     tenant: str | None = None) -> list[dict]:
+        """Every sandbox's row, or those of one replica, one node or one tenant."""
         sql = "SELECT " + ", ".join(self._SANDBOX_FIELDS) + " FROM sandboxes"
-        rows = self._query(sql + " WHERE replica = ?", (replica,)) if replica is not None else self._query(sql)
+        where = [(name, value) for name, value in (("replica", replica), ("node", node), ("tenant", tenant))
+                 if value is not None]
+        if where:
+            sql += " WHERE " + " AND ".join(f"{name} = ?" for name, _ in where)
+        rows = self._query(sql, tuple(value for _, value in where))
         return [dict(zip(self._SANDBOX_FIELDS, row)) for row in rows]

@@ -1,0 +1,1 @@
+"""blastwall on Ray: placement of sandboxes on a cluster's nodes, and the SDK for Ray programs."""

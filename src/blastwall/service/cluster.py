@@ -1,0 +1,379 @@
+"""``blastwall serve --cluster``: the HTTP API over sandboxes that live on a Ray cluster's nodes.
+
+A replica here keeps no sandbox.  It authenticates (the database's keys),
+checks a request against the tenant's ceiling (``Manager.resolve_request``,
+the same code as one machine), books a node through Ray
+(``blastwall.ray.cluster.place``) and asks that node's agent to create the
+sandbox; every later request finds the sandbox's node in the database (its
+row) and goes to that node's agent.  Any replica serves any sandbox, so a
+replica that dies loses nothing.
+
+Each replica also watches the nodes: a node Ray reports dead took its
+sandboxes with it.  Their rows are removed (the first replica to remove one
+audits it as ``lost``: the quota is freed once), their placements released,
+their streamed commands end with ``{"error": {"code": "sandbox_lost"}}``, and
+later requests for them answer ``410 sandbox_lost`` until the row is gone,
+then 404.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+
+from blastwall.service.commands import new_id
+from blastwall.service.errors import (BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadTooLarge, QuotaExceeded,
+                                      ServiceError, Unauthorized, Unavailable, Unprocessable)
+from blastwall.service.sessions import Manager
+
+__all__ = ["ClusterManager"]
+
+log = logging.getLogger("blastwall.service")
+
+PLACEMENT_TIMEOUT = 10.0   # seconds to wait for a node with room
+CALL_TIMEOUT = 120.0
+CREATE_TIMEOUT = 600.0     # a VM boots for minutes under TCG
+WATCH_INTERVAL = 1.0
+
+_BY_STATUS = {400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone,
+              413: PayloadTooLarge, 422: Unprocessable, 429: QuotaExceeded, 503: Unavailable}
+
+
+def _raise(error: dict):
+    kind = _BY_STATUS.get(error["status"], ServiceError)
+    raise kind(error["message"], code=error["code"], details=error.get("details"),
+               retry_after=error.get("retry_after"))
+
+
+class _Described:
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict) -> None:
+        self._data = data
+
+    def describe(self) -> dict:
+        return self._data
+
+
+class _Status:
+    """A background command's status, asked of its node."""
+
+    def __init__(self, manager: "ClusterManager", tenant, sandbox_id: str, command_id: str, status: dict) -> None:
+        self._manager, self._tenant, self._sandbox, self.id, self._status = manager, tenant, sandbox_id, command_id, status
+
+    def wait(self, timeout: float) -> None:
+        self._status = self._manager._call(self._tenant, self._sandbox, "command", self.id, wait=timeout,
+                                           timeout=CALL_TIMEOUT + timeout)
+
+    def status(self) -> dict:
+        return self._status
+
+
+class _Started:
+    def __init__(self, command_id: str) -> None:
+        self.id = command_id
+
+
+class RemoteCommand:
+    """A streamed command on a node: its events as the application's stream reads them."""
+
+    def __init__(self, manager: "ClusterManager", agent, tenant, sandbox_id: str, generator, command_id: str,
+                 node: str) -> None:
+        self.id = command_id
+        self._node = node
+        self.events: queue.Queue = queue.Queue(maxsize=256)
+        self.done = threading.Event()
+        self.exit_code = None
+        self.timed_out = False
+        self._manager, self._agent, self._tenant, self._sandbox = manager, agent, tenant, sandbox_id
+        self._generator = generator
+        threading.Thread(target=self._pump, name=f"blastwall-remote-{command_id}", daemon=True).start()
+
+    def _pump(self) -> None:
+        import ray
+
+        try:
+            for ref in self._generator:
+                event = ray.get(ref)
+                if "exit" in event:
+                    self.exit_code = event["exit"].get("exit_code")
+                    self.timed_out = bool(event["exit"].get("timed_out"))
+                    self.events.put(("exit", event["exit"]))
+                    return
+                (kind, payload), = event.items()
+                self.events.put((kind, payload))
+        except Exception as exc:  # noqa: BLE001 - which error Ray raises depends on where the object was
+            if node_died(self._node):
+                self.events.put(("exit", {"error": {"code": "sandbox_lost", "message": (
+                    "the sandbox was lost with its node while the command ran")}}))
+            else:
+                log.error("sandbox %s: the command's stream from its node broke: %r", self._sandbox, exc)
+                self.events.put(("exit", {"error": {"code": "sandbox_unavailable", "message": (
+                    "the command's output stream from its node broke; the operator's log has the cause")}}))
+        finally:
+            self.done.set()
+
+    def abandon(self) -> None:
+        if not self.done.is_set():
+            try:
+                self._agent.abandon.remote(self._tenant, self._sandbox, self.id)
+            except Exception:  # noqa: BLE001 - its node is gone: so is the command
+                pass
+
+
+def node_died(node: str, *, wait: float = 60.0) -> bool:
+    """Did ``node`` die?  Asked after a call to it failed: Ray may take a few health checks to say so."""
+    import time
+
+    from blastwall.ray import cluster
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if node in cluster.dead_nodes():
+                return True
+            if node not in cluster.alive_nodes():
+                return False
+        except Exception:  # noqa: BLE001 - the cluster itself is unreachable: not this node's death
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+class ClusterManager(Manager):
+    """The Manager's verbs, each sent to the agent of the sandbox's node."""
+
+    def __init__(self, config, store, *, address: str, database: str) -> None:
+        super().__init__(config, store)
+        self.address = address
+        self._settings = None
+        self._database = database
+        self._nodes: dict[str, tuple[str, str]] = {}   # sandbox id -> (tenant, node)
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        from blastwall.ray import cluster
+        from blastwall.ray.agent import agent_settings
+
+        if self.store.db.kind != "postgresql":
+            from blastwall.errors import ContainmentError
+
+            raise ContainmentError("A cluster's service keeps its state in PostgreSQL: every node's agent and "
+                                   "every replica share it", fix="give --database postgresql://...")
+        self.open()
+        cluster.connect(self.address)
+        if cluster.slots_offered() <= 0:
+            log.warning("no node of the Ray cluster offers %r: no sandbox can be placed (start nodes with "
+                        "--resources '{\"%s\": N}')", cluster.SLOT, cluster.SLOT)
+        self._settings = agent_settings(self.config, self._database)
+        thread = threading.Thread(target=self._watch_nodes, name="blastwall-nodes", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self) -> None:
+        """A replica's end changes nothing on the nodes: its sandboxes are every replica's."""
+        if self._stopping.is_set() and self._audit is None:
+            return
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self._audit is not None:
+            with self._audit_lock:
+                self._audit.close()
+                self._audit = None
+        if self._lockfd is not None:
+            os.close(self._lockfd)
+            self._lockfd = None
+
+    def warm_count(self) -> int:
+        return 0
+
+    # -- routing -------------------------------------------------------------------------------------
+    def _node_of(self, tenant, sandbox_id: object) -> str:
+        from blastwall.ray import cluster
+
+        if not isinstance(sandbox_id, str) or len(sandbox_id) > 64:
+            raise NotFound("no such sandbox")
+        known = self._nodes.get(sandbox_id)
+        if known is None:
+            row = self.store.sandbox_row(sandbox_id)
+            if row is not None and row["node"]:
+                known = (row["tenant"], row["node"])
+                self._nodes[sandbox_id] = known
+        if known is None or known[0] != tenant.name:
+            raise NotFound(f"no sandbox {sandbox_id!r}")
+        if known[1] in cluster.dead_nodes():
+            raise Gone(f"the sandbox {sandbox_id} was lost with its node; create another")
+        return known[1]
+
+    def _agent(self, node: str):
+        from blastwall.ray import cluster
+
+        return cluster.agent_for(node, self._settings)
+
+    def _call(self, tenant, sandbox_id: str, verb: str, *args, timeout: float = CALL_TIMEOUT, **kwargs):
+        node = self._node_of(tenant, sandbox_id)
+        return self._ask(node, verb, tenant, sandbox_id, *args, timeout=timeout, **kwargs)
+
+    def _ask(self, node: str, verb: str, tenant, *args, timeout: float = CALL_TIMEOUT, **kwargs):
+        import ray
+
+        try:
+            answer, value = ray.get(self._agent(node).call.remote(verb, tenant, *args, **kwargs), timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise Unavailable("the sandbox's node did not answer in time; try again") from None
+        except ray.exceptions.RayError as exc:
+            raise self._failed(node, exc) from None
+        if answer != "ok":
+            _raise(value)
+        return value
+
+    @staticmethod
+    def _failed(node: str, exc: BaseException) -> ServiceError:
+        """A call to a node's agent that Ray could not complete: lost with its node, or unavailable."""
+        from blastwall.ray import cluster
+
+        cluster.forget(node)
+        if node_died(node, wait=10.0):
+            return Gone("the sandbox was lost with its node; create another")
+        log.error("a call to the agent of node %s failed: %r", node, exc)
+        return Unavailable("the sandbox's node could not be reached; try again shortly", retry_after=5)
+
+    # -- verbs -----------------------------------------------------------------------------------------
+    def create(self, tenant, *, policy=None, image=None, tier=None, resources=None, ttl=None, client: str = "",
+               sandbox_id: str | None = None):
+        from blastwall.ray import cluster
+        from blastwall.service.ceiling import format_size
+
+        if self._stopping.is_set():
+            raise Unavailable("the service is shutting down", code="shutting_down")
+        try:
+            _merged, wanted, _ttl, _default = self.resolve_request(tenant, policy=policy, image=image, tier=tier,
+                                                                   resources=resources, ttl=ttl)
+        except (Unprocessable, Forbidden) as exc:
+            self.audit("create", tenant.name, decision="deny", rule=exc.code,
+                       reason=f"{exc.message[:500]} (from {client})", strict=False)
+            raise
+        sandbox_id = new_id("sbx_")
+        placement = cluster.place(sandbox_id, cpus=wanted.cpus, memory=wanted.memory, timeout=PLACEMENT_TIMEOUT)
+        if placement is None:
+            self.audit("create", tenant.name, sandbox_id, decision="deny", rule="cluster_full",
+                       reason=f"no node with room for {format_size(wanted.memory)}, {wanted.cpus:g} CPUs "
+                              f"(from {client})", strict=False)
+            raise Unavailable(f"no node of the cluster has room for a sandbox of {format_size(wanted.memory)} and "
+                              f"{wanted.cpus:g} CPUs now; try again later", code="cluster_full", retry_after=5)
+        try:
+            described = self._ask(placement.node, "create", tenant, policy=policy, image=image, tier=tier,
+                                  resources=resources, ttl=ttl, client=client, sandbox_id=sandbox_id,
+                                  timeout=CREATE_TIMEOUT)
+        except BaseException:
+            cluster.release(sandbox_id)
+            raise
+        self._nodes[sandbox_id] = (tenant.name, placement.node)
+        return _Described(described)
+
+    def get(self, tenant, sandbox_id):
+        return _Described(self._call(tenant, sandbox_id, "get"))
+
+    def list(self, tenant) -> list:
+        nodes = {row["node"] for row in self.store.sandbox_rows(tenant=tenant.name) if row["node"]}
+        from blastwall.ray import cluster
+
+        dead = cluster.dead_nodes()
+        out = []
+        for node in sorted(nodes - dead):
+            try:
+                out += [_Described(d) for d in self._ask(node, "list", tenant)]
+            except Gone:
+                continue
+        return out
+
+    def delete(self, tenant, sandbox_id: str, *, client: str = "") -> None:
+        self._call(tenant, sandbox_id, "delete", client=client)
+        self._nodes.pop(sandbox_id, None)
+
+    def set_ttl(self, tenant, sandbox_id: str, ttl: object):
+        return _Described(self._call(tenant, sandbox_id, "set_ttl", ttl))
+
+    def run(self, tenant, sandbox_id: str, cmd, *, envs=None, cwd=None, timeout=60.0, background=False):
+        import ray
+
+        if background:
+            return _Started(self._call(tenant, sandbox_id, "start", cmd, envs, cwd, timeout))
+        node = self._node_of(tenant, sandbox_id)
+        agent = self._agent(node)
+        generator = agent.run.options(num_returns="streaming").remote(tenant, sandbox_id, cmd, envs, cwd, timeout)
+        try:
+            first = ray.get(next(generator), timeout=CALL_TIMEOUT)
+        except (ray.exceptions.RayError, StopIteration) as exc:
+            raise self._failed(node, exc) from None
+        if "refused" in first:
+            _raise(first["refused"])
+        return RemoteCommand(self, agent, tenant, sandbox_id, generator, first["id"], node)
+
+    def command(self, tenant, sandbox_id: str, command_id: str):
+        return _Status(self, tenant, sandbox_id, command_id, self._call(tenant, sandbox_id, "command", command_id))
+
+    def kill_command(self, tenant, sandbox_id: str, command_id: str):
+        status = self._call(tenant, sandbox_id, "kill_command", command_id)
+        return _Status(self, tenant, sandbox_id, command_id, status)
+
+    def write_file(self, tenant, sandbox_id: str, path: str, data: bytes) -> int:
+        return self._call(tenant, sandbox_id, "write_file", path, data)
+
+    def open_file(self, tenant, sandbox_id: str, path: str) -> tuple[int, int]:
+        import ray
+
+        node = self._node_of(tenant, sandbox_id)
+        try:
+            answer, value = ray.get(self._agent(node).read_file.remote(tenant, sandbox_id, path), timeout=CALL_TIMEOUT)
+        except ray.exceptions.RayError as exc:
+            raise self._failed(node, exc) from None
+        if answer != "ok":
+            _raise(value)
+        fd = os.memfd_create("blastwall-file", os.MFD_CLOEXEC)
+        os.write(fd, value)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd, len(value)
+
+    def list_files(self, tenant, sandbox_id: str, path: str) -> dict:
+        return self._call(tenant, sandbox_id, "list_files", path)
+
+    def stat_file(self, tenant, sandbox_id: str, path: str) -> dict:
+        return self._call(tenant, sandbox_id, "stat_file", path)
+
+    def make_dir(self, tenant, sandbox_id: str, path: str) -> dict:
+        return self._call(tenant, sandbox_id, "make_dir", path)
+
+    def remove_file(self, tenant, sandbox_id: str, path: str) -> None:
+        self._call(tenant, sandbox_id, "remove_file", path)
+
+    def rename_file(self, tenant, sandbox_id: str, source: str, target: str) -> dict:
+        return self._call(tenant, sandbox_id, "rename_file", source, target)
+
+    # -- nodes that die ----------------------------------------------------------------------------
+    def _watch_nodes(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL):
+            try:
+                self.mark_lost()
+            except Exception as exc:  # noqa: BLE001 - the watcher must keep running
+                log.warning("checking the cluster's nodes failed: %s", exc)
+
+    def mark_lost(self) -> list[str]:
+        """Rows of sandboxes whose node Ray reports dead: removed, audited once, their placements released."""
+        from blastwall.ray import cluster
+
+        lost = []
+        for node in cluster.dead_nodes():
+            for row in self.store.sandbox_rows(node=node):
+                if self.store.remove_sandbox(row["id"]):  # Only the replica that removed it reports it.
+                    lost.append(row["id"])
+                    self.audit("lost", row["tenant"] or "-", row["id"], decision="destroy",
+                               reason=f"its node {node} died", strict=False)
+                    log.warning("sandbox %s of %s was lost with node %s", row["id"], row["tenant"] or "-", node)
+                cluster.release(row["id"])
+                cluster.forget(node)
+        return lost
