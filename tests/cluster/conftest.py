@@ -8,6 +8,7 @@ reported dead within seconds, as on a real cluster whose machine is gone.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 
@@ -22,11 +23,7 @@ from tests.service.conftest import HAVE_SERVICE_DEPS, RUNSC, service_images  # n
 
 SLOTS_PER_NODE = 2
 
-try:
-    import ray  # noqa: F401
-    HAVE_RAY = True
-except ImportError:
-    HAVE_RAY = False
+HAVE_RAY = importlib.util.find_spec("ray") is not None
 
 needs_cluster = [
     pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install .[cluster])"),

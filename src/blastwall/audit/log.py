@@ -138,6 +138,11 @@ class AuditLog:
         rows = [dict(zip(("seq", *FIELDS, "prev_hash", "hash"), r)) for r in self._db.execute(query)]
         return rows[-last:] if last else rows
 
+    def head(self) -> tuple[int, str] | None:
+        """(seq, hash) of the newest row; None for an empty log."""
+        row = self._db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else None
+
     def verify(self) -> tuple[bool, str]:
         """(True, summary) or (False, what is wrong and the first broken row)."""
         prev = GENESIS

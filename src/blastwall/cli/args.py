@@ -45,7 +45,8 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
     "approvals list": ({"--workspace": (True, False)}, "none", "list remembered answers"),
     "approvals revoke": ({}, "one", "forget a remembered answer"),
     "audit tail": ({"-n": (True, False), "--json": (False, False)}, "none", "show the latest audit rows"),
-    "audit verify": ({}, "none", "check the audit log's hash chain"),
+    "audit verify": ({"--cluster": (True, False), "--database": (True, False), "--db": (True, False)}, "none",
+                     "check the audit log's hash chain (--cluster: every node's, against the recorded heads)"),
     "audit show": ({}, "one", "show one audit row with its hashes"),
     "audit export": ({"--json": (False, False)}, "none", "print every audit row as JSON"),
     "mcp": ({"--workspace": (True, False), "--policy": (True, False), "--tier": (True, False)}, "none",
@@ -68,6 +69,8 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
                    "bring the service's database schema up to date"),
     "db status": ({"--db": (True, False), "--database": (True, False), "--data-dir": (True, False)}, "none",
                   "show the service database's schema version"),
+    "cluster status": ({"--cluster": (True, False), "--json": (False, False)}, "none",
+                       "the Ray cluster's nodes: blastwall slots, sandboxes, agents"),
     "version": ({}, "none", "print the version"),
 }
 
@@ -80,7 +83,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall image build [NAME] [--package P]... | import NAME DIR|TARBALL | list | rm NAME
        blastwall approvals list [--workspace DIR] | revoke ID
        blastwall trust [--workspace DIR] [--yes] [--allow-widening] | --revoke | --list
-       blastwall audit tail [-n N] [--json] | show SEQ | verify | export --json
+       blastwall audit tail [-n N] [--json] | show SEQ | verify [--cluster ADDRESS] | export --json
        blastwall mcp [--workspace DIR] [--policy FILE] [--tier TIER]
        blastwall serve [--listen HOST:PORT] [--data-dir DIR] [--database PATH|URL] [--warm N] [--policy FILE]
                        [--max-upload SIZE] [--default-ttl DURATION] [--max-sandboxes N] [--memory SIZE]
@@ -90,6 +93,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
                             [--expires DURATION|DATE] [--database PATH|URL]
        blastwall tenant key NAME [--expires DURATION|DATE] | list [--json] | revoke NAME|KEY-ID  [--database PATH|URL]
        blastwall db upgrade | status  [--database PATH|URL]
+       blastwall cluster status [--cluster ADDRESS] [--json]
        blastwall version
 
 Sandbox options:
@@ -148,11 +152,11 @@ def parse(argv: list[str]) -> Parsed:
         return Parsed("version", {}, [])
     name = argv[0]
     rest = argv[1:]
-    if name in ("policy", "audit", "approvals", "image", "tenant", "db"):
+    if name in ("policy", "audit", "approvals", "image", "tenant", "db", "cluster"):
         if not rest or rest[0] in ("-h", "--help"):
             subs = {"policy": "show or import-srt", "audit": "tail, verify or export",
                     "approvals": "list or revoke", "image": "build, import, list or rm",
-                    "tenant": "add, key, list or revoke", "db": "upgrade or status"}[name]
+                    "tenant": "add, key, list or revoke", "db": "upgrade or status", "cluster": "status"}[name]
             raise UsageError(f"{name} needs a subcommand: {subs}")
         name = f"{name} {rest[0]}"
         rest = rest[1:]

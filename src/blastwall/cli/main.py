@@ -521,6 +521,8 @@ def cmd_audit_show(parsed) -> int:
 
 
 def cmd_audit_verify(parsed) -> int:
+    if parsed.get("--cluster"):
+        return _verify_cluster_audit(parsed)
     log = _audit_log()
     if log is None:
         sys.stdout.write("audit log: empty (no decisions recorded yet)\n")
@@ -528,6 +530,44 @@ def cmd_audit_verify(parsed) -> int:
     ok, message = log.verify()
     sys.stdout.write(f"audit log {log.path}: {'OK' if ok else 'BROKEN'}: {message}\n")
     return 0 if ok else 1
+
+
+def _verify_cluster_audit(parsed) -> int:
+    """Every node agent's chain, checked on its node and against the heads the database recorded."""
+    import ray
+
+    from blastwall.ray import cluster
+
+    cluster.connect(parsed.get("--cluster"))
+    store = _open_store(parsed)
+    try:
+        heads = store.audit_heads()
+    finally:
+        store.close()
+    agents = cluster.agents()
+    broken = 0
+    checked_replicas = set()
+    for node, agent in sorted(agents.items()):
+        replica = ray.get(agent.status.remote(), timeout=60)["replica"]
+        recorded = [h for h in heads if h["replica"] == replica]
+        report = ray.get(agent.verify_audit.remote(recorded), timeout=600)
+        checked_replicas.add(replica)
+        problems = []
+        if not report["chain_ok"]:
+            problems.append(report["detail"])
+        if report["heads_mismatched"]:
+            problems.append(f"rows {', '.join(map(str, report['heads_mismatched'][:10]))} differ from the heads the "
+                            "database recorded: the log was rewritten")
+        state = "BROKEN: " + "; ".join(problems) if problems else f"OK: {report['detail']}"
+        broken += bool(problems)
+        sys.stdout.write(f"node {node[:12]} ({replica}): {state}; {report['heads_checked']} recorded heads checked\n")
+    for replica in sorted({h["replica"] for h in heads} - checked_replicas):
+        node = next(h["node"] for h in heads if h["replica"] == replica)
+        sys.stdout.write(f"node {node[:12]} ({replica}): not checked: no agent runs there now (the node is gone "
+                         "or its agent was stopped)\n")
+    if not agents:
+        sys.stdout.write("no node agent runs on this cluster\n")
+    return 1 if broken else 0
 
 
 def cmd_audit_export(parsed) -> int:
@@ -828,6 +868,35 @@ def cmd_db_status(parsed) -> int:
     return 0 if found == migrations.LATEST else 1
 
 
+def cmd_cluster_status(parsed) -> int:
+    import json
+
+    import ray
+
+    from blastwall.ray import cluster
+    from blastwall.service.ceiling import format_size
+
+    cluster.connect(parsed.get("--cluster") or "auto")
+    agents = cluster.agents()
+    nodes = cluster.nodes()
+    for node in nodes:
+        agent = agents.get(node["node"])
+        node["agent"] = ray.get(agent.status.remote(), timeout=60) if agent is not None else None
+    if parsed.get("--json"):
+        sys.stdout.write(json.dumps(nodes, indent=1) + "\n")
+        return 0
+    for node in nodes:
+        agent = node["agent"]
+        running = (f"{agent['sandboxes']} sandboxes ({format_size(agent['memory'])}), {agent['warm']} warm"
+                   if agent else "no agent yet")
+        free = "?" if node["slots_free"] is None else f"{node['slots_free']:g}"
+        sys.stdout.write(f"node {node['node'][:12]} {node['address']}: slots {free} free of {node['slots']:g}, "
+                         f"{node['cpus']:g} CPUs, {format_size(int(node['memory']))} memory; {running}\n")
+    if not any(node["slots"] for node in nodes):
+        sys.stdout.write(f"no node offers {cluster.SLOT}: start nodes with --resources '{{\"{cluster.SLOT}\": N}}'\n")
+    return 0
+
+
 def cmd_version(parsed) -> int:
     sys.stdout.write(f"blastwall {VERSION}\n")
     return 0
@@ -861,6 +930,7 @@ _HANDLERS = {
     "tenant key": cmd_tenant_key,
     "tenant list": cmd_tenant_list,
     "tenant revoke": cmd_tenant_revoke,
+    "cluster status": cmd_cluster_status,
     "db upgrade": cmd_db_upgrade,
     "db status": cmd_db_status,
     "version": cmd_version,

@@ -116,6 +116,19 @@ class RemoteCommandHandle:
         self._client.json("POST", f"{self._base}/kill")
 
 
+def with_allow_domains(policy, allow_domains):
+    """``policy`` (a dict, or None) with ``allow_domains`` added to its ``network.allow``."""
+    if not allow_domains:
+        return policy
+    if policy is not None and not isinstance(policy, dict):
+        raise ValueError("give allow_domains inside the policy when the policy is TOML text")
+    policy = dict(policy or {})
+    network = dict(policy.get("network", {}))
+    network["allow"] = [*network.get("allow", []), *allow_domains]
+    policy["network"] = network
+    return policy
+
+
 class RemoteBackend:
     def __init__(self, client: _Client, info: dict) -> None:
         self._client = client
@@ -131,13 +144,7 @@ class RemoteBackend:
             body["image"] = image
         if tier is not None:
             body["tier"] = tier
-        if allow_domains:
-            if policy is not None and not isinstance(policy, dict):
-                raise ValueError("give allow_domains inside the policy when the policy is TOML text")
-            policy = dict(policy or {})
-            network = dict(policy.get("network", {}))
-            network["allow"] = [*network.get("allow", []), *allow_domains]
-            policy["network"] = network
+        policy = with_allow_domains(policy, allow_domains)
         if policy is not None:
             body["policy"] = policy
         if resources is not None:

@@ -143,6 +143,20 @@ class Files:
         return data if format == "bytes" else data.decode("utf-8", "replace")
 
 
+def with_envs(policy, envs):
+    """``policy`` (a dict, or None) with ``envs`` set for every command (its ``environment.set``)."""
+    if not envs:
+        return policy
+    _check_envs(envs)
+    if policy is not None and not isinstance(policy, dict):
+        raise InvalidRequestError("give envs inside the policy ([environment] set) when the policy is TOML text")
+    policy = dict(policy or {})
+    environment = dict(policy.get("environment", {}))
+    environment["set"] = {**environment.get("set", {}), **envs}
+    policy["environment"] = environment
+    return policy
+
+
 class Sandbox:
     """A sandbox: ``commands.run``, ``files.read``/``files.write``, ``kill()`` (or a ``with`` block).
 
@@ -177,14 +191,7 @@ class Sandbox:
         "vm").  ``policy_file`` and ``workspace`` are local only.
         """
         environ = os.environ if environ is None else environ
-        if envs:
-            _check_envs(envs)
-            if policy is not None and not isinstance(policy, dict):
-                raise InvalidRequestError("give envs inside the policy ([environment] set) when the policy is TOML text")
-            policy = dict(policy or {})
-            environment = dict(policy.get("environment", {}))
-            environment["set"] = {**environment.get("set", {}), **envs}
-            policy["environment"] = environment
+        policy = with_envs(policy, envs)
         url = environ.get("BLASTWALL_API_URL") or None if api_url is UNSET else api_url
         image = image if image is not None else template
         if timeout is not None and ttl is not None and timeout != ttl:

@@ -42,8 +42,9 @@ def agent_settings(config, database: str) -> dict:
 
 
 def _refused(exc) -> tuple:
-    return ("refused", {"status": exc.status, "code": exc.code, "message": exc.message, "details": exc.details,
-                        "retry_after": exc.retry_after})
+    from blastwall.service.errors import as_answer
+
+    return ("refused", as_answer(exc))
 
 
 class NodeAgent:
@@ -70,7 +71,8 @@ class NodeAgent:
                         default_ttl=settings["default_ttl"], max_sandboxes=settings["max_sandboxes"],
                         default_resources=Resources(settings["memory"], settings["cpus"], default_pids()),
                         output_cap=settings["output_cap"], node=self.node)
-        self.store = Store(settings["database"])
+        # No database given (a Ray program on its own): each node keeps its state in its own file.
+        self.store = Store(settings["database"] or os.path.join(self.data_dir, "service.sqlite"))
         self.manager = Manager(config, self.store)
         self.manager.released = self._release
         self.manager.start()
@@ -130,8 +132,7 @@ class NodeAgent:
     def audit_head(self) -> tuple[int, str] | None:
         """(seq, hash) of the node's newest audit row."""
         with self.manager._audit_lock:
-            rows = self.manager._audit.rows(last=1) if self.manager._audit is not None else []
-        return (rows[-1]["seq"], rows[-1]["hash"]) if rows else None
+            return self.manager._audit.head() if self.manager._audit is not None else None
 
     def verify_audit(self, recorded: list[dict]) -> dict:
         """The node's chain checked end to end, and against the heads the database recorded for it."""
@@ -145,6 +146,14 @@ class NodeAgent:
     # -- the service's verbs ------------------------------------------------------------------------
     def ready(self) -> str:
         return self.node
+
+    def ensure_tenant(self, name: str, ceiling) -> None:
+        """A Ray program's tenant (no API key: it never comes through HTTP), made if missing."""
+        if not any(t["name"] == name for t in self.store.tenants()):
+            try:
+                self.store.add_tenant(name, ceiling, key=False)
+            except ValueError:
+                pass  # Made by another node's agent meanwhile (a shared database).
 
     def status(self) -> dict:
         with self.manager._lock:

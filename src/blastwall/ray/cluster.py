@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["NAMESPACE", "SLOT", "Placement", "agent_for", "alive_nodes", "connect", "dead_nodes", "place", "release"]
+__all__ = ["NAMESPACE", "SLOT", "AgentFailed", "Placement", "agent_for", "alive_nodes", "connect", "create_sandbox",
+           "dead_nodes", "place", "release"]
 
 NAMESPACE = "blastwall"
 SLOT = "blastwall_slot"
@@ -73,6 +74,58 @@ def place(sandbox_id: str, *, cpus: float, memory: int, timeout: float) -> Place
         raise
     node = placement_group_table(group)["bundles_to_node_id"][0]
     return Placement(sandbox_id, group, node)
+
+
+PLACEMENT_TIMEOUT = 10.0   # seconds to wait for a node with room
+CREATE_TIMEOUT = 600.0     # a VM boots for minutes under TCG
+
+
+class AgentFailed(Exception):
+    """Ray could not complete a call to ``node``'s agent (its cause says how)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.node = node
+
+
+def create_sandbox(planner, settings: dict, tenant, *, placement_timeout: float = PLACEMENT_TIMEOUT,
+                   before=None, **request) -> tuple[str, dict]:
+    """Check the request (``planner.resolve_request``), book a node, have its agent create it: (node, description).
+
+    A refusal raises the service's error (422/403 before anything is booked;
+    ``cluster_full`` when no node has room; the agent's own, such as a quota);
+    nothing stays booked after a failure.  ``before(node)`` runs once the
+    node is known, before the agent is asked.
+    """
+    import ray
+
+    from blastwall.service.ceiling import format_size
+    from blastwall.service.commands import new_id
+    from blastwall.service.errors import Unavailable, from_answer
+
+    _policy, wanted, _ttl, _default = planner.resolve_request(
+        tenant, policy=request.get("policy"), image=request.get("image"), tier=request.get("tier"),
+        resources=request.get("resources"), ttl=request.get("ttl"))
+    sandbox_id = new_id("sbx_")
+    placement = place(sandbox_id, cpus=wanted.cpus, memory=wanted.memory, timeout=placement_timeout)
+    if placement is None:
+        raise Unavailable(f"no node of the cluster has room for a sandbox of {format_size(wanted.memory)} and "
+                          f"{wanted.cpus:g} CPUs now; try again later", code="cluster_full", retry_after=5)
+    try:
+        agent = agent_for(placement.node, settings)
+        if before is not None:
+            before(placement.node)
+        try:
+            answer, value = ray.get(agent.call.remote("create", tenant, sandbox_id=sandbox_id, **request),
+                                    timeout=CREATE_TIMEOUT)
+        except ray.exceptions.RayError as exc:
+            raise AgentFailed(placement.node) from exc
+        if answer != "ok":
+            raise from_answer(value)
+    except BaseException:
+        release(sandbox_id)
+        raise
+    return placement.node, value
 
 
 def release(sandbox_id: str) -> bool:

@@ -23,28 +23,18 @@ import os
 import queue
 import threading
 
-from blastwall.service.commands import new_id
-from blastwall.service.errors import (BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadTooLarge, QuotaExceeded,
-                                      ServiceError, Unauthorized, Unavailable, Unprocessable)
+from blastwall.service.errors import Forbidden, Gone, NotFound, ServiceError, Unavailable, Unprocessable, from_answer
 from blastwall.service.sessions import Manager
 
 __all__ = ["ClusterManager"]
 
 log = logging.getLogger("blastwall.service")
 
-PLACEMENT_TIMEOUT = 10.0   # seconds to wait for a node with room
 CALL_TIMEOUT = 120.0
-CREATE_TIMEOUT = 600.0     # a VM boots for minutes under TCG
 WATCH_INTERVAL = 1.0
 
-_BY_STATUS = {400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone,
-              413: PayloadTooLarge, 422: Unprocessable, 429: QuotaExceeded, 503: Unavailable}
-
-
 def _raise(error: dict):
-    kind = _BY_STATUS.get(error["status"], ServiceError)
-    raise kind(error["message"], code=error["code"], details=error.get("details"),
-               retry_after=error.get("retry_after"))
+    raise from_answer(error)
 
 
 class _Described:
@@ -245,34 +235,30 @@ class ClusterManager(Manager):
     # -- verbs -----------------------------------------------------------------------------------------
     def create(self, tenant, *, policy=None, image=None, tier=None, resources=None, ttl=None, client: str = "",
                sandbox_id: str | None = None):
+        import ray
+
         from blastwall.ray import cluster
-        from blastwall.service.ceiling import format_size
 
         if self._stopping.is_set():
             raise Unavailable("the service is shutting down", code="shutting_down")
         try:
-            _merged, wanted, _ttl, _default = self.resolve_request(tenant, policy=policy, image=image, tier=tier,
-                                                                   resources=resources, ttl=ttl)
+            node, described = cluster.create_sandbox(self, self._settings, tenant, policy=policy, image=image,
+                                                     tier=tier, resources=resources, ttl=ttl, client=client)
         except (Unprocessable, Forbidden) as exc:
             self.audit("create", tenant.name, decision="deny", rule=exc.code,
                        reason=f"{exc.message[:500]} (from {client})", strict=False)
             raise
-        sandbox_id = new_id("sbx_")
-        placement = cluster.place(sandbox_id, cpus=wanted.cpus, memory=wanted.memory, timeout=PLACEMENT_TIMEOUT)
-        if placement is None:
-            self.audit("create", tenant.name, sandbox_id, decision="deny", rule="cluster_full",
-                       reason=f"no node with room for {format_size(wanted.memory)}, {wanted.cpus:g} CPUs "
-                              f"(from {client})", strict=False)
-            raise Unavailable(f"no node of the cluster has room for a sandbox of {format_size(wanted.memory)} and "
-                              f"{wanted.cpus:g} CPUs now; try again later", code="cluster_full", retry_after=5)
-        try:
-            described = self._ask(placement.node, "create", tenant, policy=policy, image=image, tier=tier,
-                                  resources=resources, ttl=ttl, client=client, sandbox_id=sandbox_id,
-                                  timeout=CREATE_TIMEOUT)
-        except BaseException:
-            cluster.release(sandbox_id)
+        except Unavailable as exc:
+            if exc.code == "cluster_full":
+                self.audit("create", tenant.name, decision="deny", rule=exc.code,
+                           reason=f"{exc.message[:300]} (from {client})", strict=False)
             raise
-        self._nodes[sandbox_id] = (tenant.name, placement.node)
+        except cluster.AgentFailed as exc:
+            raise self._failed(exc.node, exc.__cause__) from None
+        except ray.exceptions.RayError as exc:
+            log.error("placing a sandbox failed: %r", exc)
+            raise Unavailable("the cluster could not place the sandbox; the operator's log has the cause") from None
+        self._nodes[described["id"]] = (tenant.name, node)
         return _Described(described)
 
     def get(self, tenant, sandbox_id):

@@ -89,6 +89,19 @@ class Unavailable(ServiceError):
     status, code = 503, "sandbox_unavailable"
 
 
+def from_answer(error: dict) -> ServiceError:
+    """The error a node agent answered with (status, code, message, details, retry_after), as raised here."""
+    kind = {cls.status: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Gone, PayloadTooLarge,
+                                        Unprocessable, QuotaExceeded, Unavailable)}.get(error.get("status"), ServiceError)
+    return kind(str(error.get("message", "")), code=str(error.get("code", "")) or None, details=error.get("details"),
+                retry_after=error.get("retry_after"))
+
+
+def as_answer(exc: ServiceError) -> dict:
+    return {"status": exc.status, "code": exc.code, "message": exc.message, "details": exc.details,
+            "retry_after": exc.retry_after}
+
+
 # Every (status, code) the service answers with; the SDK's mapping test walks this.
 CODES = {
     (400, "invalid_request"), (400, "invalid_json"), (400, "invalid_path"),

@@ -130,20 +130,25 @@ class Store:
         return self.db.transaction(run)
 
     # -- tenants and keys -----------------------------------------------------------------
-    def add_tenant(self, name: str, ceiling: Ceiling, *, expires: float | None = None) -> tuple[str, str]:
-        """Create tenant ``name`` with its first key; (key id, the key itself — shown once)."""
+    def add_tenant(self, name: str, ceiling: Ceiling, *, expires: float | None = None,
+                   key: bool = True) -> tuple[str, str]:
+        """Create tenant ``name`` with its first key; (key id, the key itself — shown once).
+
+        ``key`` False: no key at all (a Ray program's tenant, never reached over HTTP); ("", "").
+        """
         check_tenant_name(name)
         if self._query("SELECT 1 FROM tenants WHERE name = ?", (name,)):
             raise ValueError(f"tenant {name!r} exists (issue another key with `blastwall tenant key {name}`)")
-        key_id, key, digest = self._new_key()
+        with_key = key
+        key_id, key, digest = self._new_key() if with_key else ("", "", "")
         now = time.time()
+        statements = [("INSERT INTO tenants (name, created, revoked, ceiling) VALUES (?, ?, NULL, ?)",
+                       (name, now, json.dumps(ceiling.as_dict())))]
+        if with_key:
+            statements.append(("INSERT INTO keys (id, tenant, digest, created, expires, revoked) "
+                               "VALUES (?, ?, ?, ?, ?, NULL)", (key_id, name, digest, now, expires)))
         try:
-            self._write([
-                ("INSERT INTO tenants (name, created, revoked, ceiling) VALUES (?, ?, NULL, ?)",
-                 (name, now, json.dumps(ceiling.as_dict()))),
-                ("INSERT INTO keys (id, tenant, digest, created, expires, revoked) VALUES (?, ?, ?, ?, ?, NULL)",
-                 (key_id, name, digest, now, expires)),
-            ])
+            self._write(statements)
         except Exception as exc:
             if self.db.is_conflict(exc):  # Added by someone else since the check above.
                 raise ValueError(f"tenant {name!r} exists") from None
