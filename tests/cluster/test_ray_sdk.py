@@ -17,6 +17,7 @@ import uuid
 import pytest
 
 from blastwall.client import CommandExitError, SandboxFileError, SandboxNotFoundError
+from blastwall.service import migrations
 from tests.cluster.conftest import LOOPBACK_ONLY, SLOTS_PER_NODE
 from tests.conftest import BASE, blastwall
 
@@ -209,3 +210,6 @@ def test_audit_verify_cluster_checks_every_nodes_chain_and_finds_a_tampered_one(
                        env=env, timeout=120)
     assert status.returncode == 0 and status.stdout.count("node ") == len(ray_cluster.node_ids()), status.stdout
     assert f"of {SLOTS_PER_NODE}," in status.stdout
+    doctor = blastwall(["doctor", "--cluster", ray_cluster.address], home=home, cwd=workspace, env=env, timeout=300)
+    assert "ok      blastwall slots" in doctor.stdout and f"schema version {migrations.LATEST}" in doctor.stdout, doctor.stdout
+    assert f"{len(ray_cluster.node_ids())} nodes alive" in doctor.stdout

@@ -39,6 +39,9 @@ def test_a_new_postgres_database_is_refused_until_db_upgrade_and_no_password_is_
     assert "schema version 0" in str(refused.value) and "db upgrade" in str(refused.value)
     assert postgres.password not in str(refused.value)
     env = {"BLASTWALL_DATABASE": url}  # The password stays out of argv (ps would show it).
+    doctor = blastwall(["doctor"], home=home, cwd=workspace, env=env, timeout=300)
+    assert doctor.returncode == 1 and "schema version 0" in doctor.stdout and "db upgrade" in doctor.stdout
+    assert postgres.password not in doctor.stdout + doctor.stderr
     status = blastwall(["db", "status"], home=home, cwd=workspace, env=env)
     assert status.returncode == 1 and "schema version 0" in status.stdout and "pending: 2" in status.stdout
     served = blastwall(["tenant", "list"], home=home, cwd=workspace, env=env)

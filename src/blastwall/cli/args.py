@@ -34,7 +34,8 @@ COMMANDS: dict[str, tuple[dict[str, tuple[bool, bool]], str, str]] = {
                     "none", "print the effective policy (and the compiled plan)"),
     "policy import-srt": ({"--output": (True, False), "--force": (False, False)}, "one",
                           "convert an srt settings file to a blastwall policy"),
-    "doctor": ({"--json": (False, False)}, "none", "check what this machine supports"),
+    "doctor": ({"--json": (False, False), "--database": (True, False), "--cluster": (True, False)}, "none",
+               "check what this machine supports (and the service's database and Ray cluster, when given)"),
     "image build": ({"--package": (True, True)}, "optional", "build a root filesystem image with mmdebstrap"),
     "image import": ({}, "two", "import an image from a directory or tarball"),
     "image list": ({}, "none", "list images"),
@@ -79,7 +80,7 @@ usage: blastwall run [OPTIONS] [--] COMMAND [ARG...]
        blastwall shell [OPTIONS]
        blastwall policy show [OPTIONS] [--json] [--plan]
        blastwall policy import-srt FILE [--output FILE] [--force]
-       blastwall doctor [--json]
+       blastwall doctor [--json] [--database PATH|URL] [--cluster ADDRESS]
        blastwall image build [NAME] [--package P]... | import NAME DIR|TARBALL | list | rm NAME
        blastwall approvals list [--workspace DIR] | revoke ID
        blastwall trust [--workspace DIR] [--yes] [--allow-widening] | --revoke | --list

@@ -195,35 +195,92 @@ def check_vm() -> list[Check]:
     return out
 
 
-def checks() -> list[Check]:
+def check_database(target: str) -> list[Check]:
+    """The service's database: reachable, and its schema this blastwall's."""
+    from blastwall.errors import ContainmentError
+    from blastwall.service import migrations
+    from blastwall.service.database import describe_target, open_database
+
+    name = describe_target(target)
+    path = target[len("sqlite://"):] if target.startswith("sqlite://") else None if "://" in target else target
+    if path is not None and not os.path.exists(path):  # Looked at, never made: the service makes it.
+        return [Check("service", "database", True, f"{name}: not created yet (the service makes it at its start)")]
+    try:
+        database = open_database(target, check=False)
+        try:
+            found = migrations.version(database)
+        finally:
+            database.close()
+    except ContainmentError as exc:
+        return [Check("service", "database", False, f"{name}: {exc.message}", exc.fix or "")]
+    if found != migrations.LATEST:
+        return [Check("service", "database", False, f"{name}: schema version {found}, this blastwall needs "
+                      f"{migrations.LATEST}", "blastwall db upgrade --database URL" if found < migrations.LATEST
+                      else "upgrade blastwall")]
+    return [Check("service", "database", True, f"{name}: schema version {found}")]
+
+
+def check_cluster(address: str) -> list[Check]:
+    """The Ray cluster: joinable, its nodes, and the blastwall slots they offer."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return [Check("service", "Ray cluster", False, "Ray is not installed", "pip install 'blastwall[cluster]'")]
+    from blastwall.errors import ContainmentError
+    from blastwall.ray import cluster
+
+    try:
+        cluster.connect(address)
+    except ContainmentError as exc:
+        return [Check("service", "Ray cluster", False, exc.message, exc.fix or "")]
+    import ray
+
+    nodes = cluster.nodes()
+    slots = sum(n["slots"] for n in nodes)
+    out = [Check("service", "Ray cluster", True, f"{address}: Ray {ray.__version__}, {len(nodes)} nodes alive")]
+    out.append(Check("service", "blastwall slots", slots > 0, f"{slots:g} sandboxes at once over the cluster",
+                     "" if slots else f"start nodes with --resources '{{\"{cluster.SLOT}\": N}}'"))
+    return out
+
+
+def checks(*, database: str | None = None, cluster: str | None = None) -> list[Check]:
     out = check_bwrap()
     out.append(check_seccomp())
     out.append(check_landlock())
     out.extend(check_egress())
     out.extend(check_runsc())
     out.extend(check_vm())
+    if database:
+        out.extend(check_database(database))
+    if cluster:
+        out.extend(check_cluster(cluster))
     return out
 
 
-def run_doctor(*, json_output: bool) -> int:
-    results = checks()
+def run_doctor(*, json_output: bool, database: str | None = None, cluster: str | None = None) -> int:
+    """``database``, ``cluster``: the service's, checked when given (a service on one machine needs neither)."""
+    results = checks(database=database, cluster=cluster)
     essential = [c for c in results if c.tier == "process" and c.name != "Landlock"]
     process_ok = all(c.ok for c in essential)
+    service_ok = all(c.ok for c in results if c.tier == "service")
     if json_output:
         import json
 
-        sys.stdout.write(json.dumps({"process_tier_usable": process_ok,
+        sys.stdout.write(json.dumps({"process_tier_usable": process_ok, "service_usable": service_ok,
                                      "checks": [c.as_dict() for c in results]}, indent=2) + "\n")
-        return 0 if process_ok else 1
+        return 0 if process_ok and service_ok else 1
     width = max(len(c.name) for c in results)
     tier = None
     for c in results:
         if c.tier != tier:
             tier = c.tier
-            sys.stdout.write(("egress gateway" if tier == "egress" else f"{tier} tier") + "\n")
+            sys.stdout.write({"egress": "egress gateway", "service": "service state and cluster"}.get(
+                tier, f"{tier} tier") + "\n")
         mark = "ok" if c.ok else "MISSING" if "not installed" in c.detail or "Can't find" in c.detail else "NO"
         sys.stdout.write(f"  {mark:<7} {c.name:<{width}}  {c.detail}\n")
         if not c.ok and c.fix:
             sys.stdout.write(f"  {'':<7} {'':<{width}}  fix: {c.fix}\n")
     sys.stdout.write(f"\nprocess tier: {'usable' if process_ok else 'NOT usable'}\n")
-    return 0 if process_ok else 1
+    if database or cluster:
+        sys.stdout.write(f"service database and cluster: {'usable' if service_ok else 'NOT usable'}\n")
+    return 0 if process_ok and service_ok else 1

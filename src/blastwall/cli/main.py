@@ -343,7 +343,8 @@ def cmd_import_srt(parsed) -> int:
 def cmd_doctor(parsed) -> int:
     from blastwall.cli.doctor import run_doctor
 
-    return run_doctor(json_output=bool(parsed.get("--json")))
+    database = parsed.get("--database") or os.environ.get("BLASTWALL_DATABASE")
+    return run_doctor(json_output=bool(parsed.get("--json")), database=database, cluster=parsed.get("--cluster"))
 
 
 def _ask(question: str) -> bool:
@@ -857,6 +858,10 @@ def cmd_db_upgrade(parsed) -> int:
 
 
 def cmd_db_status(parsed) -> int:
+    target = _service_db(parsed)
+    if "://" not in target and not os.path.exists(target):  # Looked at, never made.
+        sys.stdout.write(f"{target}: no database yet (the service or `blastwall db upgrade` makes it)\n")
+        return 1
     db, (found, migrations) = _with_schema(parsed, lambda db, m: (m.version(db), m))
     sys.stdout.write(f"{db.description} ({db.kind}): schema version {found}; this blastwall needs "
                      f"{migrations.LATEST}\n")
