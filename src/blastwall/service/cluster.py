@@ -32,6 +32,7 @@ log = logging.getLogger("blastwall.service")
 
 CALL_TIMEOUT = 120.0
 WATCH_INTERVAL = 1.0
+SWEEP_FOR = 60.0           # seconds a dead node's rows are looked for
 
 def _raise(error: dict):
     raise from_answer(error)
@@ -142,6 +143,8 @@ class ClusterManager(Manager):
         self._settings = None
         self._database = database
         self._nodes: dict[str, tuple[str, str]] = {}   # sandbox id -> (tenant, node)
+        self._dead: frozenset[str] = frozenset()       # as of the watcher's last look (each second)
+        self._swept: dict[str, float] = {}             # dead node -> when its rows were first swept
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -183,8 +186,6 @@ class ClusterManager(Manager):
 
     # -- routing -------------------------------------------------------------------------------------
     def _node_of(self, tenant, sandbox_id: object) -> str:
-        from blastwall.ray import cluster
-
         if not isinstance(sandbox_id, str) or len(sandbox_id) > 64:
             raise NotFound("no such sandbox")
         known = self._nodes.get(sandbox_id)
@@ -195,7 +196,7 @@ class ClusterManager(Manager):
                 self._nodes[sandbox_id] = known
         if known is None or known[0] != tenant.name:
             raise NotFound(f"no sandbox {sandbox_id!r}")
-        if known[1] in cluster.dead_nodes():
+        if known[1] in self._dead:
             raise Gone(f"the sandbox {sandbox_id} was lost with its node; create another")
         return known[1]
 
@@ -266,11 +267,8 @@ class ClusterManager(Manager):
 
     def list(self, tenant) -> list:
         nodes = {row["node"] for row in self.store.sandbox_rows(tenant=tenant.name) if row["node"]}
-        from blastwall.ray import cluster
-
-        dead = cluster.dead_nodes()
         out = []
-        for node in sorted(nodes - dead):
+        for node in sorted(nodes - self._dead):
             try:
                 out += [_Described(d) for d in self._ask(node, "list", tenant)]
             except Gone:
@@ -352,8 +350,16 @@ class ClusterManager(Manager):
         """Rows of sandboxes whose node Ray reports dead: removed, audited once, their placements released."""
         from blastwall.ray import cluster
 
+        import time
+
         lost = []
-        for node in cluster.dead_nodes():
+        self._dead = frozenset(cluster.dead_nodes())
+        now = time.monotonic()
+        for node in self._dead:
+            # Swept for a minute after it was seen dead (a row committed as it died), then never
+            # again: Ray keeps dead nodes in its table, and the database is not asked about each forever.
+            if now - self._swept.setdefault(node, now) > SWEEP_FOR:
+                continue
             for row in self.store.sandbox_rows(node=node):
                 if self.store.remove_sandbox(row["id"]):  # Only the replica that removed it reports it.
                     lost.append(row["id"])
