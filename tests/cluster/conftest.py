@@ -76,6 +76,14 @@ class RayCluster:
         self.cluster.shutdown()
 
 
+def pytest_collection_modifyitems(items):
+    """The cluster group is among the slowest (a Ray cluster per module, many sandboxes): `-m "not slow"` skips it."""
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     for mark in needs_cluster:

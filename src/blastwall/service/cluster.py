@@ -288,9 +288,10 @@ class ClusterManager(Manager):
         if background:
             return _Started(self._call(tenant, sandbox_id, "start", cmd, envs, cwd, timeout))
         node = self._node_of(tenant, sandbox_id)
-        agent = self._agent(node)
-        generator = agent.run.options(num_returns="streaming").remote(tenant, sandbox_id, cmd, envs, cwd, timeout)
         try:
+            agent = self._agent(node)
+            generator = agent.run.options(num_returns="streaming").remote(tenant, sandbox_id, cmd, envs, cwd,
+                                                                           timeout)
             first = ray.get(next(generator), timeout=CALL_TIMEOUT)
         except (ray.exceptions.RayError, StopIteration) as exc:
             raise self._failed(node, exc) from None
