@@ -54,10 +54,13 @@ class RayCluster:
         return [n["NodeID"] for n in ray.nodes() if n["Alive"]]
 
     def kill_node(self, node_id: str) -> None:
-        """The node's raylet and its workers killed at once: a machine gone, not a node leaving."""
+        """The node's raylet killed (SIGKILL), nothing else: Ray loses the node, the machine goes on.
+
+        The hard case: whatever ran there (its agent, its sandboxes) may live on, unseen by the
+        cluster, which has already declared it lost.  The rest of the node goes at shutdown.
+        """
         victim = next(n for n in self.workers if n.node_id == node_id)
-        self.cluster.remove_node(victim, allow_graceful=False)
-        self.workers.remove(victim)
+        victim.kill_raylet()
 
     def wait_dead(self, node_id: str, timeout: float = 30) -> float:
         import ray

@@ -6,6 +6,7 @@ can reach, what is left after a node dies, what the database holds.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -64,6 +65,19 @@ def _rows(url: str) -> list[dict]:
         return store.sandbox_rows()
     finally:
         store.close()
+
+
+def _running(container: str) -> bool:
+    """Does a host process of this container (runsc, its sandbox, its gofer) still run?"""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if container.encode() in f.read():
+                        return True
+            except OSError:
+                continue
+    return False
 
 
 def _placements() -> set[str]:
@@ -127,11 +141,58 @@ def test_tenants_cannot_reach_each_others_sandboxes_on_any_node_through_any_repl
             r = svc.call(method, f"/v1/sandboxes/{secret['id']}{path}", mallory, **kwargs)
             assert r.status_code == 404, (method, path, r.status_code, r.text)
         assert secret["id"] not in svc.call("GET", "/v1/sandboxes", mallory).text
+        for odd in ("sbx_%00", "sbx_" + "0" * 24, "..", secret["id"].upper()):  # Never asked of the database.
+            assert svc.call("GET", f"/v1/sandboxes/{odd}", mallory).status_code == 404
+        tiny = svc.call("POST", "/v1/sandboxes", mallory, json={"resources": {"cpus": 0.001}})
+        assert tiny.status_code == 422 and "0.01" in tiny.text
     # From inside: Mallory's sandbox, wherever it is, has none of Alice's files or processes.
     out, _err, _code = b.run(mallory, mine["id"], "cat /home/user/secret.txt; ls /home/user; ps -e | wc -l; "
                                                   "find / -name secret.txt 2>/dev/null | head -1")
     assert "alice's" not in out and "secret.txt" not in out
     assert a.run(alice, secret["id"], "cat secret.txt")[0] == "alice's"
+    # Nor Ray itself: whoever reaches the GCS can call any node agent as any tenant.
+    host, port = ray_cluster.address.rsplit(":", 1)
+    import socket
+
+    with socket.create_connection((host, int(port)), timeout=5):
+        pass  # The control: the GCS listens, here on the host.
+    probe = f"(exec 3<>/dev/tcp/{host}/{port}) 2>&1 && echo CONNECTED || echo refused"
+    out, err, _code = b.run(mallory, mine["id"], ["bash", "-c", probe])
+    assert "CONNECTED" not in out and "refused" in out, out + err
+
+
+def test_a_tenant_at_its_quota_books_nothing_however_hard_it_asks(ray_cluster, replicas, database):
+    a, b = replicas
+    greedy = a.tenant(max_sessions=1)
+    other = b.tenant(max_sessions=5)
+    held = a.create(greedy)["id"]
+    most = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            most[0] = max(most[0], len(_placements()))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    answers = []
+
+    def flood(svc):
+        for _ in range(5):
+            answers.append(svc.call("POST", "/v1/sandboxes", greedy, json={"resources": {"cpus": 2}}).status_code)
+
+    floods = [threading.Thread(target=flood, args=(svc,)) for svc in (a, b) for _ in range(4)]
+    for thread in floods:
+        thread.start()
+    for thread in floods:
+        thread.join(timeout=120)
+    stop.set()
+    sampler.join()
+    assert answers and set(answers) == {429}, answers
+    assert most[0] == 1, most  # Only the sandbox it holds was ever booked.
+    assert [r["id"] for r in _rows(database)] == [held]
+    assert b.create(other)["id"]  # The control: another tenant gets a slot at once.
 
 
 def test_a_node_that_dies_takes_its_sandboxes_they_are_lost_within_seconds_and_their_quota_is_freed(
@@ -157,6 +218,9 @@ def test_a_node_that_dies_takes_its_sandboxes_they_are_lost_within_seconds_and_t
     runner = threading.Thread(target=run_long)
     runner.start()
     time.sleep(2)
+    containers = [r["container"] for r in _rows(database) if r["id"] in doomed]
+    assert len(containers) == len(doomed) and all(containers)
+    assert all(_running(c) for c in containers)  # The control: each runs on the host now.
     ray_cluster.kill_node(victim)
     killed = time.time()
     detected = ray_cluster.wait_dead(victim)
@@ -178,6 +242,12 @@ def test_a_node_that_dies_takes_its_sandboxes_they_are_lost_within_seconds_and_t
     assert not any(name.endswith(tuple(doomed)) for name in _placements())
     for sandbox in kept:
         assert a.run(key, sandbox, "echo ok")[0] == "ok\n"
+    # On the dead node's machine (here, this one) nothing of them runs on unseen, with no row and no quota:
+    # their agent saw its raylet go and destroyed them (or died, and their lifelines ended them).
+    deadline = time.time() + 30
+    while any(_running(c) for c in containers):
+        assert time.time() < deadline, [c for c in containers if _running(c)]
+        time.sleep(0.5)
     # The freed quota and slots are usable at once (the tenant was at its maximum).
     again = b.create(key)
     assert again["node"] != victim and b.run(key, again["id"], "echo new")[0] == "new\n"

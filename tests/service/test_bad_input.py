@@ -175,6 +175,8 @@ CREATE_BODIES = [
     ({"policy": "[sandbox]\ntier = \"vm\"\n"}, 403, "ceiling_exceeded", "vm tier"),
     ({"resources": {"memory": "lots"}}, 422, "invalid_request", "memory"),
     ({"resources": {"gpus": 1}}, 422, "invalid_request", ""),
+    ({"resources": {"cpus": 0.001}}, 422, "invalid_request", "0.01"),  # A 500 before (the policy model refused).
+    ({"resources": {"cpus": 5e-324}}, 422, "invalid_request", "0.01"),
     # Processes: whole numbers only, never more than the machine's pid space allows one sandbox (a 500 before).
     ({"resources": {"pids": 1048576}}, 422, "invalid_request", "resources.pids"),
     ({"resources": {"pids": 1000000}}, 422, "invalid_request", "more than one sandbox may hold on this machine"),

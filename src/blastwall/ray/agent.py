@@ -30,6 +30,7 @@ __all__ = ["NodeAgent", "agent_settings"]
 log = logging.getLogger("blastwall.node")
 
 HEAD_INTERVAL = 5.0       # seconds between two records of the audit chain's head
+RAYLET_CHECK = 1.0        # seconds between two looks at whether the node's raylet still runs
 _EVENT_WAIT = 1.0
 
 
@@ -79,6 +80,22 @@ class NodeAgent:
         self._stopping = threading.Event()
         self._heads = threading.Thread(target=self._record_heads, name="blastwall-heads", daemon=True)
         self._heads.start()
+        self._raylet = os.getppid()
+        threading.Thread(target=self._watch_raylet, name="blastwall-raylet", daemon=True).start()
+
+    def _watch_raylet(self) -> None:
+        """The node's raylet gone (this process re-parented): the cluster has declared these sandboxes lost
+        and freed their quota, so they must not run on unseen.  Destroy them all, then exit."""
+        while not self._stopping.wait(RAYLET_CHECK):
+            if os.getppid() != self._raylet:
+                log.error("the raylet of node %s is gone: destroying this node's sandboxes", self.node)
+                # No Ray call from here on: without a raylet it would block for ever.  The replicas
+                # release the placements of a dead node's sandboxes themselves.
+                self.manager.released = None
+                try:
+                    self.manager.close()
+                finally:
+                    os._exit(1)
 
     # -- placement ----------------------------------------------------------------------------------
     @staticmethod

@@ -89,13 +89,16 @@ class AgentFailed(Exception):
 
 
 def create_sandbox(planner, settings: dict, tenant, *, placement_timeout: float = PLACEMENT_TIMEOUT,
-                   before=None, **request) -> tuple[str, dict]:
+                   before=None, reserve=None, unreserve=None, **request) -> tuple[str, dict]:
     """Check the request (``planner.resolve_request``), book a node, have its agent create it: (node, description).
 
     A refusal raises the service's error (422/403 before anything is booked;
     ``cluster_full`` when no node has room; the agent's own, such as a quota);
     nothing stays booked after a failure.  ``before(node)`` runs once the
-    node is known, before the agent is asked.
+    node is known, before the agent is asked.  ``reserve(sandbox_id,
+    resources, ttl)``: pay the tenant's quota before anything is booked (a
+    tenant at its quota books nothing, not even for a moment); undone by
+    ``unreserve(sandbox_id)`` when the create fails.
     """
     import ray
 
@@ -103,12 +106,22 @@ def create_sandbox(planner, settings: dict, tenant, *, placement_timeout: float 
     from blastwall.service.commands import new_id
     from blastwall.service.errors import Unavailable, from_answer
 
-    _policy, wanted, _ttl, _default = planner.resolve_request(
+    _policy, wanted, ttl, _default = planner.resolve_request(
         tenant, policy=request.get("policy"), image=request.get("image"), tier=request.get("tier"),
         resources=request.get("resources"), ttl=request.get("ttl"))
     sandbox_id = new_id("sbx_")
-    placement = place(sandbox_id, cpus=wanted.cpus, memory=wanted.memory, timeout=placement_timeout)
+    if reserve is not None:
+        reserve(sandbox_id, wanted, ttl)
+        request["reserved"] = True
+    try:
+        placement = place(sandbox_id, cpus=wanted.cpus, memory=wanted.memory, timeout=placement_timeout)
+    except BaseException:
+        if unreserve is not None:
+            unreserve(sandbox_id)
+        raise
     if placement is None:
+        if unreserve is not None:
+            unreserve(sandbox_id)
         raise Unavailable(f"no node of the cluster has room for a sandbox of {format_size(wanted.memory)} and "
                           f"{wanted.cpus:g} CPUs now; try again later", code="cluster_full", retry_after=5)
     try:
@@ -124,6 +137,8 @@ def create_sandbox(planner, settings: dict, tenant, *, placement_timeout: float 
             raise from_answer(value)
     except BaseException:
         release(sandbox_id)
+        if unreserve is not None:
+            unreserve(sandbox_id)
         raise
     return placement.node, value
 

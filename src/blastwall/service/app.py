@@ -31,6 +31,33 @@ __all__ = ["create_app"]
 log = logging.getLogger("blastwall.service")
 
 JSON_BODY_LIMIT = 1 << 20
+MAX_WAITS_PER_TENANT = 8      # long polls (commands/{id}?wait=) one tenant may hold at once
+
+
+class _Waits:
+    """At most ``limit`` long polls per tenant; beyond that a poll is answered without waiting."""
+
+    def __init__(self, limit: int) -> None:
+        import threading
+
+        self._limit = limit
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, tenant: str):
+        with self._lock:
+            granted = self._held.get(tenant, 0) < self._limit
+            if granted:
+                self._held[tenant] = self._held.get(tenant, 0) + 1
+        try:
+            yield granted
+        finally:
+            if granted:
+                with self._lock:
+                    self._held[tenant] -= 1
+                    if not self._held[tenant]:
+                        del self._held[tenant]
 
 
 # --- request bodies (also the OpenAPI schema) ------------------------------------------------------
@@ -55,7 +82,7 @@ class CreateSandbox(BaseModel):
 
 class SetTimeout(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ttl: int = Field(..., description="seconds from now until the sandbox is destroyed")
+    ttl: int = Field(..., strict=True, description="seconds from now until the sandbox is destroyed")
 
 
 class RunCommand(BaseModel):
@@ -86,6 +113,7 @@ def create_app(manager, store) -> FastAPI:
                   docs_url=None, redoc_url=None, lifespan=_lifespan(manager))
     app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT, upload_limit=manager.config.max_upload)
     _error_handlers(app)
+    waits = _Waits(MAX_WAITS_PER_TENANT)
 
     def tenant_of(request: Request):
         header = request.headers.get("authorization", "")
@@ -102,7 +130,7 @@ def create_app(manager, store) -> FastAPI:
             raise Unauthorized("the API key is invalid, revoked or expired") from None
 
     @app.get("/v1/health", tags=["service"])
-    def health():
+    async def health():  # On the event loop: busy worker threads never make a live service look dead.
         return {"status": "ok"}
 
     @app.post("/v1/sandboxes", status_code=201, tags=["sandboxes"])
@@ -147,7 +175,10 @@ def create_app(manager, store) -> FastAPI:
     def command_status(sandbox_id: str, command_id: str, wait: float = 0, tenant=Depends(tenant_of)):
         command = manager.command(tenant, sandbox_id, command_id)
         if wait > 0:
-            command.wait(min(wait, 60.0))
+            # Each wait holds a worker thread: a tenant gets a few at once, the rest answer at once.
+            with waits.slot(tenant.name) as granted:
+                if granted:
+                    command.wait(min(wait, 60.0))
         return command.status()
 
     @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/kill", tags=["commands"])

@@ -22,8 +22,10 @@ import logging
 import os
 import queue
 import threading
+import time
 
-from blastwall.service.errors import Forbidden, Gone, NotFound, ServiceError, Unavailable, Unprocessable, from_answer
+from blastwall.service.errors import (Forbidden, Gone, NotFound, QuotaExceeded, ServiceError, Unavailable, Unprocessable,
+                                      from_answer)
 from blastwall.service.sessions import Manager
 
 __all__ = ["ClusterManager"]
@@ -33,6 +35,7 @@ log = logging.getLogger("blastwall.service")
 CALL_TIMEOUT = 120.0
 WATCH_INTERVAL = 1.0
 SWEEP_FOR = 60.0           # seconds a dead node's rows are looked for
+STALE_RESERVATION = 900.0  # seconds after which a reservation without a node is a dead replica's
 
 def _raise(error: dict):
     raise from_answer(error)
@@ -60,6 +63,13 @@ class _Status:
 
     def status(self) -> dict:
         return self._status
+
+
+class _Reservation:
+    """What ``Manager._reserve`` needs of a sandbox that has no node yet."""
+
+    def __init__(self, sandbox_id: str) -> None:
+        self.id, self.workspace = sandbox_id, ""
 
 
 class _Started:
@@ -112,6 +122,11 @@ class RemoteCommand:
                 self._agent.abandon.remote(self._tenant, self._sandbox, self.id)
             except Exception:  # noqa: BLE001 - its node is gone: so is the command
                 pass
+
+
+def _looks_like_id(sandbox_id: object) -> bool:
+    return isinstance(sandbox_id, str) and len(sandbox_id) == 28 and sandbox_id.startswith("sbx_") and \
+        all(c in "0123456789abcdef" for c in sandbox_id[4:])
 
 
 def node_died(node: str, *, wait: float = 60.0) -> bool:
@@ -186,8 +201,8 @@ class ClusterManager(Manager):
 
     # -- routing -------------------------------------------------------------------------------------
     def _node_of(self, tenant, sandbox_id: object) -> str:
-        if not isinstance(sandbox_id, str) or len(sandbox_id) > 64:
-            raise NotFound("no such sandbox")
+        if not _looks_like_id(sandbox_id):  # Not even asked of the database (a NUL is a driver error there).
+            raise NotFound(f"no sandbox {str(sandbox_id)[:64]!r}")
         known = self._nodes.get(sandbox_id)
         if known is None:
             row = self.store.sandbox_row(sandbox_id)
@@ -242,10 +257,14 @@ class ClusterManager(Manager):
 
         if self._stopping.is_set():
             raise Unavailable("the service is shutting down", code="shutting_down")
+        def reserve(new_id: str, wanted, granted_ttl: int) -> None:
+            self._reserve(tenant, _Reservation(new_id), wanted, time.time() + granted_ttl, claim=False)
+
         try:
             node, described = cluster.create_sandbox(self, self._settings, tenant, policy=policy, image=image,
-                                                     tier=tier, resources=resources, ttl=ttl, client=client)
-        except (Unprocessable, Forbidden) as exc:
+                                                     tier=tier, resources=resources, ttl=ttl, client=client,
+                                                     reserve=reserve, unreserve=self._remove_row)
+        except (Unprocessable, Forbidden, QuotaExceeded) as exc:
             self.audit("create", tenant.name, decision="deny", rule=exc.code,
                        reason=f"{exc.message[:500]} (from {client})", strict=False)
             raise
@@ -348,11 +367,20 @@ class ClusterManager(Manager):
                 log.warning("checking the cluster's nodes failed: %s", exc)
 
     def mark_lost(self) -> list[str]:
-        """Rows of sandboxes whose node Ray reports dead: removed, audited once, their placements released."""
+        """Rows of sandboxes whose node Ray reports dead: removed, audited once, their placements released.
+
+        Also reservations no create finished (their replica died in between): removed after STALE_RESERVATION.
+        """
         from blastwall.ray import cluster
 
-        import time
-
+        with self._lock:
+            unremoved = list(self._rows_to_remove)
+        for sandbox_id in unremoved:  # Rows the database could not take when their create failed.
+            self._remove_row(sandbox_id)
+        for sandbox_id in self.store.remove_stale_reservations(time.time() - STALE_RESERVATION):
+            cluster.release(sandbox_id)
+            self.audit("reap", "-", sandbox_id, decision="destroy", reason="a reservation no create finished",
+                       strict=False)
         lost = []
         self._dead = frozenset(cluster.dead_nodes())
         now = time.monotonic()

@@ -364,24 +364,30 @@ class Manager:
                 raise Unprocessable(f"resources: {exc.message}") from None
         is_default = (layer is None and tier == "container" and merged.sandbox.image == "default"
                       and wanted == self.config.default_resources and not self._default_has_egress)
-        return self._merge(layer, request_layer, wanted, tier), wanted, ttl, is_default
+        try:
+            granted = self._merge(layer, request_layer, wanted, tier)
+        except PolicyError as exc:  # A resource the policy model refuses (cpus below 0.01, ...).
+            raise Unprocessable(exc.message, code="invalid_request") from None
+        return granted, wanted, ttl, is_default
 
     # -- create ----------------------------------------------------------------------------------
     def create(self, tenant, *, policy=None, image=None, tier=None, resources=None, ttl=None,
-               client: str = "", sandbox_id: str | None = None) -> Sandbox:
-        """``sandbox_id``: the id to give it (a cluster names the placement first); a new one by default."""
+               client: str = "", sandbox_id: str | None = None, reserved: bool = False) -> Sandbox:
+        """``sandbox_id``: the id to give it (a cluster names the placement first); a new one by default.
+        ``reserved``: a cluster's replica already paid the tenant's quota for it (its row, without a node)."""
         if self._stopping.is_set():
             raise Unavailable("the service is shutting down", code="shutting_down")
         try:
             return self._create(tenant, policy=policy, image=image, tier=tier, resources=resources, ttl=ttl,
-                                client=client, sandbox_id=sandbox_id)
+                                client=client, sandbox_id=sandbox_id, reserved=reserved)
         except (Unprocessable, Forbidden, QuotaExceeded) as exc:
             # Refusals are decisions too: the security team sees what was asked and why not.
             self.audit("create", tenant.name, decision="deny", rule=exc.code,
                        reason=f"{exc.message[:500]} (from {client})", strict=False)
             raise
 
-    def _create(self, tenant, *, policy, image, tier, resources, ttl, client: str, sandbox_id: str | None) -> Sandbox:
+    def _create(self, tenant, *, policy, image, tier, resources, ttl, client: str, sandbox_id: str | None,
+                reserved: bool = False) -> Sandbox:
         merged, wanted, ttl, is_default = self.resolve_request(tenant, policy=policy, image=image, tier=tier,
                                                                resources=resources, ttl=ttl)
         with self._lock:
@@ -396,7 +402,10 @@ class Manager:
             self._sandboxes[sandbox.id] = sandbox  # Counted against the capacity from now.
         warm = sandbox.session is not None
         try:
-            self._reserve(tenant, sandbox, wanted, time.time() + ttl, claim=warm)
+            if reserved:
+                self._adopt(sandbox, time.time() + ttl)
+            else:
+                self._reserve(tenant, sandbox, wanted, time.time() + ttl, claim=warm)
         except BaseException:
             with self._lock:
                 self._sandboxes.pop(sandbox.id, None)
@@ -426,6 +435,15 @@ class Manager:
         with sandbox.lock:
             sandbox.state = "running"
         return sandbox
+
+    def _adopt(self, sandbox: Sandbox, expires: float) -> None:
+        try:
+            self.store.adopt_sandbox(sandbox.id, replica=self.replica, node=self.config.node,
+                                     workspace=sandbox.workspace, expires=expires)
+        except ValueError:
+            raise Unavailable("the sandbox's reservation is gone (its create took too long); try again") from None
+        except DatabaseUnavailable as exc:
+            raise _unavailable(exc) from None
 
     def _reserve(self, tenant, sandbox: Sandbox, resources: Resources, expires: float, *, claim: bool) -> None:
         """The tenant's quota checked and the sandbox's row written, in one database transaction."""

@@ -259,6 +259,25 @@ class Store:
 
         self.db.transaction(reserve)
 
+    def adopt_sandbox(self, sandbox_id: str, *, replica: str, node: str, workspace: str, expires: float) -> None:
+        """A row a cluster's replica reserved (quota paid, no node yet) becomes the node agent's sandbox's."""
+        count = self._write([("UPDATE sandboxes SET replica = ?, node = ?, workspace = ?, expires = ?, owner = ? "
+                              "WHERE id = ? AND node = ''", (replica, node, workspace, expires, os.getpid(),
+                                                             sandbox_id))])
+        if count != 1:
+            raise ValueError(f"sandbox {sandbox_id} has no reservation to take")
+
+    def remove_stale_reservations(self, older_than: float) -> list[str]:
+        """Reservations (rows without a node) made before ``older_than``: their replica died mid-create."""
+        def sweep(tx):
+            stale = [row[0] for row in tx.execute(
+                "SELECT id FROM sandboxes WHERE node = '' AND tenant <> '' AND created < ?", (older_than,))]
+            for sandbox_id in stale:
+                tx.execute("DELETE FROM sandboxes WHERE id = ? AND node = ''", (sandbox_id,))
+            return stale
+
+        return self.db.transaction(sweep)
+
     @staticmethod
     def _insert(sandbox_id, tenant, container, workspace, expires, memory, replica, node) -> tuple[str, tuple]:
         return ("INSERT INTO sandboxes (id, tenant, container, workspace, created, expires, owner, memory, replica, "
