@@ -82,3 +82,36 @@ def test_memory_quota(service):
         service.call("DELETE", f"/v1/sandboxes/{second}", key)
     finally:
         service.call("DELETE", f"/v1/sandboxes/{first}", key)
+
+
+def test_one_tenants_long_polls_cannot_freeze_the_service_for_others(service):
+    """Each `?wait=` holds a worker thread: hundreds from one tenant must not starve the rest."""
+    from blastwall.service.app import MAX_WAITS_PER_TENANT
+
+    greedy = service.tenant(max_sessions=2)
+    other = service.tenant(max_sessions=2)
+    sid = service.create(greedy)["id"]
+    started = service.call("POST", f"/v1/sandboxes/{sid}/commands", greedy,
+                           json={"cmd": "sleep 60", "background": True}).json()["id"]
+    durations = []
+
+    def poll():
+        start = time.time()
+        r = service.call("GET", f"/v1/sandboxes/{sid}/commands/{started}?wait=8", greedy, timeout=60)
+        durations.append((time.time() - start, r.status_code))
+
+    threads = [threading.Thread(target=poll) for _ in range(300)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    start = time.time()
+    assert service.call("GET", "/v1/health", timeout=10).status_code == 200
+    assert service.call("GET", "/v1/sandboxes", other, timeout=10).status_code == 200
+    served_in = time.time() - start
+    for thread in threads:
+        thread.join(timeout=60)
+    assert served_in < 5, served_in  # Another tenant is served at once, not after the polls drain.
+    assert all(code == 200 for _, code in durations) and len(durations) == 300
+    waited = [d for d, _ in durations if d >= 7]
+    assert 0 < len(waited) <= MAX_WAITS_PER_TENANT, len(waited)  # A few really waited; the rest answered at once.
+    service.call("DELETE", f"/v1/sandboxes/{sid}", greedy)

@@ -43,6 +43,7 @@ FILTER = "/.blastwall/filter"
 FILTER_PROGRAM = "/.blastwall/seccomp.bpf"
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 BOOT_TIMEOUT = 60.0
+RELAY_DRAIN = 1.0     # seconds a spare's exit waits for its output to be copied out
 
 
 # Plan operations that are not mounts; session_mounts refuses any other kind it does not know.
@@ -263,6 +264,7 @@ class ContainerSession(SessionBase):
         self._gateway = None
         self._guard = None
         self._execs: dict[int, str] = {}
+        self._relays: dict[int, list[threading.Thread]] = {}  # A spare's output copiers, by its pid.
         self._serial = itertools.count(1)
         self._spare = None
         self._spare_lock = threading.Lock()
@@ -574,12 +576,26 @@ class ContainerSession(SessionBase):
             self._discard((pid, in_w, out_r, err_r))
             raise
         os.close(in_w)  # The command's stdin: end of file, like /dev/null.
-        for source, target in ((out_r, stdout), (err_r, stderr)):
-            threading.Thread(target=_relay, args=(source, os.dup(target)), daemon=True).start()
+        relays = [threading.Thread(target=_relay, args=(source, os.dup(target)), daemon=True)
+                  for source, target in ((out_r, stdout), (err_r, stderr))]
+        self._relays[pid] = relays
+        for relay in relays:
+            relay.start()
         return pid
 
     def finished(self, pid: int) -> None:
-        """Forget a reaped command's files."""
+        """Forget a reaped command's files; a spare's output is all copied before its exit is reported.
+
+        Without the wait, a caller that reads what its pipe holds once the
+        command has exited (under load) could find the last output not yet
+        copied.  Bounded: a background child still holding the output open
+        keeps its copier going after the command's exit.
+        """
+        import time
+
+        deadline = time.monotonic() + RELAY_DRAIN
+        for relay in self._relays.pop(pid, ()):
+            relay.join(max(0.0, deadline - time.monotonic()))
         pidfile = self._execs.pop(pid, None)
         if pidfile:
             for path in (pidfile, pidfile[:-4] + ".json"):
