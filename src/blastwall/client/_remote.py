@@ -116,6 +116,17 @@ class RemoteCommandHandle:
         self._client.json("POST", f"{self._base}/kill")
 
 
+def take_output(event: dict, stdout: list, stderr: list, on_stdout=None, on_stderr=None) -> bool:
+    """A stream event's output kept (and handed to its callback); False if the event is not output."""
+    for name, kept, callback in (("stdout", stdout, on_stdout), ("stderr", stderr, on_stderr)):
+        if name in event:
+            kept.append(event[name])
+            if callback:
+                callback(event[name])
+            return True
+    return False
+
+
 def with_allow_domains(policy, allow_domains):
     """``policy`` (a dict, or None) with ``allow_domains`` added to its ``network.allow``."""
     if not allow_domains:
@@ -188,15 +199,9 @@ class RemoteBackend:
                 if not line:
                     continue
                 event = json.loads(line)
-                if "stdout" in event:
-                    stdout.append(event["stdout"])
-                    if on_stdout:
-                        on_stdout(event["stdout"])
-                elif "stderr" in event:
-                    stderr.append(event["stderr"])
-                    if on_stderr:
-                        on_stderr(event["stderr"])
-                elif "exit_code" in event:
+                if take_output(event, stdout, stderr, on_stdout, on_stderr):
+                    continue
+                if "exit_code" in event:
                     final = event
                 elif isinstance(event.get("error"), dict):  # The sandbox went away mid-command (its node died).
                     error = event["error"]

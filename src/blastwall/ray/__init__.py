@@ -178,6 +178,8 @@ class RayBackend:
     def run(self, cmd, *, timeout: float, envs, cwd, on_stdout=None, on_stderr=None) -> CommandResult:
         import ray
 
+        from blastwall.client._remote import take_output
+
         stdout, stderr = [], []
         generator = self._agent().run.options(num_returns="streaming").remote(
             self._cluster.tenant, self.sandbox_id, cmd, envs, cwd, timeout)
@@ -187,17 +189,12 @@ class RayBackend:
                 if "refused" in event:
                     error = event["refused"]
                     raise error_for(error["status"], error["code"], error["message"], error.get("details"))
+                if "lost" in event:
+                    raise error_for(410, "sandbox_lost", f"the sandbox {self.sandbox_id} was lost with its node")
                 if "exit" in event:
                     final = event["exit"]
                     return CommandResult("".join(stdout), "".join(stderr), int(final["exit_code"]))
-                if "stdout" in event:
-                    stdout.append(event["stdout"])
-                    if on_stdout:
-                        on_stdout(event["stdout"])
-                elif "stderr" in event:
-                    stderr.append(event["stderr"])
-                    if on_stderr:
-                        on_stderr(event["stderr"])
+                take_output(event, stdout, stderr, on_stdout, on_stderr)
         except ray.exceptions.RayError as exc:
             raise self._lost(exc) from None
         raise ServiceError("the command's stream ended without an exit status", code="stream")

@@ -81,6 +81,7 @@ class NodeAgent:
         self._heads = threading.Thread(target=self._record_heads, name="blastwall-heads", daemon=True)
         self._heads.start()
         self._raylet = os.getppid()
+        self._lost = threading.Event()
         threading.Thread(target=self._watch_raylet, name="blastwall-raylet", daemon=True).start()
 
     def _watch_raylet(self) -> None:
@@ -89,9 +90,11 @@ class NodeAgent:
         while not self._stopping.wait(RAYLET_CHECK):
             if os.getppid() != self._raylet:
                 log.error("the raylet of node %s is gone: destroying this node's sandboxes", self.node)
+                self._lost.set()  # Their commands end as lost, which is what the replicas say of them.
                 # No Ray call from here on: without a raylet it would block for ever.  The replicas
                 # release the placements of a dead node's sandboxes themselves.
                 self.manager.released = None
+                self.manager.keep_rows = True  # The replicas mark them lost (audited, quota freed) from the rows.
                 try:
                     self.manager.close()
                 finally:
@@ -232,12 +235,13 @@ class NodeAgent:
                 except Exception:  # noqa: BLE001 - queue.Empty
                     if command.done.is_set() and command.events.empty():
                         finished = True
-                        yield {"exit": {"exit_code": command.exit_code, "timed_out": command.timed_out}}
+                        yield {"lost": True} if self._lost.is_set() else \
+                            {"exit": {"exit_code": command.exit_code, "timed_out": command.timed_out}}
                         return
                     continue
                 if kind == "exit":
                     finished = True
-                    yield {"exit": payload}
+                    yield {"lost": True} if self._lost.is_set() else {"exit": payload}
                     return
                 yield {kind: payload}
         finally:

@@ -77,6 +77,9 @@ class _Started:
         self.id = command_id
 
 
+_LOST_EVENT = {"error": {"code": "sandbox_lost", "message": "the sandbox was lost with its node while the command ran"}}
+
+
 class RemoteCommand:
     """A streamed command on a node: its events as the application's stream reads them."""
 
@@ -98,6 +101,9 @@ class RemoteCommand:
         try:
             for ref in self._generator:
                 event = ray.get(ref)
+                if "lost" in event:  # Its agent lost its node and destroyed it.
+                    self.events.put(("exit", _LOST_EVENT))
+                    return
                 if "exit" in event:
                     self.exit_code = event["exit"].get("exit_code")
                     self.timed_out = bool(event["exit"].get("timed_out"))
@@ -107,8 +113,7 @@ class RemoteCommand:
                 self.events.put((kind, payload))
         except Exception as exc:  # noqa: BLE001 - which error Ray raises depends on where the object was
             if node_died(self._node):
-                self.events.put(("exit", {"error": {"code": "sandbox_lost", "message": (
-                    "the sandbox was lost with its node while the command ran")}}))
+                self.events.put(("exit", _LOST_EVENT))
             else:
                 log.error("sandbox %s: the command's stream from its node broke: %r", self._sandbox, exc)
                 self.events.put(("exit", {"error": {"code": "sandbox_unavailable", "message": (
@@ -181,20 +186,8 @@ class ClusterManager(Manager):
         thread.start()
         self._threads.append(thread)
 
-    def close(self) -> None:
-        """A replica's end changes nothing on the nodes: its sandboxes are every replica's."""
-        if self._stopping.is_set() and self._audit is None:
-            return
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        if self._audit is not None:
-            with self._audit_lock:
-                self._audit.close()
-                self._audit = None
-        if self._lockfd is not None:
-            os.close(self._lockfd)
-            self._lockfd = None
+    # close(): the Manager's.  This replica holds no sandbox, so it destroys none: a replica's end
+    # changes nothing on the nodes (their sandboxes are every replica's).
 
     def warm_count(self) -> int:
         return 0

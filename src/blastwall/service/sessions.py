@@ -133,6 +133,7 @@ class Manager:
         self.replica = ""
         self._rows_to_remove: set[str] = set()  # Sandboxes gone whose row the database did not take yet.
         self.released = None  # Called with a sandbox's id once it is torn down (a cluster frees its placement).
+        self.keep_rows = False  # A cluster's node agent cut off from Ray: the replicas remove (and audit) its rows.
         self._base_layers: list = []
         self._default_has_egress = False
         self._warm_wakeup = threading.Event()
@@ -516,6 +517,8 @@ class Manager:
 
     def _remove_row(self, sandbox_id: str) -> None:
         """The row goes (the tenant's quota is freed); with the database away, the reaper retries."""
+        if self.keep_rows:
+            return
         try:
             self.store.remove_sandbox(sandbox_id)
         except DatabaseUnavailable as exc:
