@@ -159,6 +159,16 @@ def postgres():
     server.close()
 
 
+@pytest.fixture
+def database(postgres):
+    """A fresh PostgreSQL database with the service's schema: its URL."""
+    from blastwall.service.store import Store
+
+    url = postgres.new_database()
+    Store(url, upgrade=True).close()
+    return url
+
+
 @pytest.fixture(scope="session")
 def image_cache():
     """The default container image, built once per test session with `blastwall image build`; its cache dir."""

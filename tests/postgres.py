@@ -18,7 +18,18 @@ import tempfile
 import time
 import uuid
 
-__all__ = ["Postgres", "postgres_binaries"]
+__all__ = ["Postgres", "postgres_binaries", "sandbox_rows"]
+
+
+def sandbox_rows(target: str) -> list[dict]:
+    """The service's sandbox rows in the database at ``target``, read by a connection of its own."""
+    from blastwall.service.store import Store
+
+    store = Store(target)
+    try:
+        return store.sandbox_rows()
+    finally:
+        store.close()
 
 
 def postgres_binaries() -> str | None:

@@ -150,7 +150,7 @@ def test_a_placeholder_that_cannot_be_made_refuses_the_run_and_leaves_nothing(ho
     import shutil
 
     if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(workspace)]).returncode != 0:
-        pytest.skip("this file system has no immutable attribute (chattr +i) to make mkdir fail")
+        pytest.skip(reason="this file system has no immutable attribute (chattr +i) to make mkdir fail")
     try:
         r = blastwall(["run", "--", "touch", MARKER], home=home, cwd=workspace)
     finally:

@@ -87,6 +87,22 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+def close_agents() -> None:
+    """Every node agent closes its sandboxes and goes: the next test starts new ones with its own settings."""
+    import ray
+
+    from blastwall.ray import cluster
+
+    for agent in cluster.agents().values():
+        try:
+            ray.get(agent.close.remote(), timeout=120)
+        except Exception:  # noqa: BLE001 - a dead node's agent
+            pass
+        ray.kill(agent)
+    with cluster._lock:
+        cluster._agents.clear()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     for mark in needs_cluster:

@@ -12,16 +12,9 @@ import time
 
 import pytest
 
-from blastwall.service.store import Store
-from tests.cluster.conftest import LOOPBACK_ONLY, SLOTS_PER_NODE
+from tests.postgres import sandbox_rows
+from tests.cluster.conftest import LOOPBACK_ONLY, SLOTS_PER_NODE, close_agents
 from tests.service.conftest import destroy_service, make_service
-
-
-@pytest.fixture
-def database(postgres):
-    url = postgres.new_database()
-    Store(url, upgrade=True).close()
-    return url
 
 
 @pytest.fixture
@@ -37,34 +30,12 @@ def replicas(ray_cluster, database, service_images):
     finally:
         for svc in pair:
             svc.stop()
-        _destroy_agents_sandboxes(ray_cluster)
+        close_agents()
         from blastwall.tiers.container.session import ContainerSession
 
         for svc in pair:
             ContainerSession.recover(environ=svc.env)  # A dead node's containers: their agent is gone.
             destroy_service(svc)
-
-
-def _destroy_agents_sandboxes(ray_cluster) -> None:
-    """Between tests: every agent closes its sandboxes and goes (the next test starts new ones)."""
-    import ray
-
-    from blastwall.ray import cluster
-
-    for node, agent in cluster.agents().items():
-        try:
-            ray.get(agent.close.remote(), timeout=120)
-        except Exception:  # noqa: BLE001 - a dead node's agent
-            pass
-        ray.kill(agent)
-
-
-def _rows(url: str) -> list[dict]:
-    store = Store(url)
-    try:
-        return store.sandbox_rows()
-    finally:
-        store.close()
 
 
 def _running(container: str) -> bool:
@@ -191,7 +162,7 @@ def test_a_tenant_at_its_quota_books_nothing_however_hard_it_asks(ray_cluster, r
     sampler.join()
     assert answers and set(answers) == {429}, answers
     assert most[0] == 1, most  # Only the sandbox it holds was ever booked.
-    assert [r["id"] for r in _rows(database)] == [held]
+    assert [r["id"] for r in sandbox_rows(database)] == [held]
     assert b.create(other)["id"]  # The control: another tenant gets a slot at once.
 
 
@@ -218,15 +189,15 @@ def test_a_node_that_dies_takes_its_sandboxes_they_are_lost_within_seconds_and_t
     runner = threading.Thread(target=run_long)
     runner.start()
     time.sleep(2)
-    containers = [r["container"] for r in _rows(database) if r["id"] in doomed]
+    containers = [r["container"] for r in sandbox_rows(database) if r["id"] in doomed]
     assert len(containers) == len(doomed) and all(containers)
     assert all(_running(c) for c in containers)  # The control: each runs on the host now.
     ray_cluster.kill_node(victim)
     killed = time.time()
     detected = ray_cluster.wait_dead(victim)
     # Lost within seconds: rows gone (the quota with them), the stream ended with sandbox_lost.
-    while any(r["id"] in doomed for r in _rows(database)):
-        assert time.time() - killed < detected + 10, _rows(database)
+    while any(r["id"] in doomed for r in sandbox_rows(database)):
+        assert time.time() - killed < detected + 10, sandbox_rows(database)
         time.sleep(0.2)
     lost_after = time.time() - killed
     runner.join(timeout=30)

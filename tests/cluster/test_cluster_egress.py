@@ -12,8 +12,7 @@ import shutil
 
 import pytest
 
-from blastwall.service.store import Store
-from tests.cluster.conftest import LOOPBACK_ONLY
+from tests.cluster.conftest import LOOPBACK_ONLY, close_agents
 from tests.conftest import kill_gateway
 from tests.egress.upstreams import Upstream
 from tests.service.conftest import destroy_service, make_service
@@ -23,16 +22,12 @@ pytestmark = pytest.mark.skipif(shutil.which("nft", path="/usr/sbin:/sbin") is N
 
 
 @pytest.fixture
-def net(ray_cluster, postgres, service_images, tmp_path_factory):
-    from tests.cluster.test_cluster import _destroy_agents_sandboxes
-
+def net(ray_cluster, database, service_images, tmp_path_factory):
     directory = tmp_path_factory.mktemp("cluster-egress")
     up = Upstream(str(directory))
     base = directory / "base.toml"
     base.write_text('[network]\nresolve = { "api.test" = "127.0.0.1", "other.test" = "127.0.0.1" }\n'
                     'trusted_addresses = ["127.0.0.1/32"]\n')
-    database = postgres.new_database()
-    Store(database, upgrade=True).close()
     pair = [make_service(service_images, database=database,
                          args=["--cluster", ray_cluster.address, "--policy", str(base)]) for _ in range(2)]
     for svc in pair:
@@ -45,7 +40,7 @@ def net(ray_cluster, postgres, service_images, tmp_path_factory):
     finally:
         for svc in pair:
             svc.stop()
-        _destroy_agents_sandboxes(ray_cluster)
+        close_agents()
         for svc in pair:
             kill_gateway(svc.state)
             destroy_service(svc)

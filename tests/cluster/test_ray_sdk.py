@@ -18,23 +18,8 @@ import pytest
 
 from blastwall.client import CommandExitError, SandboxFileError, SandboxNotFoundError
 from blastwall.service import migrations
-from tests.cluster.conftest import LOOPBACK_ONLY, SLOTS_PER_NODE
+from tests.cluster.conftest import LOOPBACK_ONLY, SLOTS_PER_NODE, close_agents
 from tests.conftest import BASE, blastwall
-
-
-def _kill_agents() -> None:
-    import ray
-
-    from blastwall.ray import cluster
-
-    for _node, agent in cluster.agents().items():
-        try:
-            ray.get(agent.close.remote(), timeout=120)
-        except Exception:  # noqa: BLE001
-            pass
-        ray.kill(agent)
-    with cluster._lock:
-        cluster._agents.clear()
 
 
 @pytest.fixture
@@ -58,7 +43,7 @@ def program(ray_cluster, service_images, request):
     try:
         yield cluster
     finally:
-        _kill_agents()
+        close_agents()
         from blastwall.tiers.container.session import ContainerSession
 
         ContainerSession.recover(environ=environ)

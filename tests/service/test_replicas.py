@@ -12,17 +12,10 @@ import time
 
 import pytest
 
-from blastwall.service.store import Store
+from tests.postgres import sandbox_rows
 from tests.service.conftest import container_ids, destroy_service, make_service, needs_gvisor
 
 pytestmark = needs_gvisor
-
-
-@pytest.fixture
-def database(postgres):
-    url = postgres.new_database()
-    Store(url, upgrade=True).close()
-    return url
 
 
 @pytest.fixture
@@ -35,14 +28,6 @@ def replicas(database, service_images):
     finally:
         for svc in pair:
             destroy_service(svc)
-
-
-def _rows(url: str) -> list[dict]:
-    store = Store(url)
-    try:
-        return store.sandbox_rows()
-    finally:
-        store.close()
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -81,7 +66,7 @@ def test_replicas_share_tenants_and_one_quota_and_a_revocation_reaches_both(repl
     assert answers[loser.port].json()["error"]["code"] == "quota_exceeded"
     sandbox = answers[winner.port].json()["id"]
     assert winner.run(key, sandbox, "echo hi from $(hostname)")[0].startswith("hi from")
-    assert [r["id"] for r in _rows(database)] == [sandbox]
+    assert [r["id"] for r in sandbox_rows(database)] == [sandbox]
     assert not os.listdir(loser.data / "sandboxes")  # The loser booted nothing.
     # Freed on one replica, the slot is the other's.
     assert winner.call("DELETE", f"/v1/sandboxes/{sandbox}", key).status_code == 204
@@ -92,7 +77,7 @@ def test_replicas_share_tenants_and_one_quota_and_a_revocation_reaches_both(repl
     assert a.call("GET", "/v1/sandboxes", key).status_code == 401
     assert b.call("GET", "/v1/sandboxes", key).status_code == 401
     assert loser.wait_clean(sandboxes=[second["id"]]) == {}
-    _wait(lambda: not _rows(database), 15, "the revoked tenant's row stayed")
+    _wait(lambda: not sandbox_rows(database), 15, "the revoked tenant's row stayed")
 
 
 def test_a_replica_reaps_its_own_leftovers_never_another_replicas_sandboxes(replicas, database):
@@ -102,10 +87,10 @@ def test_a_replica_reaps_its_own_leftovers_never_another_replicas_sandboxes(repl
     b.stop()
     b.start()  # B's start reaps what B left: nothing of A's.
     assert a.run(key, sandbox, "echo alive")[0] == "alive\n"
-    assert [r["id"] for r in _rows(database)] == [sandbox]
+    assert [r["id"] for r in sandbox_rows(database)] == [sandbox]
     a.kill()  # A crashes; its next start reaps its own.
     a.start()
-    assert _rows(database) == []
+    assert sandbox_rows(database) == []
     assert a.wait_clean(sandboxes=[sandbox]) == {}
     assert any(r["command"].startswith("reap") and sandbox in r["session"] for r in a.audit_rows())
     # B still serves the tenant: the database is one truth, the sandboxes each replica's own.
@@ -138,7 +123,7 @@ def test_the_database_away_is_503_with_retry_after_nothing_half_done_and_back_by
             assert svc.containers() == before
         finally:
             postgres.start()
-        _wait(lambda: [r["id"] for r in _rows(database)] == [kept], 15, "the expired sandbox's row stayed")
+        _wait(lambda: [r["id"] for r in sandbox_rows(database)] == [kept], 15, "the expired sandbox's row stayed")
         # Its quota is back: two sandboxes again, the kept one still working.
         third = svc.create(key)["id"]
         assert svc.run(key, kept, "echo kept")[0] == "kept\n"
