@@ -80,6 +80,12 @@ def test_fork_and_memory_bombs_stay_inside_the_session_limits(env, workspace):
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
+            # The cgroup is read before the bomb starts (under load the first read can come late).
+            waited = time.monotonic() + 10
+            while len(peaks) == 1 and time.monotonic() < waited:
+                time.sleep(0.01)
+            assert len(peaks) > 1, "the sandbox's memory cgroup could not be read"
+            assert session.alive(), "the session died before the memory bomb"
             status, memory = _exec(session, "python3 -c 'b = bytearray(1 << 30); b[::4096] = b\"x\" * "
                                             "(len(b) // 4096); print(\"allocated\")'; echo rc=$?", timeout=60)
         finally:

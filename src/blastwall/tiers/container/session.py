@@ -34,8 +34,11 @@ __all__ = ["ContainerSession", "session_mounts"]
 # the sandbox and the foreground `runsc run` tears the sandbox down itself,
 # which is much faster than `runsc delete --force` on a running one.
 # While it waits, `wait` also reaps the orphans re-parented to it (killed
-# commands' children), so that no zombie lingers.
-IDLE_INIT = ["sh", "-c", "exec 3<&0; read _ <&3 & echo ready; wait"]
+# commands' children), so that no zombie lingers.  The reader runs as the
+# session's user, so a command's `kill -9 -1` reaches it: a reader that died of
+# a signal (status > 128) is started again; only the lifeline's end (or a line)
+# ends the init.
+IDLE_INIT = ["sh", "-c", "exec 3<&0; echo ready; while :; do read _ <&3 & wait $!; [ $? -gt 128 ] || exit 0; done"]
 # A spare reads one line we wrote (every word quoted) and becomes that command.
 SPARE = 'IFS= read -r line || exit 125; eval "$line"'
 # Inside every session: the program that installs the seccomp program, and the program.
