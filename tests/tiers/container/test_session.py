@@ -63,6 +63,7 @@ def test_fork_and_memory_bombs_stay_inside_the_session_limits(env, workspace):
                                   "  if os.fork() == 0:\n   time.sleep(20); os._exit(0)\n  n += 1\n"
                                   " except OSError:\n  break\nprint(\"forked\", n)'", timeout=60)
         _exec(session, "kill -9 -1 2>/dev/null; true", timeout=30)
+        after = _exec(session, "echo after", timeout=30)  # The user's kill -9 -1 does not end the session.
         # Watch the sandbox's cgroup on the host while the bomb runs (it goes with the sandbox).
         peaks = [0]
         done = threading.Event()
@@ -97,6 +98,7 @@ def test_fork_and_memory_bombs_stay_inside_the_session_limits(env, workspace):
     finally:
         session.close()
     assert "forked" in forks, forks
+    assert after == (0, "after\n"), after
     count = int(forks.split()[-1])
     assert 0 < count < 32, forks  # RLIMIT_NPROC for the session's user: the bomb got EAGAIN.
     assert "allocated" not in memory and "rc=0" not in memory, memory
