@@ -23,49 +23,47 @@ class AsyncCommandHandle:
     def id(self):
         return self._sync.id
 
-    async def wait(self, timeout: float | None = None):
-        return await asyncio.to_thread(self._sync.wait, timeout)
+    @property
+    def pid(self) -> int:
+        return self._sync.pid
 
-    async def kill(self) -> None:
-        await asyncio.to_thread(self._sync.kill)
+    async def wait(self, timeout: float | None = None, *, on_stdout=None, on_stderr=None):
+        return await asyncio.to_thread(self._sync.wait, timeout, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    async def kill(self) -> bool:
+        return await asyncio.to_thread(self._sync.kill)
+
+    async def send_stdin(self, data) -> None:
+        await asyncio.to_thread(self._sync.send_stdin, data)
+
+    async def close_stdin(self) -> None:
+        await asyncio.to_thread(self._sync.close_stdin)
 
 
-class _AsyncCommands:
+class _Async:
+    """Every public method of a sync object, awaitable (a CommandHandle it returns: an AsyncCommandHandle)."""
+
     def __init__(self, sync) -> None:
         self._sync = sync
 
-    async def run(self, cmd, **kwargs):
-        result = await asyncio.to_thread(self._sync.run, cmd, **kwargs)
-        return AsyncCommandHandle(result) if isinstance(result, CommandHandle) else result
+    def __getattr__(self, name: str):
+        method = getattr(self._sync, name)
+        if name.startswith("_") or not callable(method):
+            raise AttributeError(name)
+
+        async def call(*args, **kwargs):
+            result = await asyncio.to_thread(method, *args, **kwargs)
+            return AsyncCommandHandle(result) if isinstance(result, CommandHandle) else result
+
+        return call
 
 
-class _AsyncFiles:
-    def __init__(self, sync) -> None:
-        self._sync = sync
+class _AsyncCommands(_Async):
+    """run, list, kill, connect, send_stdin, close_stdin."""
 
-    async def write(self, path: str, data):
-        return await asyncio.to_thread(self._sync.write, path, data)
 
-    async def read(self, path: str, format: str = "text"):  # noqa: A002
-        return await asyncio.to_thread(self._sync.read, path, format)
-
-    async def list(self, path: str = ""):
-        return await asyncio.to_thread(self._sync.list, path)
-
-    async def get_info(self, path: str):
-        return await asyncio.to_thread(self._sync.get_info, path)
-
-    async def exists(self, path: str) -> bool:
-        return await asyncio.to_thread(self._sync.exists, path)
-
-    async def make_dir(self, path: str) -> bool:
-        return await asyncio.to_thread(self._sync.make_dir, path)
-
-    async def remove(self, path: str) -> None:
-        await asyncio.to_thread(self._sync.remove, path)
-
-    async def rename(self, old_path: str, new_path: str):
-        return await asyncio.to_thread(self._sync.rename, old_path, new_path)
+class _AsyncFiles(_Async):
+    """read, write, write_files, list, get_info, exists, make_dir, remove, rename."""
 
 
 class AsyncSandbox:
@@ -81,9 +79,12 @@ class AsyncSandbox:
         return cls(await asyncio.to_thread(Sandbox.create, *args, **kwargs))
 
     @classmethod
-    async def connect(cls, sandbox_id: str, *, api_url=UNSET, api_key=UNSET, environ=None) -> "AsyncSandbox":
-        return cls(await asyncio.to_thread(Sandbox.connect, sandbox_id, api_url=api_url, api_key=api_key,
-                                           environ=environ))
+    async def connect(cls, sandbox_id: str, api_key=UNSET, *, api_url=UNSET, environ=None) -> "AsyncSandbox":
+        return cls(await asyncio.to_thread(Sandbox.connect, sandbox_id, api_key, api_url=api_url, environ=environ))
+
+    @classmethod
+    async def list(cls, api_key=UNSET, *, api_url=UNSET, environ=None):
+        return await asyncio.to_thread(Sandbox.list, api_key, api_url=api_url, environ=environ)
 
     @property
     def sandbox_id(self) -> str:
@@ -93,14 +94,17 @@ class AsyncSandbox:
     def workspace(self) -> str:
         return self._sync.workspace
 
-    async def get_info(self) -> dict:
+    async def get_info(self):
         return await asyncio.to_thread(self._sync.get_info)
+
+    async def is_running(self) -> bool:
+        return await asyncio.to_thread(self._sync.is_running)
 
     async def set_timeout(self, seconds: int) -> None:
         await asyncio.to_thread(self._sync.set_timeout, seconds)
 
-    async def kill(self) -> None:
-        await asyncio.to_thread(self._sync.kill)
+    async def kill(self) -> bool:
+        return await asyncio.to_thread(self._sync.kill)
 
     close = kill
 

@@ -12,9 +12,9 @@ import json
 import time
 from urllib.parse import quote
 
-from blastwall.client._errors import CommandResult, SandboxFileError, ServiceError, error_for
+from blastwall.client._errors import CommandResult, InvalidRequestError, SandboxFileError, SandboxNotFoundError, ServiceError, error_for
 
-__all__ = ["RemoteBackend", "RemoteCommandHandle"]
+__all__ = ["PolledCommand", "RemoteBackend", "list_sandboxes"]
 
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 120.0   # creating a sandbox may wait for a boot
@@ -91,29 +91,36 @@ class _Client:
         self._session.close()
 
 
-class RemoteCommandHandle:
-    """A background command in a remote sandbox: ``result()`` waits, ``kill()`` stops it."""
+class PolledCommand:
+    """A background command followed by long polls: ``poll(wait)`` gives the output since the last poll.
 
-    def __init__(self, client: _Client, sandbox_id: str, command_id: str) -> None:
-        self._client = client
-        self._base = f"/v1/sandboxes/{quote(sandbox_id, safe='')}/commands/{quote(command_id, safe='')}"
-        self.id = command_id
+    ``status(wait, stdout_from, stderr_from)`` asks where it runs (the
+    service over HTTP, or a Ray node) and answers as the service's
+    ``GET .../commands/{id}``: output after the offsets, ``*_end`` where it
+    ends, and the exit once it ended.
+    """
 
-    def status(self, wait: float = 0) -> dict:
-        return self._client.json("GET", f"{self._base}?wait={wait:g}", timeout=wait + REQUEST_TIMEOUT)
+    def __init__(self, command_id: str, pid: int, *, status, kill, send_stdin, close_stdin) -> None:
+        self.id, self.pid = command_id, pid
+        self._status, self._kill, self._send, self._close = status, kill, send_stdin, close_stdin
+        self._offsets = [0, 0]
 
-    def result(self, timeout: float | None) -> CommandResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
-            status = self.status(left)
-            if status.get("state") == "exited":
-                return CommandResult(status.get("stdout", ""), status.get("stderr", ""), int(status["exit_code"]))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError("the command is still running")
+    def poll(self, wait: float):
+        status = self._status(max(0.0, wait), *self._offsets)
+        self._offsets = [int(status.get("stdout_end", 0)), int(status.get("stderr_end", 0))]
+        result = None
+        if status.get("state") == "exited":
+            result = CommandResult("", "", int(status["exit_code"]), timed_out=bool(status.get("timed_out")))
+        return status.get("stdout", ""), status.get("stderr", ""), result
 
-    def kill(self) -> None:
-        self._client.json("POST", f"{self._base}/kill")
+    def kill(self) -> bool:
+        return bool(self._kill().get("killed", True))
+
+    def send_stdin(self, data: bytes) -> None:
+        self._send(data)
+
+    def close_stdin(self) -> None:
+        self._close()
 
 
 def take_output(event: dict, stdout: list, stderr: list, on_stdout=None, on_stderr=None) -> bool:
@@ -149,8 +156,10 @@ class RemoteBackend:
 
     @classmethod
     def create(cls, *, api_url: str, api_key: str, image=None, policy=None, resources=None, ttl=None,
-               allow_domains=(), tier=None) -> "RemoteBackend":
+               allow_domains=(), tier=None, metadata=None) -> "RemoteBackend":
         body: dict = {}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
         if image is not None:
             body["image"] = image
         if tier is not None:
@@ -180,13 +189,15 @@ class RemoteBackend:
 
     # -- commands -----------------------------------------------------------------------------
     @staticmethod
-    def _body(cmd, timeout, envs, cwd, background) -> dict:
+    def _body(cmd, timeout, envs, cwd, background, stdin=False) -> dict:
         body: dict = {"cmd": cmd if isinstance(cmd, str) else list(cmd), "timeout": timeout,
                       "background": background}
         if envs:
             body["envs"] = dict(envs)
         if cwd:
             body["cwd"] = cwd
+        if stdin:
+            body["stdin"] = True
         return body
 
     def run(self, cmd, *, timeout: float, envs, cwd, on_stdout=None, on_stderr=None) -> CommandResult:
@@ -214,11 +225,35 @@ class RemoteBackend:
         if final is None or not isinstance(final.get("exit_code"), int):
             raise ServiceError("the command's output stream ended without an exit status (the sandbox may have "
                                "been destroyed)", code="stream")
-        return CommandResult("".join(stdout), "".join(stderr), final["exit_code"])
+        return CommandResult("".join(stdout), "".join(stderr), final["exit_code"],
+                             timed_out=bool(final.get("timed_out")))
 
-    def start(self, cmd, *, timeout: float, envs, cwd) -> RemoteCommandHandle:
-        answer = self._client.json("POST", f"{self._base}/commands", self._body(cmd, timeout, envs, cwd, True))
-        return RemoteCommandHandle(self._client, self.sandbox_id, answer["id"])
+    def _command(self, command_id: str, pid: int) -> PolledCommand:
+        base = f"{self._base}/commands/{quote(str(command_id), safe='')}"
+
+        def status(wait, stdout_from, stderr_from):
+            return self._client.json("GET", f"{base}?wait={wait:g}&stdout_from={stdout_from}&stderr_from={stderr_from}",
+                                     timeout=wait + REQUEST_TIMEOUT)
+
+        return PolledCommand(command_id, pid, status=status,
+                             kill=lambda: self._client.json("POST", f"{base}/kill"),
+                             send_stdin=lambda data: self._client.json("POST", f"{base}/stdin",
+                                                                       {"data": _text(data)}),
+                             close_stdin=lambda: self._client.json("POST", f"{base}/stdin/close"))
+
+    def start(self, cmd, *, timeout: float, envs, cwd, stdin: bool = False) -> PolledCommand:
+        answer = self._client.json("POST", f"{self._base}/commands", self._body(cmd, timeout, envs, cwd, True, stdin))
+        return self._command(answer["id"], int(answer.get("pid", 0)))
+
+    def commands(self) -> list[dict]:
+        return self._client.json("GET", f"{self._base}/commands")["commands"]
+
+    def connect_command(self, pid: int) -> PolledCommand:
+        status = self._client.json("GET", f"{self._base}/commands/{int(pid)}")
+        return self._command(status["id"], int(status.get("pid", pid)))
+
+    def kill_command(self, pid: int) -> bool:
+        return bool(self._client.json("POST", f"{self._base}/commands/{int(pid)}/kill").get("killed"))
 
     # -- files ----------------------------------------------------------------------------------
     def write(self, path: str, data: bytes) -> dict:
@@ -231,6 +266,20 @@ class RemoteBackend:
     def read(self, path: str) -> bytes:
         response = self._client.call("GET", f"{self._base}/files/{_url_path(path)}", files=True)
         return response.content
+
+    def read_stream(self, path: str):
+        """The file's bytes in chunks as they arrive (a generator: the request is made at once)."""
+        response = self._client.call("GET", f"{self._base}/files/{_url_path(path)}", files=True, stream=True)
+
+        def chunks():
+            try:
+                yield from response.iter_content(chunk_size=1 << 16)
+            except self._client._requests.RequestException as exc:
+                raise ServiceError(f"the file's stream broke: {type(exc).__name__}", code="stream") from None
+            finally:
+                response.close()
+
+        return chunks()
 
     def _fs(self, method: str, operation: str, *, query: str | None = None, body: dict | None = None):
         target = f"{self._base}/fs/{operation}" + (f"?path={quote(query, safe='/')}" if query is not None else "")
@@ -258,19 +307,35 @@ class RemoteBackend:
         return self._fs("POST", "rename", body={"source": source, "target": target})
 
     # -- life -----------------------------------------------------------------------------------------
-    def refresh(self) -> dict:
+    def describe(self) -> dict:
         self.info = self._client.json("GET", self._base)
         return self.info
+
+    refresh = describe
 
     def set_timeout(self, ttl: int) -> None:
         self.info = self._client.json("POST", f"{self._base}/timeout", {"ttl": int(ttl)})
 
-    def kill(self) -> None:
-        from blastwall.client._errors import SandboxNotFoundError
-
+    def kill(self) -> bool:
         try:
             self._client.call("DELETE", self._base).close()
         except SandboxNotFoundError:
-            pass  # Already gone (expired, or killed elsewhere): the goal is met.
+            return False  # Already gone (expired, or killed elsewhere): the goal is met.
         finally:
             self._client.close()
+        return True
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequestError("stdin: the service takes text (UTF-8); these bytes are not") from None
+
+
+def list_sandboxes(*, api_url: str, api_key: str) -> list[dict]:
+    client = _Client(api_url, api_key)
+    try:
+        return client.json("GET", "/v1/sandboxes")["sandboxes"]
+    finally:
+        client.close()

@@ -120,28 +120,6 @@ def default_cluster() -> Cluster:
         return _default
 
 
-class _RayCommand:
-    """A background command: ``result()`` waits, ``kill()`` stops it."""
-
-    def __init__(self, backend: "RayBackend", command_id: str) -> None:
-        self._backend, self.id = backend, command_id
-
-    def result(self, timeout: float | None) -> CommandResult:
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
-            status = self._backend._call("command", self.id, wait=left, timeout=CALL_TIMEOUT + left)
-            if status.get("state") == "exited":
-                return CommandResult(status.get("stdout", ""), status.get("stderr", ""), int(status["exit_code"]))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError("the command is still running")
-
-    def kill(self) -> None:
-        self._backend._call("kill_command", self.id)
-
-
 class RayBackend:
     """One sandbox on a node: every verb is a call to that node's agent."""
 
@@ -193,14 +171,37 @@ class RayBackend:
                     raise error_for(410, "sandbox_lost", f"the sandbox {self.sandbox_id} was lost with its node")
                 if "exit" in event:
                     final = event["exit"]
-                    return CommandResult("".join(stdout), "".join(stderr), int(final["exit_code"]))
+                    return CommandResult("".join(stdout), "".join(stderr), int(final["exit_code"]),
+                                         timed_out=bool(final.get("timed_out")))
                 take_output(event, stdout, stderr, on_stdout, on_stderr)
         except ray.exceptions.RayError as exc:
             raise self._lost(exc) from None
         raise ServiceError("the command's stream ended without an exit status", code="stream")
 
-    def start(self, cmd, *, timeout: float, envs, cwd) -> _RayCommand:
-        return _RayCommand(self, self._call("start", cmd, envs, cwd, timeout))
+    def _command(self, command_id: str, pid: int):
+        from blastwall.client._remote import PolledCommand
+
+        return PolledCommand(
+            command_id, pid,
+            status=lambda wait, out, err: self._call("command", command_id, wait=wait, stdout_from=out,
+                                                     stderr_from=err, timeout=CALL_TIMEOUT + wait),
+            kill=lambda: self._call("kill_command", command_id),
+            send_stdin=lambda data: self._call("send_stdin", command_id, data),
+            close_stdin=lambda: self._call("close_stdin", command_id))
+
+    def start(self, cmd, *, timeout: float, envs, cwd, stdin: bool = False):
+        command_id, pid = self._call("start", cmd, envs, cwd, timeout, stdin=stdin)
+        return self._command(command_id, pid)
+
+    def commands(self) -> list[dict]:
+        return self._call("list_commands")
+
+    def connect_command(self, pid: int):
+        status = self._call("command", str(int(pid)))
+        return self._command(status["id"], int(status.get("pid", pid)))
+
+    def kill_command(self, pid: int) -> bool:
+        return bool(self._call("kill_command", str(int(pid))).get("killed"))
 
     # -- files --------------------------------------------------------------------------------------
     def write(self, path: str, data: bytes) -> dict:
@@ -219,6 +220,9 @@ class RayBackend:
             raise error_for(value["status"], value["code"], value["message"], value.get("details"), files=True)
         return value
 
+    def read_stream(self, path: str):
+        return iter([self.read(path)])  # A cluster moves a file through Ray in one piece.
+
     def list(self, path: str) -> list[dict]:
         return self._call("list_files", path or "/home/user")["entries"]
 
@@ -235,29 +239,33 @@ class RayBackend:
         return self._call("rename_file", source, target)
 
     # -- life ---------------------------------------------------------------------------------------
-    def refresh(self) -> dict:
+    def describe(self) -> dict:
         self.info = self._call("get")
         return self.info
+
+    refresh = describe
 
     def set_timeout(self, ttl: int) -> None:
         self.info = self._call("set_ttl", int(ttl))
 
-    def kill(self) -> None:
+    def kill(self) -> bool:
         from blastwall.client._errors import SandboxNotFoundError
 
         try:
             self._call("delete")
         except SandboxNotFoundError:
-            pass  # Expired, killed elsewhere, or lost with its node: the goal is met.
+            return False  # Expired, killed elsewhere, or lost with its node: the goal is met.
+        return True
 
 
 class Sandbox(_Sandbox):
     """A sandbox on a Ray cluster's node; the client SDK's ``Sandbox`` in every verb."""
 
     @classmethod
-    def create(cls, template: str | None = None, *, image: str | None = None, policy=None, resources=None,
-               timeout: int | None = None, ttl: int | None = None, envs: dict[str, str] | None = None,
-               tier: str | None = None, allow_domains=(), cluster: Cluster | None = None) -> "Sandbox":
+    def create(cls, template: str | None = None, timeout: int | None = None, metadata: dict[str, str] | None = None,
+               envs: dict[str, str] | None = None, *, image: str | None = None, policy=None, resources=None,
+               ttl: int | None = None, tier: str | None = None, allow_domains=(),
+               cluster: Cluster | None = None) -> "Sandbox":
         """Placed by Ray from its resources (``{"memory": "1G", "cpus": 1}``); the rest as the client SDK's."""
         from blastwall.client._errors import InvalidRequestError
         from blastwall.client._remote import with_allow_domains
@@ -272,7 +280,7 @@ class Sandbox(_Sandbox):
         where = cluster or default_cluster()
         node, info = where.create(policy=policy, image=image if image is not None else template, tier=tier,
                                   resources=dict(resources) if resources else None,
-                                  ttl=ttl if ttl is not None else timeout)
+                                  ttl=ttl if ttl is not None else timeout, metadata=metadata)
         return cls(RayBackend(where, node, info))
 
     @property

@@ -217,12 +217,12 @@ class NodeAgent:
         finally:
             os.close(fd)
 
-    def run(self, tenant, sandbox_id: str, cmd, envs, cwd, timeout):
+    def run(self, tenant, sandbox_id: str, cmd, envs, cwd, timeout, user=None):
         """A streamed command: yields {"id"}, then {"stdout"|"stderr": text}..., then its exit (or a refusal)."""
         from blastwall.service.errors import ServiceError
 
         try:
-            command = self.manager.run(tenant, sandbox_id, cmd, envs=envs, cwd=cwd, timeout=timeout)
+            command = self.manager.run(tenant, sandbox_id, cmd, envs=envs, cwd=cwd, timeout=timeout, user=user)
         except ServiceError as exc:
             yield {"refused": _refused(exc)[1]}
             return
@@ -274,10 +274,16 @@ def sandbox_node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _wait_status(command, wait: float) -> dict:
+def _wait_status(command, wait: float, stdout_from: int | None = None, stderr_from: int | None = None) -> dict:
     if wait > 0:
-        command.wait(min(wait, 60.0))
-    return command.status()
+        command.wait(min(wait, 60.0), stdout_from=stdout_from, stderr_from=stderr_from)
+    return command.status(stdout_from=stdout_from or 0, stderr_from=stderr_from or 0)
+
+
+def _start(manager, tenant, sandbox_id, cmd, envs, cwd, timeout, stdin=False, user=None) -> tuple[str, int]:
+    command = manager.run(tenant, sandbox_id, cmd, envs=envs, cwd=cwd, timeout=timeout, background=True,
+                          stdin=stdin, user=user)
+    return command.id, command.pid
 
 
 _VERBS = {
@@ -286,10 +292,13 @@ _VERBS = {
     "list": lambda m, t: [_describe(s) for s in m.list(t)],
     "delete": lambda m, t, sid, client="": m.delete(t, sid, client=client),
     "set_ttl": lambda m, t, sid, ttl: _describe(m.set_ttl(t, sid, ttl)),
-    "start": lambda m, t, sid, cmd, envs, cwd, timeout: m.run(t, sid, cmd, envs=envs, cwd=cwd, timeout=timeout,
-                                                              background=True).id,
-    "command": lambda m, t, sid, cid, wait=0: _wait_status(m.command(t, sid, cid), wait),
-    "kill_command": lambda m, t, sid, cid: m.kill_command(t, sid, cid).status(),
+    "start": _start,
+    "command": lambda m, t, sid, cid, wait=0, stdout_from=None, stderr_from=None: _wait_status(
+        m.command(t, sid, cid), wait, stdout_from, stderr_from),
+    "list_commands": lambda m, t, sid: m.list_commands(t, sid),
+    "send_stdin": lambda m, t, sid, cid, data: m.send_stdin(t, sid, cid, data),
+    "close_stdin": lambda m, t, sid, cid: m.close_stdin(t, sid, cid),
+    "kill_command": lambda m, t, sid, cid: m.kill_command(t, sid, cid),
     "write_file": lambda m, t, sid, path, data: m.write_file(t, sid, path, data),
     "list_files": lambda m, t, sid, path: m.list_files(t, sid, path),
     "stat_file": lambda m, t, sid, path: m.stat_file(t, sid, path),

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,6 +78,7 @@ class CreateSandbox(BaseModel):
     policy: str | dict | None = Field(None, description="a policy layer: TOML text or the same as a JSON object")
     resources: ResourcesIn | None = None
     ttl: int | None = Field(None, strict=True, description="seconds until the sandbox is destroyed (default 300)")
+    metadata: dict[str, str] | None = Field(None, description="up to 64 string pairs kept with the sandbox (E2B's)")
 
 
 class SetTimeout(BaseModel):
@@ -87,11 +88,18 @@ class SetTimeout(BaseModel):
 
 class RunCommand(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cmd: str | list[str] = Field(..., description="a shell command (run by /bin/sh -c) or an argv list")
+    cmd: str | list[str] = Field(..., description="a shell command (run by /bin/bash -c) or an argv list")
     envs: dict[str, str] | None = None
     cwd: str | None = Field(None, description="absolute, or relative to /home/user (the default)")
     timeout: float = Field(60.0, description="seconds; then the command is killed and exit_code is 124")
     background: bool = Field(False, description="return a command id at once instead of streaming")
+    stdin: bool = Field(False, description="background only: keep its stdin open for .../stdin")
+    user: str | None = Field(None, description="'user', the sandbox's one user (E2B's argument; 'root' is refused)")
+
+
+class StdinData(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    data: str = Field(..., description="text written to the command's stdin, UTF-8")
 
 
 class FilePath(BaseModel):
@@ -139,7 +147,7 @@ def create_app(manager, store) -> FastAPI:
             raise Unprocessable("give image or template, not both", code="invalid_request")
         sandbox = manager.create(tenant, policy=body.policy, image=body.image or body.template, tier=body.tier,
                                  resources=body.resources.model_dump(exclude_none=True) if body.resources else None,
-                                 ttl=body.ttl, client=_client(request))
+                                 ttl=body.ttl, client=_client(request), metadata=body.metadata)
         return sandbox.describe()
 
     @app.get("/v1/sandboxes", tags=["sandboxes"])
@@ -166,24 +174,47 @@ def create_app(manager, store) -> FastAPI:
                          202: {"description": "background: {\"id\": \"cmd_...\", \"state\": \"running\"}"}})
     def run_command(sandbox_id: str, body: RunCommand, tenant=Depends(tenant_of)):
         command = manager.run(tenant, sandbox_id, body.cmd, envs=body.envs, cwd=body.cwd, timeout=body.timeout,
-                              background=body.background)
+                              background=body.background, stdin=body.stdin, user=body.user)
         if body.background:
-            return JSONResponse(status_code=202, content={"id": command.id, "state": "running"})
+            return JSONResponse(status_code=202, content={"id": command.id, "pid": command.pid, "state": "running"})
         return StreamingResponse(_stream(command), media_type="application/x-ndjson")
 
+    @app.get("/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
+    def list_commands(sandbox_id: str, tenant=Depends(tenant_of)):
+        return {"commands": manager.list_commands(tenant, sandbox_id)}
+
     @app.get("/v1/sandboxes/{sandbox_id}/commands/{command_id}", tags=["commands"])
-    def command_status(sandbox_id: str, command_id: str, wait: float = 0, tenant=Depends(tenant_of)):
+    def command_status(sandbox_id: str, command_id: str, wait: float = 0,
+                       stdout_from: int | None = Query(None, ge=0), stderr_from: int | None = Query(None, ge=0),
+                       tenant=Depends(tenant_of)):
+        """A background command (by id or pid).  With ``stdout_from``/``stderr_from`` (byte offsets), only the
+        output after them, and ``wait`` returns as soon as there is some (or the command ended)."""
+        offsets = {"stdout_from": stdout_from, "stderr_from": stderr_from}
         command = manager.command(tenant, sandbox_id, command_id)
         if wait > 0:
             # Each wait holds a worker thread: a tenant gets a few at once, the rest answer at once.
             with waits.slot(tenant.name) as granted:
                 if granted:
-                    command.wait(min(wait, 60.0))
-        return command.status()
+                    command.wait(min(wait, 60.0), **offsets)
+        return command.status(stdout_from=stdout_from or 0, stderr_from=stderr_from or 0)
+
+    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/stdin", status_code=204, tags=["commands"])
+    def send_stdin(sandbox_id: str, command_id: str, body: StdinData, tenant=Depends(tenant_of)):
+        try:
+            data = body.data.encode()
+        except UnicodeEncodeError:  # A lone surrogate (\udc80) is JSON but not text.
+            raise Unprocessable("data: not valid text (a lone surrogate)", code="invalid_request") from None
+        manager.send_stdin(tenant, sandbox_id, command_id, data)
+        return Response(status_code=204)
+
+    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/stdin/close", status_code=204, tags=["commands"])
+    def close_stdin(sandbox_id: str, command_id: str, tenant=Depends(tenant_of)):
+        manager.close_stdin(tenant, sandbox_id, command_id)
+        return Response(status_code=204)
 
     @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/kill", tags=["commands"])
     def kill_command(sandbox_id: str, command_id: str, tenant=Depends(tenant_of)):
-        return manager.kill_command(tenant, sandbox_id, command_id).status()
+        return manager.kill_command(tenant, sandbox_id, command_id)
 
     @app.put("/v1/sandboxes/{sandbox_id}/files/{path:path}", tags=["files"],
              openapi_extra={"requestBody": {"required": True,

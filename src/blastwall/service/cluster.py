@@ -26,7 +26,7 @@ import time
 
 from blastwall.service.errors import (Forbidden, Gone, NotFound, QuotaExceeded, ServiceError, Unavailable, Unprocessable,
                                       from_answer)
-from blastwall.service.sessions import Manager
+from blastwall.service.sessions import Manager, check_metadata
 
 __all__ = ["ClusterManager"]
 
@@ -57,11 +57,17 @@ class _Status:
     def __init__(self, manager: "ClusterManager", tenant, sandbox_id: str, command_id: str, status: dict) -> None:
         self._manager, self._tenant, self._sandbox, self.id, self._status = manager, tenant, sandbox_id, command_id, status
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float, *, stdout_from: int | None = None, stderr_from: int | None = None) -> None:
         self._status = self._manager._call(self._tenant, self._sandbox, "command", self.id, wait=timeout,
+                                           stdout_from=stdout_from, stderr_from=stderr_from,
                                            timeout=CALL_TIMEOUT + timeout)
+        self._asked = (stdout_from or 0, stderr_from or 0)
 
-    def status(self) -> dict:
+    def status(self, *, stdout_from: int = 0, stderr_from: int = 0) -> dict:
+        if getattr(self, "_asked", (0, 0)) != (stdout_from, stderr_from):
+            self._status = self._manager._call(self._tenant, self._sandbox, "command", self.id,
+                                               stdout_from=stdout_from, stderr_from=stderr_from)
+            self._asked = (stdout_from, stderr_from)
         return self._status
 
 
@@ -73,8 +79,8 @@ class _Reservation:
 
 
 class _Started:
-    def __init__(self, command_id: str) -> None:
-        self.id = command_id
+    def __init__(self, command_id: str, pid: int = 0) -> None:
+        self.id, self.pid = command_id, pid
 
 
 _LOST_EVENT = {"error": {"code": "sandbox_lost", "message": "the sandbox was lost with its node while the command ran"}}
@@ -243,7 +249,7 @@ class ClusterManager(Manager):
 
     # -- verbs -----------------------------------------------------------------------------------------
     def create(self, tenant, *, policy=None, image=None, tier=None, resources=None, ttl=None, client: str = "",
-               sandbox_id: str | None = None):
+               sandbox_id: str | None = None, metadata=None):
         import ray
 
         from blastwall.ray import cluster
@@ -256,6 +262,7 @@ class ClusterManager(Manager):
         try:
             node, described = cluster.create_sandbox(self, self._settings, tenant, policy=policy, image=image,
                                                      tier=tier, resources=resources, ttl=ttl, client=client,
+                                                     metadata=check_metadata(metadata),
                                                      reserve=reserve, unreserve=self._remove_row)
         except (Unprocessable, Forbidden, QuotaExceeded) as exc:
             self.audit("create", tenant.name, decision="deny", rule=exc.code,
@@ -294,16 +301,20 @@ class ClusterManager(Manager):
     def set_ttl(self, tenant, sandbox_id: str, ttl: object):
         return _Described(self._call(tenant, sandbox_id, "set_ttl", ttl))
 
-    def run(self, tenant, sandbox_id: str, cmd, *, envs=None, cwd=None, timeout=60.0, background=False):
+    def run(self, tenant, sandbox_id: str, cmd, *, envs=None, cwd=None, timeout=60.0, background=False,
+            stdin=False, user=None):
         import ray
 
         if background:
-            return _Started(self._call(tenant, sandbox_id, "start", cmd, envs, cwd, timeout))
+            return _Started(*self._call(tenant, sandbox_id, "start", cmd, envs, cwd, timeout, stdin=stdin, user=user))
+        if stdin:
+            raise Unprocessable("stdin: true only for a background command (send it with .../stdin)",
+                                code="invalid_request")
         node = self._node_of(tenant, sandbox_id)
         try:
             agent = self._agent(node)
             generator = agent.run.options(num_returns="streaming").remote(tenant, sandbox_id, cmd, envs, cwd,
-                                                                           timeout)
+                                                                           timeout, user)
             first = ray.get(next(generator), timeout=CALL_TIMEOUT)
         except (ray.exceptions.RayError, StopIteration) as exc:
             raise self._failed(node, exc) from None
@@ -314,9 +325,17 @@ class ClusterManager(Manager):
     def command(self, tenant, sandbox_id: str, command_id: str):
         return _Status(self, tenant, sandbox_id, command_id, self._call(tenant, sandbox_id, "command", command_id))
 
-    def kill_command(self, tenant, sandbox_id: str, command_id: str):
-        status = self._call(tenant, sandbox_id, "kill_command", command_id)
-        return _Status(self, tenant, sandbox_id, command_id, status)
+    def list_commands(self, tenant, sandbox_id: str) -> list[dict]:
+        return self._call(tenant, sandbox_id, "list_commands")
+
+    def send_stdin(self, tenant, sandbox_id: str, command_id: str, data: bytes) -> None:
+        self._call(tenant, sandbox_id, "send_stdin", command_id, data)
+
+    def close_stdin(self, tenant, sandbox_id: str, command_id: str) -> None:
+        self._call(tenant, sandbox_id, "close_stdin", command_id)
+
+    def kill_command(self, tenant, sandbox_id: str, command_id: str) -> dict:
+        return self._call(tenant, sandbox_id, "kill_command", command_id)
 
     def write_file(self, tenant, sandbox_id: str, path: str, data: bytes) -> int:
         return self._call(tenant, sandbox_id, "write_file", path, data)

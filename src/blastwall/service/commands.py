@@ -7,11 +7,12 @@ import logging
 import os
 import queue
 import secrets
+import select
 import selectors
 import threading
 import time
 
-from blastwall.service.errors import Unprocessable
+from blastwall.service.errors import Conflict, Unprocessable
 from blastwall.tiers._check import KILLED, SandboxStopped
 
 __all__ = ["MOUNT_AT", "Command", "new_id"]
@@ -23,6 +24,9 @@ MAX_ARGV_BYTES = 256 << 10
 MAX_ENV_VALUE = 64 << 10
 KILL_GRACE = 5.0              # seconds to wait for a killed command's runsc exec
 QUIET_AFTER_EXIT = 1.0        # seconds of silence after which a finished command's open pipes are let go
+QUIET_AFTER_KILL = 0.1        # the same for a command we killed (its timeout, or a kill): it is over
+STDIN_WAIT = 5.0              # seconds a write to a command's stdin may wait for the command to read
+SHELL = "/bin/bash"           # what runs a command given as a string (E2B's shell; every image has it)
 
 
 def new_id(prefix: str) -> str:
@@ -40,10 +44,14 @@ class Command:
     """
 
     def __init__(self, sandbox: "Sandbox", argv: list[str], *, env: dict, cwd: str, timeout: float,
-                 stream: bool, cap: int) -> None:
+                 stream: bool, cap: int, pid: int = 0, stdin: bool = False, cmd: str | None = None) -> None:
         self.id = new_id("cmd_")
+        self.pid = pid  # The sandbox's own number for it (1, 2, ...): E2B's CommandHandle.pid.
         self.sandbox = sandbox
         self.argv = argv
+        self.cmd = cmd  # The shell string it was given, if any.
+        self.cwd = cwd
+        self.envs = dict(env)
         self.started = time.time()
         self.timeout = timeout
         self.cap = cap
@@ -57,17 +65,26 @@ class Command:
         self.abandoned = False
         self.sandbox_stopped = False
         self.done = threading.Event()
+        self.changed = threading.Condition()  # Notified on new output and at the end (a long poll waits on it).
+        self._stdin: int | None = None
+        self._stdin_lock = threading.Lock()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if stdin:
+            in_r, self._stdin = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(self._stdin, False)
+        else:
+            in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self.process = sandbox.session.exec(argv, env=env, cwd=cwd, stdin=devnull, stdout=out_w, stderr=err_w)
+            self.process = sandbox.session.exec(argv, env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w)
         except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
+            for fd in (out_r, err_r, self._stdin):
+                if fd is not None:
+                    os.close(fd)
+            self._stdin = None
             raise
         finally:
-            for fd in (out_w, err_w, devnull):
+            for fd in (out_w, err_w, in_r):
                 os.close(fd)
         self._fds = {out_r: "stdout", err_r: "stderr"}
         self._thread = threading.Thread(target=self._pump, name=f"blastwall-{self.id}", daemon=True)
@@ -110,8 +127,9 @@ class Command:
             # reported): read until EOF, or until the pipes stay quiet for
             # QUIET_AFTER_EXIT, for whatever still holds them open (a process
             # the command left running) is not this command.
+            quiet = QUIET_AFTER_KILL if self.killed else QUIET_AFTER_EXIT
             hard_stop = time.time() + 5.0
-            quiet_until = time.time() + QUIET_AFTER_EXIT
+            quiet_until = time.time() + quiet
             while any(key.data != "exit" for key in selector.get_map().values()) and time.time() < hard_stop:
                 got = False
                 for key, _mask in selector.select(timeout=0.05):
@@ -124,7 +142,7 @@ class Command:
                     elif state == "data":
                         got = True
                 if got:
-                    quiet_until = time.time() + QUIET_AFTER_EXIT
+                    quiet_until = time.time() + quiet
                 elif time.time() >= quiet_until:
                     break
             for name, decoder in decoders.items():
@@ -141,6 +159,7 @@ class Command:
                 self.process.kill()  # Again: the tier's host side too.
                 self._try_reap(block=True)
             self.process.release()
+            self.close_stdin()
             if self.timed_out:
                 self.exit_code = 124
             final = {"exit_code": self.exit_code, "timed_out": self.timed_out}
@@ -150,7 +169,9 @@ class Command:
                 final["sandbox_stopped"] = True
                 self.sandbox_stopped = True
             self.sandbox.command_finished(self)
-            self.done.set()
+            with self.changed:
+                self.done.set()
+                self.changed.notify_all()
             self._put(("exit", final))
 
     def _read(self, fd: int, name: str, decoders) -> str:
@@ -183,8 +204,11 @@ class Command:
         data = text.encode()
         if len(data) > room:
             self.truncated = True
-            data = data[:max(room, 0)]
-        buffer.extend(data)
+            # Cut at a character's start, so that any offset a reader was given decodes cleanly.
+            data = data[:max(room, 0)].decode("utf-8", "ignore").encode()
+        with self.changed:
+            buffer.extend(data)
+            self.changed.notify_all()
 
     def _put(self, event) -> None:
         if self.events is None:
@@ -210,22 +234,72 @@ class Command:
         self.abandoned = True
         self.kill()
 
-    def wait(self, timeout: float | None) -> bool:
-        return self.done.wait(timeout)
+    # stdin: a background command started with ``stdin=True`` reads what is sent here.
+    def send_stdin(self, data: bytes) -> None:
+        """Write all of ``data`` to the command's stdin, waiting at most STDIN_WAIT for it to read."""
+        with self._stdin_lock:
+            if self._stdin is None:
+                raise Conflict("this command's stdin is closed (or it was started without stdin=true)",
+                               code="stdin_closed")
+            view, deadline = memoryview(data), time.monotonic() + STDIN_WAIT
+            while view:
+                try:
+                    view = view[os.write(self._stdin, view):]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise Conflict(f"the command did not read its stdin for {STDIN_WAIT:g}s",
+                                       code="stdin_full") from None
+                    select.select([], [self._stdin], [], left)
+                except BrokenPipeError:
+                    raise Conflict("the command closed its stdin", code="stdin_closed") from None
 
-    def status(self) -> dict:
-        return {"id": self.id, "state": "exited" if self.done.is_set() else "running",
-                "exit_code": self.exit_code if self.done.is_set() else None, "timed_out": self.timed_out,
+    def close_stdin(self) -> None:
+        with self._stdin_lock:
+            if self._stdin is not None:
+                os.close(self._stdin)
+                self._stdin = None
+
+    def wait(self, timeout: float | None, *, stdout_from: int | None = None, stderr_from: int | None = None) -> bool:
+        """Wait until the command ends, or (given offsets) until it has output past them; True if it ended."""
+        if stdout_from is None and stderr_from is None:
+            return self.done.wait(timeout)
+        deadline = time.monotonic() + (timeout or 0)
+        with self.changed:
+            while not self.done.is_set() and len(self.stdout) <= (stdout_from or 0) \
+                    and len(self.stderr) <= (stderr_from or 0):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.changed.wait(left)
+        return self.done.is_set()
+
+    def status(self, *, stdout_from: int = 0, stderr_from: int = 0) -> dict:
+        """What it is now; its output from byte ``stdout_from``/``stderr_from`` on (``*_end``: where that ends)."""
+        with self.changed:
+            done = self.done.is_set()
+            stdout, stderr = bytes(self.stdout[stdout_from:]), bytes(self.stderr[stderr_from:])
+            stdout_end, stderr_end = len(self.stdout), len(self.stderr)
+        return {"id": self.id, "pid": self.pid, "state": "exited" if done else "running",
+                "exit_code": self.exit_code if done else None, "timed_out": self.timed_out,
                 "sandbox_stopped": self.sandbox_stopped,
-                "stdout": self.stdout.decode("utf-8", "replace"), "stderr": self.stderr.decode("utf-8", "replace"),
+                "stdout": stdout.decode("utf-8", "replace"), "stderr": stderr.decode("utf-8", "replace"),
+                "stdout_end": max(stdout_end, stdout_from), "stderr_end": max(stderr_end, stderr_from),
                 "truncated": self.truncated, "started_at": self.started}
+
+    def info(self) -> dict:
+        """E2B's ProcessInfo: what ``commands.list()`` shows of a running command."""
+        shell = self.cmd is not None
+        return {"id": self.id, "pid": self.pid, "cmd": self.cmd if shell else self.argv[0],
+                "args": [] if shell else self.argv[1:], "cwd": self.cwd, "envs": self.envs,
+                "background": self.events is None, "started_at": self.started}
 
 
 # --- request checks (pure) -----------------------------------------------------------------------
 
 def _argv(cmd) -> list[str]:
     if isinstance(cmd, str):
-        argv = ["/bin/sh", "-c", cmd]
+        argv = [SHELL, "-c", cmd]
     elif isinstance(cmd, list) and cmd and all(isinstance(a, str) for a in cmd):
         argv = list(cmd)
     else:

@@ -8,7 +8,8 @@
     ├── Forbidden                      403 ceiling_exceeded, path_refused (a path the sandbox could not
     │                                      touch either: read-only or hidden in it; details say why)
     ├── NotFound                       404 sandbox_not_found, command_not_found, file_not_found, not_found
-    ├── Conflict                       409 file_exists
+    ├── Conflict                       409 file_exists, stdin_closed (the command's stdin is closed or was
+    │                                      never opened), stdin_full (the command does not read it)
     ├── Gone                           410 sandbox_lost (its node died with it: a cluster)
     ├── PayloadTooLarge                413 payload_too_large
     ├── Unprocessable                  422 invalid_policy, invalid_request
@@ -107,7 +108,7 @@ CODES = {
     (400, "invalid_request"), (400, "invalid_json"), (400, "invalid_path"),
     (401, "unauthorized"),
     (403, "ceiling_exceeded"), (403, "path_refused"),
-    (409, "file_exists"),
+    (409, "file_exists"), (409, "stdin_closed"), (409, "stdin_full"),
     (410, "sandbox_lost"),
     (404, "sandbox_not_found"), (404, "command_not_found"), (404, "file_not_found"), (404, "not_found"),
     (405, "method_not_allowed"),

@@ -78,6 +78,8 @@ class Sandbox:
         self.state = "booting"
         self.lock = threading.Lock()
         self.commands: dict[str, Command] = {}
+        self.next_pid = 1  # Commands are numbered per sandbox (E2B's pid), under ``lock``.
+        self.metadata: dict[str, str] = {}
         self.on_stopped = None  # Set by the manager: destroy a sandbox that went down by itself.
 
     def check_alive(self) -> bool:
@@ -112,7 +114,17 @@ class Sandbox:
                 "created_at": self.created, "expires_at": self.expires,
                 "ttl_remaining": max(0, round(self.expires - time.time(), 1)),
                 "resources": self.resources.as_dict(), "network": {"allow": list(self.allow)},
-                "workdir": MOUNT_AT}
+                "workdir": MOUNT_AT, "metadata": dict(self.metadata)}
+
+    def find_command(self, ref: object) -> Command | None:
+        """A command by its id (``cmd_...``) or its number in this sandbox (``pid``, as a string or int)."""
+        if isinstance(ref, bool) or not isinstance(ref, (str, int)):
+            return None
+        with self.lock:
+            found = self.commands.get(ref) if isinstance(ref, str) else None
+            if found is None and str(ref).isdigit():
+                found = next((c for c in self.commands.values() if c.pid == int(ref)), None)
+        return found
 
 
 # --- the manager --------------------------------------------------------------------------------
@@ -373,14 +385,15 @@ class Manager:
 
     # -- create ----------------------------------------------------------------------------------
     def create(self, tenant, *, policy=None, image=None, tier=None, resources=None, ttl=None,
-               client: str = "", sandbox_id: str | None = None, reserved: bool = False) -> Sandbox:
+               client: str = "", sandbox_id: str | None = None, reserved: bool = False, metadata=None) -> Sandbox:
         """``sandbox_id``: the id to give it (a cluster names the placement first); a new one by default.
         ``reserved``: a cluster's replica already paid the tenant's quota for it (its row, without a node)."""
         if self._stopping.is_set():
             raise Unavailable("the service is shutting down", code="shutting_down")
         try:
+            metadata = check_metadata(metadata)
             return self._create(tenant, policy=policy, image=image, tier=tier, resources=resources, ttl=ttl,
-                                client=client, sandbox_id=sandbox_id, reserved=reserved)
+                                client=client, sandbox_id=sandbox_id, reserved=reserved, metadata=metadata)
         except (Unprocessable, Forbidden, QuotaExceeded) as exc:
             # Refusals are decisions too: the security team sees what was asked and why not.
             self.audit("create", tenant.name, decision="deny", rule=exc.code,
@@ -388,7 +401,7 @@ class Manager:
             raise
 
     def _create(self, tenant, *, policy, image, tier, resources, ttl, client: str, sandbox_id: str | None,
-                reserved: bool = False) -> Sandbox:
+                reserved: bool = False, metadata: dict | None = None) -> Sandbox:
         merged, wanted, ttl, is_default = self.resolve_request(tenant, policy=policy, image=image, tier=tier,
                                                                resources=resources, ttl=ttl)
         with self._lock:
@@ -434,6 +447,7 @@ class Manager:
             raise _translate(exc) from None
         sandbox.on_stopped = self._stopped
         with sandbox.lock:
+            sandbox.metadata = dict(metadata or {})
             sandbox.state = "running"
         return sandbox
 
@@ -582,13 +596,18 @@ class Manager:
         return sandbox
 
     # -- commands ----------------------------------------------------------------------------------
-    def run(self, tenant, sandbox_id: str, cmd, *, envs=None, cwd=None, timeout=60.0, background=False) -> Command:
+    def run(self, tenant, sandbox_id: str, cmd, *, envs=None, cwd=None, timeout=60.0, background=False,
+            stdin=False, user=None) -> Command:
         sandbox = self.get(tenant, sandbox_id)
         argv = _argv(cmd)
         env = _envs(envs)
         workdir = _cwd(cwd)
+        _user(user)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
             raise Unprocessable("timeout: expected seconds between 0 and 86400", code="invalid_request")
+        if not isinstance(stdin, bool) or (stdin and not background):
+            raise Unprocessable("stdin: true only for a background command (send it with .../stdin)",
+                                code="invalid_request")
         with sandbox.lock:
             if sandbox.state != "running":
                 raise NotFound(f"no sandbox {sandbox_id!r}")
@@ -598,7 +617,9 @@ class Manager:
                        reason=f"cwd={workdir} timeout={timeout:g}s{' background' if background else ''}")
             try:
                 command = Command(sandbox, argv, env=env, cwd=workdir, timeout=float(timeout),
-                                  stream=not background, cap=self.config.output_cap)
+                                  stream=not background, cap=self.config.output_cap, pid=sandbox.next_pid,
+                                  stdin=stdin, cmd=cmd if isinstance(cmd, str) else None)
+                sandbox.next_pid += 1
             except ContainmentError as exc:
                 raise _translate(exc) from None
             except (OSError, RuntimeError) as exc:
@@ -613,20 +634,34 @@ class Manager:
             command.start()
         return command
 
-    def command(self, tenant, sandbox_id: str, command_id: str) -> Command:
-        sandbox = self.get(tenant, sandbox_id)
-        with sandbox.lock:
-            command = sandbox.commands.get(command_id) if isinstance(command_id, str) else None
-        if command is None or command.events is not None:
+    def command(self, tenant, sandbox_id: str, command_id: str, *, streamed: bool = False) -> Command:
+        """A command by id or pid.  A streamed one's output is its stream's alone: only ``streamed`` finds it."""
+        command = self.get(tenant, sandbox_id).find_command(command_id)
+        if command is None or (command.events is not None and not streamed):
             raise NotFound(f"no command {str(command_id)[:64]!r} in this sandbox", code="command_not_found")
         return command
 
-    def kill_command(self, tenant, sandbox_id: str, command_id: str) -> Command:
-        command = self.command(tenant, sandbox_id, command_id)
+    def list_commands(self, tenant, sandbox_id: str) -> list[dict]:
+        """The commands running now (background and streamed), oldest first."""
+        sandbox = self.get(tenant, sandbox_id)
+        with sandbox.lock:
+            running = [c for c in sandbox.commands.values() if not c.done.is_set()]
+        return [c.info() for c in sorted(running, key=lambda c: c.pid)]
+
+    def kill_command(self, tenant, sandbox_id: str, command_id: str) -> dict:
+        """Kill a command (by id or pid); its status then, with ``killed``: it was still running."""
+        command = self.command(tenant, sandbox_id, command_id, streamed=True)
+        running = not command.done.is_set()
         self.audit("kill", tenant.name, sandbox_id, detail=command.id)
         command.kill()
         command.wait(KILL_GRACE)
-        return command
+        return {**command.status(), "killed": running}
+
+    def send_stdin(self, tenant, sandbox_id: str, command_id: str, data: bytes) -> None:
+        self.command(tenant, sandbox_id, command_id).send_stdin(data)
+
+    def close_stdin(self, tenant, sandbox_id: str, command_id: str) -> None:
+        self.command(tenant, sandbox_id, command_id).close_stdin()
 
     # -- files --------------------------------------------------------------------------------------
     def _files(self, sandbox: Sandbox):
@@ -778,6 +813,32 @@ class Manager:
     def warm_count(self) -> int:
         with self._lock:
             return len(self._warm)
+
+
+MAX_METADATA = 64              # entries of a sandbox's metadata
+MAX_METADATA_BYTES = 1 << 10  # each key and each value
+
+
+def check_metadata(metadata: object) -> dict[str, str]:
+    """A sandbox's metadata (E2B's): a table of at most 64 short strings, kept as given, never interpreted."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA:
+        raise Unprocessable(f"metadata: expected a table of at most {MAX_METADATA} string: string pairs",
+                            code="invalid_request")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key \
+                or len(key.encode()) > MAX_METADATA_BYTES or len(value.encode()) > MAX_METADATA_BYTES:
+            raise Unprocessable(f"metadata: {str(key)[:64]!r}: keys and values are strings of 1 KiB at most "
+                                "(a key not empty)", code="invalid_request")
+    return dict(metadata)
+
+
+def _user(user: object) -> None:
+    """``run(user=)``: a command runs as the sandbox's one user; E2B's "root" is not given."""
+    if user is not None and user != "user":
+        raise Unprocessable(f"user: commands run as 'user', the sandbox's only user (not {str(user)[:32]!r}); "
+                            "root is not available in a sandbox", code="invalid_request")
 
 
 def _workspace_path(path: object, *, root: bool = False) -> str:
