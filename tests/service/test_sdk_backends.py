@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from blastwall.client import CommandExitError, Sandbox
+from blastwall.client import CommandExitError, Sandbox, TimeoutException
 from tests.conftest import bw_env, needs_bwrap
 from tests.service.conftest import needs_gvisor
 
@@ -46,9 +46,9 @@ def test_exit_status_timeout_and_kill(create):
             sbx.commands.run("echo out; echo err >&2; exit 3")
         assert (info.value.exit_code, info.value.stdout, info.value.stderr) == (3, "out\n", "err\n")
         started = time.monotonic()
-        with pytest.raises(CommandExitError) as info:
+        with pytest.raises(TimeoutException) as info:
             sbx.commands.run("sleep 30", timeout=1)
-        assert info.value.exit_code == 124 and time.monotonic() - started < 20
+        assert info.value.result.exit_code == 124 and time.monotonic() - started < 20
         handle = sbx.commands.run("sleep 0.3; echo bg", background=True)
         assert handle.wait(timeout=30).stdout == "bg\n"
         handle = sbx.commands.run("sleep 300", background=True)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from blastwall.client import (AsyncSandbox, AuthenticationError, CeilingExceededError, CommandExitError,
+from blastwall.client import (AsyncSandbox, AuthenticationError, CeilingExceededError, CommandExitError, TimeoutException,
                               InvalidRequestError, QuotaExceededError, RateLimitError, Sandbox, SandboxClosedError,
                               SandboxError, SandboxFileError, SandboxNotFoundError, ServiceError)
 from blastwall.client._errors import error_for
@@ -21,7 +21,7 @@ def test_create_run_files_and_context_manager(service):
     key = service.tenant()
     with Sandbox.create(api_url=service.url, api_key=key, timeout=120) as sbx:
         sid = sbx.sandbox_id
-        assert sbx.workspace == "/home/user" and sbx.get_info()["state"] == "running"
+        assert sbx.workspace == "/home/user" and sbx.get_info().state == "running"
         sbx.files.write("src/hello.py", "print('hi from the service')")
         sbx.files.write("/home/user/data.bin", b"\x00\x01\xff")
         seen = []
@@ -34,9 +34,9 @@ def test_create_run_files_and_context_manager(service):
         with pytest.raises(CommandExitError) as info:
             sbx.commands.run("echo out; exit 3")
         assert (info.value.exit_code, info.value.stdout) == (3, "out\n")
-        with pytest.raises(CommandExitError) as info:
+        with pytest.raises(TimeoutException) as info:
             sbx.commands.run("sleep 30", timeout=1)
-        assert info.value.exit_code == 124
+        assert info.value.result.exit_code == 124
         handle = sbx.commands.run("sleep 0.3; echo bg", background=True)
         assert handle.wait(timeout=30).stdout == "bg\n"
         handle = sbx.commands.run("sleep 300", background=True)
@@ -47,7 +47,7 @@ def test_create_run_files_and_context_manager(service):
         other = Sandbox.connect(sid, api_url=service.url, api_key=key)
         assert other.files.read("src/hello.py") == "print('hi from the service')"
         sbx.set_timeout(60)
-        assert sbx.get_info()["ttl_remaining"] <= 60
+        assert sbx.get_info().raw["ttl_remaining"] <= 60
     # The with block destroyed it, on the service and on the host.
     assert service.call("GET", f"/v1/sandboxes/{sid}", key).status_code == 404
     assert not service.workspace(sid).exists()

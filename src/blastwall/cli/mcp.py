@@ -65,7 +65,7 @@ def _text(text: str, *, is_error: bool = False) -> dict:
 
 def handle(message: object, sandbox) -> dict | None:
     """One JSON-RPC message to its reply (None for notifications)."""
-    from blastwall.client import CommandExitError, SandboxFileError
+    from blastwall.client import CommandExitError, SandboxFileError, TimeoutException
 
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
         return _error(message.get("id") if isinstance(message, dict) else None, -32600, "invalid request")
@@ -97,9 +97,9 @@ def handle(message: object, sandbox) -> dict | None:
             try:
                 result = sandbox.commands.run(command, timeout=max(1.0, min(float(timeout), 3600.0)))
                 error = False
-            except CommandExitError as exc:
+            except (CommandExitError, TimeoutException) as exc:
                 result, error = exc.result, True
-            text = f"exit code: {result.exit_code}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+            text = ("timed out: killed after its timeout\n" if result.timed_out else "") + f"exit code: {result.exit_code}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
             reply = _text(text, is_error=error)
         elif name in _FILE_TOOLS:
             reply = _file_tool(name, args, sandbox.files)

@@ -37,6 +37,7 @@ def _check_envs(envs) -> None:
 
 
 HOME = "/home/user"  # The sandbox's home and working directory, as E2B's sandboxes have it.
+NO_TIMEOUT = 86400  # A command's "no timeout": a day, the service's longest
 
 
 def _check_user(user) -> None:
@@ -174,7 +175,8 @@ class Commands:
 
         Returns a ``CommandResult``, or a ``CommandHandle`` with ``background``.
         A non-zero exit raises ``CommandExitException``; running past
-        ``timeout`` seconds kills the command and raises ``TimeoutException``.
+        ``timeout`` seconds kills the command and raises ``TimeoutException``
+        (0 or None: no limit but the sandbox's own life, as with E2B).
         ``cwd``: relative to /home/user (the default), or absolute under it.
         ``on_stdout``/``on_stderr`` get the output as it comes.  ``stdin``
         (background only): keep the command's stdin open for ``send_stdin``.
@@ -186,8 +188,10 @@ class Commands:
             raise InvalidRequestError("cmd: expected a shell command string or a non-empty list of strings")
         _check_envs(envs)
         _check_user(user)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise InvalidRequestError("timeout: expected seconds > 0")
+        if timeout is None or (timeout == 0 and not isinstance(timeout, bool)):
+            timeout = NO_TIMEOUT  # E2B's 0: no limit of its own (the sandbox's life still ends it)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= NO_TIMEOUT:
+            raise InvalidRequestError(f"timeout: expected seconds > 0 (at most {NO_TIMEOUT}), or 0 for no limit")
         if not isinstance(stdin, bool) or (stdin and not background):
             raise InvalidRequestError("stdin: True only with background=True (then send_stdin)")
         workdir = self._sandbox._cwd(cwd)

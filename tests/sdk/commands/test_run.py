@@ -65,13 +65,17 @@ def test_envs_and_cwd(sandbox):
     assert sandbox.commands.run("cat marker", cwd=home + "/sub").stdout == "m"
 
 
+def test_timeout_zero_means_no_limit_of_its_own(sandbox):
+    assert sandbox.commands.run("sleep 1; echo slept", timeout=0).stdout == "slept\n"
+
+
 def test_user_is_the_sandbox_user_and_root_is_refused(sandbox):
     assert sandbox.commands.run("id -u", user="user").stdout.strip() != "0"
     with pytest.raises(InvalidArgumentException):
         sandbox.commands.run("id -u", user="root")
 
 
-@pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"timeout": True}, {"envs": {"1BAD": "x"}},
+@pytest.mark.parametrize("kwargs", [{"timeout": -1}, {"timeout": True}, {"timeout": "5"}, {"envs": {"1BAD": "x"}},
                                     {"envs": {"A": 1}}, {"stdin": True}, {"cwd": "../escape"}])
 def test_bad_arguments_are_refused_before_anything_runs(sandbox, kwargs):
     with pytest.raises((InvalidArgumentException, SandboxFileError)) as info:
