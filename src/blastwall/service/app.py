@@ -18,12 +18,15 @@ import logging
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blastwall.service.database import RETRY_AFTER, DatabaseUnavailable, database_message
 from blastwall.service.errors import ServiceError, Unauthorized, Unprocessable
+from blastwall.service.schema import (CommandKilled, CommandList, CommandStarted, CommandStatus, CreateSandbox,
+                                      EntryList, EntryOut, FilePath, FileWritten, Health, MadeDir, RenameFile,
+                                      RunCommand, SandboxList, SandboxOut, SetTimeout, StdinData, errors,
+                                      openapi_security)
 from blastwall.service.store import AuthFailure
 
 __all__ = ["create_app"]
@@ -60,59 +63,6 @@ class _Waits:
                         del self._held[tenant]
 
 
-# --- request bodies (also the OpenAPI schema) ------------------------------------------------------
-
-class ResourcesIn(BaseModel):
-    # Strict: "64" or true is not a number of processes (pydantic would coerce both).
-    model_config = ConfigDict(extra="forbid", strict=True)
-    memory: int | str | None = Field(None, description="bytes, or a size like 512M / 2G")
-    cpus: float | None = Field(None, description="CPUs, may be fractional")
-    pids: int | None = Field(None, description="most processes at once")
-
-
-class CreateSandbox(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    image: str | None = Field(None, max_length=64, description="image name (default: the tenant's first)")
-    template: str | None = Field(None, max_length=64, description="E2B's name for image")
-    tier: str | None = Field(None, description="'container' (the default) or 'vm', where the tenant's ceiling allows it")
-    policy: str | dict | None = Field(None, description="a policy layer: TOML text or the same as a JSON object")
-    resources: ResourcesIn | None = None
-    ttl: int | None = Field(None, strict=True, description="seconds until the sandbox is destroyed (default 300)")
-    metadata: dict[str, str] | None = Field(None, description="up to 64 string pairs kept with the sandbox (E2B's)")
-
-
-class SetTimeout(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ttl: int = Field(..., strict=True, description="seconds from now until the sandbox is destroyed")
-
-
-class RunCommand(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cmd: str | list[str] = Field(..., description="a shell command (run by /bin/bash -c) or an argv list")
-    envs: dict[str, str] | None = None
-    cwd: str | None = Field(None, description="absolute, or relative to /home/user (the default)")
-    timeout: float = Field(60.0, description="seconds; then the command is killed and exit_code is 124")
-    background: bool = Field(False, description="return a command id at once instead of streaming")
-    stdin: bool = Field(False, description="background only: keep its stdin open for .../stdin")
-    user: str | None = Field(None, description="'user', the sandbox's one user (E2B's argument; 'root' is refused)")
-
-
-class StdinData(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    data: str = Field(..., description="text written to the command's stdin, UTF-8")
-
-
-class FilePath(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    path: str = Field(..., max_length=4096, description="relative to /home/user, or absolute under it")
-
-
-class RenameFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    source: str = Field(..., max_length=4096)
-    target: str = Field(..., max_length=4096)
-
-
 # --- the application ----------------------------------------------------------------------------------
 
 def create_app(manager, store) -> FastAPI:
@@ -122,6 +72,14 @@ def create_app(manager, store) -> FastAPI:
     app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT, upload_limit=manager.config.max_upload)
     _error_handlers(app)
     waits = _Waits(MAX_WAITS_PER_TENANT)
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_security(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     def tenant_of(request: Request):
         header = request.headers.get("authorization", "")
@@ -137,11 +95,12 @@ def create_app(manager, store) -> FastAPI:
                           reason=f"{exc.reason} from {_client(request)}", strict=False)
             raise Unauthorized("the API key is invalid, revoked or expired") from None
 
-    @app.get("/v1/health", tags=["service"])
+    @app.get("/v1/health", tags=["service"], responses={200: {"model": Health}})
     async def health():  # On the event loop: busy worker threads never make a live service look dead.
         return {"status": "ok"}
 
-    @app.post("/v1/sandboxes", status_code=201, tags=["sandboxes"])
+    @app.post("/v1/sandboxes", status_code=201, tags=["sandboxes"],
+              responses={201: {"model": SandboxOut}, **errors(400, 403, 413, 422, 429)})
     def create_sandbox(request: Request, body: CreateSandbox, tenant=Depends(tenant_of)):
         if body.image is not None and body.template is not None and body.image != body.template:
             raise Unprocessable("give image or template, not both", code="invalid_request")
@@ -150,28 +109,32 @@ def create_app(manager, store) -> FastAPI:
                                  ttl=body.ttl, client=_client(request), metadata=body.metadata)
         return sandbox.describe()
 
-    @app.get("/v1/sandboxes", tags=["sandboxes"])
+    @app.get("/v1/sandboxes", tags=["sandboxes"], responses={200: {"model": SandboxList}, **errors()})
     def list_sandboxes(tenant=Depends(tenant_of)):
         return {"sandboxes": [s.describe() for s in manager.list(tenant)]}
 
-    @app.get("/v1/sandboxes/{sandbox_id}", tags=["sandboxes"])
+    @app.get("/v1/sandboxes/{sandbox_id}", tags=["sandboxes"],
+             responses={200: {"model": SandboxOut}, **errors(404, 410)})
     def get_sandbox(sandbox_id: str, tenant=Depends(tenant_of)):
         return manager.get(tenant, sandbox_id).describe()
 
-    @app.delete("/v1/sandboxes/{sandbox_id}", status_code=204, tags=["sandboxes"])
+    @app.delete("/v1/sandboxes/{sandbox_id}", status_code=204, tags=["sandboxes"], responses=errors(404, 410))
     def delete_sandbox(request: Request, sandbox_id: str, tenant=Depends(tenant_of)):
         manager.delete(tenant, sandbox_id, client=_client(request))
         return Response(status_code=204)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/timeout", tags=["sandboxes"])
+    @app.post("/v1/sandboxes/{sandbox_id}/timeout", tags=["sandboxes"],
+              responses={200: {"model": SandboxOut}, **errors(400, 403, 404, 410, 413, 422)})
     def set_timeout(sandbox_id: str, body: SetTimeout, tenant=Depends(tenant_of)):
         return manager.set_ttl(tenant, sandbox_id, body.ttl).describe()
 
     @app.post("/v1/sandboxes/{sandbox_id}/commands", tags=["commands"],
+              status_code=200,
               responses={200: {"description": "NDJSON lines: {\"stdout\": text}, {\"stderr\": text}, and last "
                                               "{\"exit_code\": N, \"timed_out\": bool}",
-                               "content": {"application/x-ndjson": {}}},
-                         202: {"description": "background: {\"id\": \"cmd_...\", \"state\": \"running\"}"}})
+                               "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                         202: {"model": CommandStarted, "description": "background: started"},
+                         **errors(400, 404, 409, 410, 413, 422, 429)})
     def run_command(sandbox_id: str, body: RunCommand, tenant=Depends(tenant_of)):
         command = manager.run(tenant, sandbox_id, body.cmd, envs=body.envs, cwd=body.cwd, timeout=body.timeout,
                               background=body.background, stdin=body.stdin, user=body.user)
@@ -179,11 +142,13 @@ def create_app(manager, store) -> FastAPI:
             return JSONResponse(status_code=202, content={"id": command.id, "pid": command.pid, "state": "running"})
         return StreamingResponse(_stream(command), media_type="application/x-ndjson")
 
-    @app.get("/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
+    @app.get("/v1/sandboxes/{sandbox_id}/commands", tags=["commands"],
+             responses={200: {"model": CommandList}, **errors(404, 410)})
     def list_commands(sandbox_id: str, tenant=Depends(tenant_of)):
         return {"commands": manager.list_commands(tenant, sandbox_id)}
 
-    @app.get("/v1/sandboxes/{sandbox_id}/commands/{command_id}", tags=["commands"])
+    @app.get("/v1/sandboxes/{sandbox_id}/commands/{command_id}", tags=["commands"],
+             responses={200: {"model": CommandStatus}, **errors(404, 410, 422)})
     def command_status(sandbox_id: str, command_id: str, wait: float = 0,
                        stdout_from: int | None = Query(None, ge=0), stderr_from: int | None = Query(None, ge=0),
                        tenant=Depends(tenant_of)):
@@ -198,7 +163,8 @@ def create_app(manager, store) -> FastAPI:
                     command.wait(min(wait, 60.0), **offsets)
         return command.status(stdout_from=stdout_from or 0, stderr_from=stderr_from or 0)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/stdin", status_code=204, tags=["commands"])
+    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/stdin", status_code=204, tags=["commands"],
+              responses=errors(400, 404, 409, 410, 413, 422))
     def send_stdin(sandbox_id: str, command_id: str, body: StdinData, tenant=Depends(tenant_of)):
         try:
             data = body.data.encode()
@@ -207,16 +173,19 @@ def create_app(manager, store) -> FastAPI:
         manager.send_stdin(tenant, sandbox_id, command_id, data)
         return Response(status_code=204)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/stdin/close", status_code=204, tags=["commands"])
+    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/stdin/close", status_code=204, tags=["commands"],
+              responses=errors(404, 410))
     def close_stdin(sandbox_id: str, command_id: str, tenant=Depends(tenant_of)):
         manager.close_stdin(tenant, sandbox_id, command_id)
         return Response(status_code=204)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/kill", tags=["commands"])
+    @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/kill", tags=["commands"],
+              responses={200: {"model": CommandKilled}, **errors(404, 410)})
     def kill_command(sandbox_id: str, command_id: str, tenant=Depends(tenant_of)):
         return manager.kill_command(tenant, sandbox_id, command_id)
 
     @app.put("/v1/sandboxes/{sandbox_id}/files/{path:path}", tags=["files"],
+             responses={200: {"model": FileWritten}, **errors(400, 403, 404, 409, 410, 413, 507)},
              openapi_extra={"requestBody": {"required": True,
                                             "content": {"application/octet-stream": {"schema": {
                                                 "type": "string", "format": "binary"}}}}})
@@ -228,30 +197,37 @@ def create_app(manager, store) -> FastAPI:
         return {"path": path, "size": size}
 
     @app.get("/v1/sandboxes/{sandbox_id}/files/{path:path}", tags=["files"],
-             responses={200: {"content": {"application/octet-stream": {}}}})
+             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                    "format": "binary"}}}},
+                        **errors(400, 403, 404, 410, 413)})
     async def read_file(sandbox_id: str, path: str, tenant=Depends(tenant_of)):
         fd, size = await run_in_threadpool(manager.open_file, tenant, sandbox_id, path)
         return StreamingResponse(_file_chunks(fd), media_type="application/octet-stream",
                                  headers={"content-length": str(size)})
 
     # Files beyond read and write: each held to the sandbox's plan like every other path into it.
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/list", tags=["files"])
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/list", tags=["files"],
+             responses={200: {"model": EntryList}, **errors(400, 403, 404, 410, 422)})
     def list_files(sandbox_id: str, path: str = "/home/user", tenant=Depends(tenant_of)):
         return manager.list_files(tenant, sandbox_id, path)
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/stat", tags=["files"])
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/stat", tags=["files"],
+             responses={200: {"model": EntryOut}, **errors(400, 403, 404, 410, 422)})
     def stat_file(sandbox_id: str, path: str, tenant=Depends(tenant_of)):
         return manager.stat_file(tenant, sandbox_id, path)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir", tags=["files"])
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir", tags=["files"],
+              responses={200: {"model": MadeDir}, **errors(400, 403, 404, 409, 410, 413, 422, 507)})
     def make_dir(sandbox_id: str, body: FilePath, tenant=Depends(tenant_of)):
         return manager.make_dir(tenant, sandbox_id, body.path)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/fs/remove", tags=["files"], status_code=204)
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/remove", tags=["files"], status_code=204,
+              responses=errors(400, 403, 404, 410, 413, 422))
     def remove_file(sandbox_id: str, body: FilePath, tenant=Depends(tenant_of)):
         manager.remove_file(tenant, sandbox_id, body.path)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/fs/rename", tags=["files"])
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/rename", tags=["files"],
+              responses={200: {"model": EntryOut}, **errors(400, 403, 404, 409, 410, 413, 422, 507)})
     def rename_file(sandbox_id: str, body: RenameFile, tenant=Depends(tenant_of)):
         return manager.rename_file(tenant, sandbox_id, body.source, body.target)
 
@@ -342,6 +318,15 @@ def _error(status: int, code: str, message: str, details=None, headers=None) -> 
     return JSONResponse(status_code=status, content={"error": error}, headers=headers)
 
 
+def _field(loc) -> str:
+    """A validation error's field as the request names it: "envs.A", "cmd.0" (without pydantic's own
+    names for the members of a union, such as "function-after[_text(), str]")."""
+    import re
+
+    return ".".join(str(part) for part in loc if part != "body" and (
+        isinstance(part, int) or not re.fullmatch(r"[a-z-]+\[.*\]", str(part))))
+
+
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
@@ -362,8 +347,12 @@ def _error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "invalid_json", "the request body is not valid JSON")
         # Never echo the input back: it may be large, or someone's secret.
-        details = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg", "")}
-                   for e in errors][:20]
+        details: list[dict] = []
+        for e in errors:
+            detail = {"field": _field(e.get("loc", ())), "problem": e.get("msg", "")}
+            if detail not in details:
+                details.append(detail)
+        details = details[:20]
         summary = "; ".join(f"{d['field'] or 'body'}: {d['problem']}" for d in details[:3])
         return _error(422, "invalid_request", summary or "invalid request", details)
 

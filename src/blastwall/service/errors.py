@@ -14,6 +14,7 @@
     ├── PayloadTooLarge                413 payload_too_large
     ├── Unprocessable                  422 invalid_policy, invalid_request
     ├── QuotaExceeded                  429 quota_exceeded
+    ├── InsufficientStorage            507 no_space (the sandbox's disk is full)
     └── Unavailable                    503 sandbox_unavailable, audit_unavailable, shutting_down,
                                            database_unavailable (with Retry-After: nothing was done),
                                            cluster_full (no Ray node has room now; Retry-After)
@@ -26,7 +27,7 @@ never see one.  The SDK maps each code onto its own error classes
 
 from __future__ import annotations
 
-__all__ = ["CODES", "BadRequest", "Conflict", "Forbidden", "Gone", "NotFound", "PayloadTooLarge", "QuotaExceeded", "ServiceError",
+__all__ = ["CODES", "BadRequest", "Conflict", "Forbidden", "Gone", "InsufficientStorage", "NotFound", "PayloadTooLarge", "QuotaExceeded", "ServiceError",
            "Unauthorized", "Unavailable", "Unprocessable"]
 
 
@@ -90,10 +91,14 @@ class Unavailable(ServiceError):
     status, code = 503, "sandbox_unavailable"
 
 
+class InsufficientStorage(ServiceError):
+    status, code = 507, "no_space"
+
+
 def from_answer(error: dict) -> ServiceError:
     """The error a node agent answered with (status, code, message, details, retry_after), as raised here."""
     kind = {cls.status: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Gone, PayloadTooLarge,
-                                        Unprocessable, QuotaExceeded, Unavailable)}.get(error.get("status"), ServiceError)
+                                        Unprocessable, QuotaExceeded, Unavailable, InsufficientStorage)}.get(error.get("status"), ServiceError)
     return kind(str(error.get("message", "")), code=str(error.get("code", "")) or None, details=error.get("details"),
                 retry_after=error.get("retry_after"))
 
@@ -117,4 +122,5 @@ CODES = {
     (429, "quota_exceeded"),
     (500, "internal_error"),
     (503, "sandbox_unavailable"), (503, "audit_unavailable"), (503, "shutting_down"), (503, "database_unavailable"), (503, "cluster_full"),
+    (507, "no_space"),
 }

@@ -43,8 +43,8 @@ from blastwall.service.config import Config, default_pids, host_pid_limit, prepa
 from blastwall.service.ceiling import (SERVICE_TIERS, CeilingExceeded, Resources, TenantPolicyError, format_size,
                                        parse_size, tenant_layer)
 from blastwall.service.database import RETRY_AFTER, DatabaseUnavailable, database_message
-from blastwall.service.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, QuotaExceeded, \
-    ServiceError, Unauthorized, Unavailable, Unprocessable
+from blastwall.service.errors import (BadRequest, Conflict, Forbidden, InsufficientStorage, NotFound, PayloadTooLarge,
+                                     QuotaExceeded, ServiceError, Unauthorized, Unavailable, Unprocessable)
 
 __all__ = ["Config", "Manager", "default_pids", "host_pid_limit", "prepare_data_dir"]
 
@@ -883,7 +883,7 @@ def _file_error(exc) -> ServiceError:
     if exc.code == "exists":
         return Conflict(exc.message, code="file_exists")
     if exc.code == "no_space":
-        return Unavailable(exc.message)
+        return InsufficientStorage(exc.message)
     return BadRequest(exc.message, code="invalid_path")
 
 
