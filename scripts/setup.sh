@@ -64,3 +64,10 @@ fi
 extra="[service]"
 [ "${1:-}" = "test" ] && extra="[service,postgres,cluster,test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+
+# The official MCP SDK, for the tests that drive `blastwall mcp` as a real client would.  Its own
+# environment: its HTTP stack pins h11 >= 0.16, which mitmproxy 11 (the gateway, in .venv) cannot run with.
+if [ "${1:-}" = "test" ]; then
+    [ -x .venv-mcp/bin/python ] || "$PYTHON" -m venv .venv-mcp
+    .venv-mcp/bin/python -m pip install -q --disable-pip-version-check "mcp>=1.9,<2"
+fi

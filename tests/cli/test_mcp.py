@@ -64,9 +64,11 @@ def test_attacks_on_the_server(home, workspace):
         assert client.tool("write_file", path="/etc/blastwall-mcp", content="x")["isError"] is True
         assert client.raw("this is not json")["error"]["code"] == -32700
         assert client.raw('{"jsonrpc": "2.0", "id": 9, "method": 5}')["error"]["code"] == -32600
-        assert client.call("resources/list")["error"]["code"] == -32601
+        assert client.call("prompts/list")["error"]["code"] == -32601
         assert client.call("tools/call", {"name": "rm_rf", "arguments": {}})["error"]["code"] == -32602
-        assert client.call("tools/call", {"name": "run_command", "arguments": {"command": 5}})["error"]["code"] == -32602
+        # A bad argument is a tool error the model can correct, not a protocol error.
+        bad = client.call("tools/call", {"name": "run_command", "arguments": {"command": 5}})["result"]
+        assert bad["isError"] is True and "'command' must be a string" in bad["content"][0]["text"]
         assert client.call("ping")["result"] == {}  # Still serving after all that.
     finally:
         client.close()

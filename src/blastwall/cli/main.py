@@ -627,10 +627,18 @@ def cmd_mcp(parsed) -> int:
     from blastwall.cli.mcp import serve
     from blastwall.client import Sandbox
 
+    from blastwall.client import SandboxError
+
     workspace = os.path.realpath(parsed.get("--workspace") or os.getcwd())
-    # api_url=None: always this machine, whatever BLASTWALL_API_URL says.
-    sandbox = Sandbox.create(tier=parsed.get("--tier"), policy_file=parsed.get("--policy"), workspace=workspace,
-                             api_url=None)
+    try:
+        # api_url=None: always this machine, whatever BLASTWALL_API_URL says.
+        sandbox = Sandbox.create(tier=parsed.get("--tier"), policy_file=parsed.get("--policy"), workspace=workspace,
+                                 api_url=None)
+    except (ContainmentError, SandboxError, OSError) as exc:
+        # The client shows this to its user (every request gets it); an exit would say nothing.
+        message = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename or ''}"
+        _say(f"blastwall mcp: {message}")
+        return serve(None, startup_error=f"blastwall cannot start its sandbox: {message}")
     try:
         return serve(sandbox)
     finally:
