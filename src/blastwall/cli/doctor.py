@@ -140,6 +140,18 @@ def check_runsc() -> list[Check]:
     out.append(Check("container", "images", bool(images),
                      ", ".join(m.get("name", "?") for m in images) or "none built",
                      "" if images else "blastwall image build"))
+    # gVisor of 2022 refuses statx(AT_NO_AUTOMOUNT), which `ls -l` and `stat` pass; images built by this
+    # blastwall preload a layer that clears the flag.  An image built before it (or imported) lacks it.
+    from blastwall.tiers.container.images import has_compat
+
+    built = [m.get("name", "?") for m in images if m.get("source") == "mmdebstrap"]
+    lacking = [name for name in built if not has_compat(name)]
+    if lacking:
+        out.append(Check("container", "statx compatibility", False,
+                         f"image {', '.join(lacking)} lacks it: `ls -l` and `stat` fail on gVisor releases of 2022",
+                         "rebuild: blastwall image build " + lacking[0]))
+    elif built:
+        out.append(Check("container", "statx compatibility", True, "preloaded in every built image"))
     return out
 
 

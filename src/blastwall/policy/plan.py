@@ -954,6 +954,9 @@ def secret_env(name: str) -> bool:
     return any(word in upper for word in _defaults.SECRET_ENV_WORDS)
 
 
+TOOL_HOMES = (("npm_config_cache", "/tmp/.cache/npm"), ("PIP_CACHE_DIR", "/tmp/.cache/pip"))
+
+
 def _environment(policy, host: Host) -> Environment:
     env_policy = policy.environment
     passed = set(env_policy.pass_)
@@ -978,4 +981,9 @@ def _environment(policy, host: Host) -> Environment:
     variables["BLASTWALL_SANDBOX"] = policy.sandbox.tier
     if policy.filesystem.private_tmp:
         variables["TMPDIR"] = "/tmp"
+        # Package caches live under HOME, which is read-only here (the process tier) or the workspace (the
+        # image tiers): they go to the sandbox's private /tmp instead, unless the user's environment or
+        # policy names a place.  Nothing of the user's home is widened.
+        for name, value in TOOL_HOMES:
+            variables.setdefault(name, value)
     return Environment(tuple(sorted(variables.items())), tuple(sorted(dropped)))

@@ -85,14 +85,19 @@ def image_environment(plan, *, home: str, user: str = "user") -> dict[str, str]:
 
     The host's ``LAYOUT_VARIABLES`` name the host's directories and user, which
     are not there: they become the image's (``home``: where the tier puts the
-    user's home).  Every other variable is the plan's, unchanged.  This is the
-    only place a tier departs from the plan's environment.
+    user's home), and git's global config is ``/tmp/.gitconfig`` (the home is
+    the workspace, whose ``.gitconfig`` is protected).  Every other variable is
+    the plan's, unchanged.  This is the only place a tier departs from the
+    plan's environment.
     """
     from blastwall.policy import plan as P
 
     (env_op,) = plan.of(P.Environment)
     env = dict(env_op.variables)
     env.update(PATH=IMAGE_PATH, HOME=home, USER=user, LOGNAME=user)
+    # The home is the workspace, where `.gitconfig` is protected (a placeholder directory git cannot
+    # read): git's global config is a private file instead, as writable as in any fresh machine.
+    env["GIT_CONFIG_GLOBAL"] = "/tmp/.gitconfig"
     return env
 
 

@@ -18,10 +18,14 @@ import time
 from blastwall.errors import EnforcementError, PolicyError
 from blastwall.policy.load import cache_dir
 
-__all__ = ["DEFAULT_IMAGE", "DEFAULT_PACKAGES", "build", "image_dir", "import_image", "list_images", "remove"]
+__all__ = ["COMPAT", "DEFAULT_IMAGE", "DEFAULT_PACKAGES", "build", "has_compat", "image_dir", "import_image", "install_compat",
+           "list_images", "remove"]
 
 DEFAULT_IMAGE = "default"
-DEFAULT_PACKAGES = ("python3", "coreutils", "curl", "git", "ca-certificates")
+# What a code-running agent reaches for: Python with pip and venv, git, curl, the usual tools.
+DEFAULT_PACKAGES = ("python3", "python3-pip", "python3-venv", "coreutils", "curl", "git", "ca-certificates", "procps",
+                    "less", "file", "xz-utils", "unzip")
+COMPAT = "usr/lib/blastwall/statx-compat.so"  # inside the rootfs: see _raw_statx_compat.c
 SUITE = "bookworm"
 
 
@@ -75,11 +79,49 @@ def build(name: str = DEFAULT_IMAGE, packages=DEFAULT_PACKAGES, *, suite: str = 
     if proc.wait() != 0:
         shutil.rmtree(work, ignore_errors=True)
         raise EnforcementError(f"Can't build image {name!r}: mmdebstrap failed:\n  " + "\n  ".join(tail))
+    try:
+        install_compat(os.path.join(work, "rootfs"))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     with open(os.path.join(work, "meta.json"), "w") as f:
         json.dump({"name": name, "suite": suite, "packages": list(packages), "built": time.time(),
-                   "seconds": round(time.monotonic() - started, 1), "source": "mmdebstrap"}, f)
+                   "seconds": round(time.monotonic() - started, 1), "source": "mmdebstrap", "compat": [COMPAT]}, f)
     _replace(work, target)
     return os.path.join(target, "rootfs")
+
+
+def install_compat(root: str) -> None:
+    """Build the statx compatibility layer into the rootfs at ``root`` and preload it (every binary of the
+    image then runs on the old runsc as on a current one); EnforcementError if it cannot be built."""
+    gcc = shutil.which("gcc", path="/usr/bin:/usr/local/bin")
+    if gcc is None:
+        raise EnforcementError("Can't build the image's statx compatibility layer: gcc is not installed",
+                               fix="sudo apt-get install gcc libc6-dev")
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_raw_statx_compat.c")
+    target = os.path.join(root, COMPAT)
+    os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+    result = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", target, source],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise EnforcementError(f"Can't build the image's statx compatibility layer:\n  {result.stderr.strip()[:2000]}")
+    os.chmod(target, 0o644)
+    preload = os.path.join(root, "etc", "ld.so.preload")
+    lines = open(preload).read().split() if os.path.exists(preload) else []
+    if "/" + COMPAT not in lines:
+        with open(preload, "w") as f:
+            f.write("\n".join([*lines, "/" + COMPAT]) + "\n")
+        os.chmod(preload, 0o644)
+
+
+def has_compat(name: str = DEFAULT_IMAGE, environ=os.environ) -> bool:
+    """Whether image ``name`` preloads the statx compatibility layer."""
+    root = os.path.join(image_dir(name, environ), "rootfs")
+    try:
+        with open(os.path.join(root, "etc", "ld.so.preload")) as f:
+            return "/" + COMPAT in f.read().split() and os.path.isfile(os.path.join(root, COMPAT))
+    except OSError:
+        return False
 
 
 def import_image(name: str, source: str, *, environ=os.environ) -> str:
