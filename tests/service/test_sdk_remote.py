@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from blastwall.client import (AsyncSandbox, AuthenticationError, CeilingExceededError, CommandExitError, TimeoutException,
+from blastwall.client import (AsyncSandbox, FileNotFoundException, NotEnoughSpaceException, AuthenticationError, CeilingExceededError, CommandExitError, TimeoutException,
                               InvalidRequestError, QuotaExceededError, RateLimitError, Sandbox, SandboxClosedError,
                               SandboxError, SandboxFileError, SandboxNotFoundError, ServiceError)
 from blastwall.client._errors import error_for
@@ -119,12 +119,14 @@ def test_every_service_error_code_is_mapped():
     for status, code in sorted(CODES):
         error = error_for(status, code, "message")
         assert isinstance(error, SandboxError) and (error.status, error.code) == (status, code)
-        if status >= 500 or code in ("not_found", "method_not_allowed"):
+        if (status >= 500 and code != "no_space") or code in ("not_found", "method_not_allowed"):
             assert type(error) is ServiceError, code
         else:
             assert type(error) is not ServiceError, code
     assert type(error_for(413, "payload_too_large", "m", files=True)) is SandboxFileError
     assert type(error_for(404, "sandbox_not_found", "m")) is SandboxNotFoundError
+    assert type(error_for(507, "no_space", "m", files=True)) is NotEnoughSpaceException
+    assert type(error_for(404, "file_not_found", "m", files=True)) is FileNotFoundException
     assert type(error_for(418, "teapot", "m")) is ServiceError
 
 

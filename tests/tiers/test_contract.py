@@ -122,7 +122,8 @@ def test_a_session_keeps_its_state_between_commands(tier, home, workspace, reque
 @pytest.mark.parametrize("tier", _tiers())
 def test_the_environment_a_command_sees_is_the_plans(tier, home, workspace, request):
     """Every variable of the plan, as the plan has it; a tier with an image of its own sets only
-    PATH, HOME, USER and LOGNAME to its layout (tiers._lifecycle.image_environment)."""
+    PATH, HOME, USER and LOGNAME to its layout, and GIT_CONFIG_GLOBAL to a private file (its home is the
+    workspace, whose .gitconfig is protected; tiers._lifecycle.image_environment)."""
     image_cache = request.getfixturevalue("image_cache") if tier != "process" else None
     with _session(tier, home, workspace, image_cache) as session:
         (env_op,) = session.plan.of(P.Environment)
@@ -131,7 +132,7 @@ def test_the_environment_a_command_sees_is_the_plans(tier, home, workspace, requ
     seen = dict(item.partition("=")[::2] for item in out.split("\0") if item)
     planned = dict(env_op.variables)
     assert planned["BLASTWALL_SANDBOX"] == tier and "HOME" in planned  # The control: a real plan.
-    layout = {"PATH", "HOME", "USER", "LOGNAME"} if tier != "process" else set()
+    layout = {"PATH", "HOME", "USER", "LOGNAME", "GIT_CONFIG_GLOBAL"} if tier != "process" else set()
     kept = ("PWD", "OLDPWD", "SHLVL", "_")  # The working directory's, which bubblewrap and shells keep.
     assert {k: v for k, v in seen.items() if k not in layout and k not in kept} == \
         {k: v for k, v in planned.items() if k not in layout and k not in kept}
@@ -139,3 +140,4 @@ def test_the_environment_a_command_sees_is_the_plans(tier, home, workspace, requ
         assert seen["HOME"] == planned["HOME"] and seen["PATH"] == planned["PATH"]
     else:
         assert seen["USER"] == seen["LOGNAME"] == "user" and seen["PATH"].startswith("/usr/local/sbin:")
+        assert seen["GIT_CONFIG_GLOBAL"] == "/tmp/.gitconfig"

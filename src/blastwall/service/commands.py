@@ -265,9 +265,13 @@ class Command:
         if stdout_from is None and stderr_from is None:
             return self.done.wait(timeout)
         deadline = time.monotonic() + (timeout or 0)
+
+        def has_new() -> bool:  # Only the streams asked about count.
+            return (stdout_from is not None and len(self.stdout) > stdout_from) or \
+                (stderr_from is not None and len(self.stderr) > stderr_from)
+
         with self.changed:
-            while not self.done.is_set() and len(self.stdout) <= (stdout_from or 0) \
-                    and len(self.stderr) <= (stderr_from or 0):
+            while not self.done.is_set() and not has_new():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

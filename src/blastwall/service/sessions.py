@@ -658,7 +658,9 @@ class Manager:
         return {**command.status(), "killed": running}
 
     def send_stdin(self, tenant, sandbox_id: str, command_id: str, data: bytes) -> None:
-        self.command(tenant, sandbox_id, command_id).send_stdin(data)
+        command = self.command(tenant, sandbox_id, command_id)
+        self.audit("stdin", tenant.name, sandbox_id, detail=f"{command.id} {len(data)} bytes")
+        command.send_stdin(data)
 
     def close_stdin(self, tenant, sandbox_id: str, command_id: str) -> None:
         self.command(tenant, sandbox_id, command_id).close_stdin()

@@ -452,16 +452,16 @@ def test_missing_parts_fail_closed_with_a_fix(cli_env, workspace):
 
 
 def test_sdk_keeps_one_warm_vm_per_sandbox_and_kill_removes_it(cli_env, workspace):
-    from blastwall.client import CommandExitError, Sandbox
+    from blastwall.client import Sandbox, TimeoutException
 
     sandbox = Sandbox.create(tier="vm", workspace=str(workspace), environ=cli_env)
     try:
         first = sandbox.commands.run("echo kept > /tmp/state; echo $BLASTWALL_SANDBOX", timeout=300)
         (name,) = _vm_dirs(cli_env)
         later = sandbox.commands.run("cat /tmp/state README.md", timeout=60)  # Same VM: its /tmp is still there.
-        with pytest.raises(CommandExitError) as exc:
+        with pytest.raises(TimeoutException) as exc:
             sandbox.commands.run("sleep 60", timeout=2)
-        assert exc.value.exit_code == 124
+        assert exc.value.result.exit_code == 124
         after = sandbox.commands.run("echo alive", timeout=60)
         assert _vm_dirs(cli_env) == [name]  # One VM for all of it.
     finally:
