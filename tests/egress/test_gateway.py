@@ -374,3 +374,31 @@ def test_no_allow_list_means_no_gateway_and_no_network(home, workspace, scratch,
         assert upstream.requests == []
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_refusals_carry_a_machine_readable_reason(home, workspace, scratch, upstream, gw_state):
+    """A program inside learns why, from a header and a JSON body, on plain HTTP and on a CONNECT tunnel."""
+    shutil.copy(upstream.ca, workspace / "ca.pem")
+    script = (
+        "import json, http.client, os, urllib.parse, urllib.request\n"
+        f"print(urllib.request.urlopen('http://api.test:{upstream.http_port}/hello').status)\n"  # positive control
+        "try:\n"
+        f"    urllib.request.urlopen('http://evil.test:{upstream.http_port}/steal')\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    body = json.loads(e.read())\n"
+        "    print(e.code, e.headers['X-Blastwall-Reason'], body['error']['reason'], body['error']['target'])\n"
+        "    print(e.headers['Proxy-Status'])\n"
+        "proxy = urllib.parse.urlsplit(os.environ['HTTPS_PROXY'])\n"
+        "conn = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=10)\n"
+        "auth = urllib.request.base64.b64encode(f'{proxy.username}:{proxy.password}'.encode()).decode()\n"
+        f"conn.request('CONNECT', 'evil.test:{upstream.https_port}', headers={{'Proxy-Authorization': 'Basic ' + auth}})\n"
+        "r = conn.getresponse()\n"
+        "print(r.status, r.getheader('X-Blastwall-Reason'), json.loads(r.read())['error']['code'])\n")
+    r = run(["run", "--policy", str(policy(scratch)), "--", sys.executable, "-c", script], home=home,
+            workspace=workspace, gw_state=gw_state)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "200", r.stdout + r.stderr
+    assert lines[1] == f"403 not-allowed not-allowed GET evil.test:{upstream.http_port}", r.stdout + r.stderr
+    assert lines[2] == 'blastwall; error=http_request_denied; details="not-allowed"'
+    assert lines[3] == "403 not-allowed egress_refused", r.stdout + r.stderr
+    assert [req for req in upstream.requests if "steal" in str(req)] == []

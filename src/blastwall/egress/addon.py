@@ -63,6 +63,27 @@ def refusal_body(what: str, reason: str, detail: str = "") -> str:
     return text + ("\n" + how if how else "") + "\n"
 
 
+REASON_HEADER = "x-blastwall-reason"
+
+
+def refusal(what: str, reason, detail: str = "") -> tuple[bytes, dict[str, str]]:
+    """A refusal's body and headers, for people and for programs alike.
+
+    The body is JSON: ``{"error": {"code": "egress_refused", "reason": <EgressReason>, "target", "detail",
+    "message", "fix"}}``; ``X-Blastwall-Reason`` carries the reason alone (as Codex's ``x-proxy-error``) and
+    ``Proxy-Status`` (RFC 9209) says the proxy refused it.  The reason is a member of the stable EgressReason
+    enum, so a program can act on it: ask for the host, use another, give up.
+    """
+    import json
+
+    code = str(R(reason))
+    error = {"code": "egress_refused", "reason": code, "target": what, "detail": detail,
+             "message": refusal_body(what, code, detail).strip(), "fix": HOW.get(R(reason), "")}
+    body = (json.dumps({"error": error}, ensure_ascii=True) + "\n").encode()
+    return body, {"content-type": "application/json", "connection": "close", REASON_HEADER: code,
+                  "proxy-status": f'blastwall; error=http_request_denied; details="{code}"'}
+
+
 def _fail_closed(hook):
     """Run a hook; on any error, refuse what it was deciding instead of carrying on."""
 
@@ -170,9 +191,9 @@ class Gatekeeper:
         return True
 
     @staticmethod
-    def _deny_response(flow, status: int, text: str) -> None:
-        flow.response = http.Response.make(status, text.encode(), {"content-type": "text/plain",
-                                                                   "connection": "close"})
+    def _deny_response(flow, status: int, what: str, reason, detail: str = "") -> None:
+        body, headers = refusal(what, reason, detail)
+        flow.response = http.Response.make(status, body, headers)
 
     # -- hooks ----------------------------------------------------------------------
     @_fail_closed
@@ -227,7 +248,7 @@ class Gatekeeper:
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         session = self._session(flow.client_conn)
         if session is None:
-            return self._deny_response(flow, 403, "blastwall: no session\n")
+            return self._deny_response(flow, 403, "the request", R.NO_SESSION)
         if not self._require_credentials(session, flow):
             return None
         host, port = flow.request.host, flow.request.port
@@ -238,7 +259,7 @@ class Gatekeeper:
             verdict = await self._address(session, flow.client_conn.id, host, port)
         if not verdict.allowed:
             self._record(session, host, port, verdict, "connect")
-            return self._deny_response(flow, 403, refusal_body(f"CONNECT {host}:{port}", verdict.reason, verdict.detail))
+            return self._deny_response(flow, 403, f"CONNECT {host}:{port}", verdict.reason, verdict.detail)
         self.registry.set_target(flow.client_conn.id, host, port)
         return None
 
@@ -261,7 +282,7 @@ class Gatekeeper:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         session = self._session(flow.client_conn)
         if session is None:
-            return self._deny_response(flow, 403, "blastwall: no session\n")
+            return self._deny_response(flow, 403, "the request", R.NO_SESSION)
         target = self.registry.target(flow.client_conn.id)
         request = flow.request
         # Strict HTTP in, on every protocol, before anything is decided on a header.
@@ -271,8 +292,7 @@ class Gatekeeper:
         if not form.allowed:
             where = target[0] if target else request.authority or "the request"
             self._record(session, where, target[1] if target else 0, form, "http")
-            return self._deny_response(flow, 400, refusal_body(f"{request.method} to {where}", form.reason,
-                                                               form.detail))
+            return self._deny_response(flow, 400, f"{request.method} to {where}", form.reason, form.detail)
         # The Host header in HTTP/1, the :authority pseudo-header in HTTP/2.
         host_header = flow.request.host_header
         if target is None and isinstance(flow.client_conn.proxy_mode, mode_specs.Socks5Mode):
@@ -281,7 +301,7 @@ class Gatekeeper:
             verdict = await self._decide(session, flow.client_conn.id, host, port)
             if not verdict.allowed:
                 self._record(session, host, port, verdict, "socks")
-                return self._deny_response(flow, 403, refusal_body(f"{host}:{port}", verdict.reason, verdict.detail))
+                return self._deny_response(flow, 403, f"{host}:{port}", verdict.reason, verdict.detail)
             self.registry.set_target(flow.client_conn.id, host, port)
             target = (host, port)
         if target is None and isinstance(flow.client_conn.proxy_mode, mode_specs.TransparentMode):
@@ -292,32 +312,33 @@ class Gatekeeper:
             try:
                 host = _canonical_strict(host_header)
             except ValueError:
-                return self._deny_response(flow, 400, "blastwall: request without a usable Host header\n")
+                return self._deny_response(flow, 400, f"{flow.request.method} to port {port}", R.BAD_HOST_HEADER,
+                                           "no usable Host header")
             verdict = await self._decide(session, flow.client_conn.id, host, port)
             if not verdict.allowed:
                 self._record(session, host, port, verdict, "http")
-                return self._deny_response(flow, 403, refusal_body(f"{flow.request.method} {host}:{port}",
-                                                                   verdict.reason, verdict.detail))
+                return self._deny_response(flow, 403, f"{flow.request.method} {host}:{port}", verdict.reason,
+                                           verdict.detail)
             self.registry.set_target(flow.client_conn.id, host, port)
             flow.request.host = host
             target = (host, port)
         if target is None:
             # An absolute-form request to the HTTP proxy.
             if not isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
-                return self._deny_response(flow, 403, "blastwall: request without a destination\n")
+                return self._deny_response(flow, 403, "the request", R.NO_DESTINATION)
             if not self._require_credentials(session, flow):
                 return None
             host, port = flow.request.host, flow.request.port
             if not names_agree(host, host_header):
                 verdict_reason = R.HOST_MISMATCH
                 session.blocked(host, port, verdict_reason, f"Host: {host_header}")
-                return self._deny_response(flow, 421, refusal_body(f"{host}:{port}", verdict_reason,
-                                                                   f"Host header says {host_header}"))
+                return self._deny_response(flow, 421, f"{host}:{port}", verdict_reason,
+                                           f"Host header says {host_header}")
             verdict = await self._decide(session, flow.client_conn.id, host, port)
             if not verdict.allowed:
                 self._record(session, host, port, verdict, "http")
-                return self._deny_response(flow, 403, refusal_body(f"{flow.request.method} {host}:{port}",
-                                                                   verdict.reason, verdict.detail))
+                return self._deny_response(flow, 403, f"{flow.request.method} {host}:{port}", verdict.reason,
+                                           verdict.detail)
             return self._capabilities(session, flow, host, port)
         # HTTP inside a CONNECT or SOCKS tunnel (plain, or decrypted): the Host
         # header, an absolute-form target and the TLS SNI must all name the
@@ -328,16 +349,15 @@ class Gatekeeper:
                            (R.SNI_MISMATCH, sni)):
             if not names_agree(host, name):
                 session.blocked(host, port, what, f"{name}")
-                return self._deny_response(flow, 421, refusal_body(f"{host}:{port}", what,
-                                                                   f"the request names {name}"))
+                return self._deny_response(flow, 421, f"{host}:{port}", what, f"the request names {name}")
         _canonical_out(request, host, port)
         return self._capabilities(session, flow, host, port)
 
     def _refuse(self, session, flow, host, port, verdict, kind: str = "http") -> None:
         self._record(session, host, port, verdict, kind)
         status = {R.BODY_TOO_LARGE: 413, R.AMBIGUOUS_PATH: 400}.get(verdict.reason, 403)
-        self._deny_response(flow, status, refusal_body(f"{flow.request.method} {host}{flow.request.path[:100]}",
-                                                       verdict.reason, verdict.detail))
+        self._deny_response(flow, status, f"{flow.request.method} {host}{flow.request.path[:100]}",
+                            verdict.reason, verdict.detail)
 
     def _capabilities(self, session, flow: http.HTTPFlow, host: str, port: int) -> None:
         """HTTP rules and credentials for a request the gateway can see."""

@@ -48,6 +48,9 @@ class EgressReason(str, enum.Enum):
     COOKIE_NOT_GRANTED = "cookie-not-granted"
     FOREIGN_CREDENTIAL = "foreign-credential"
     PLACEHOLDER_TO_UNBOUND_HOST = "placeholder-to-unbound-host"
+    # The gateway itself.
+    NO_SESSION = "no-session"  # The connection belongs to no sandbox's session (it ended, or never was).
+    NO_DESTINATION = "no-destination"  # A request that names nowhere to go.
 
     def __str__(self) -> str:
         return self.value
