@@ -100,3 +100,52 @@ def test_a_vm_sandbox_reaches_its_hosts_only_through_its_gateway_session(net):
         svc.call("DELETE", f"/v1/sandboxes/{sid}", key)
     time.sleep(0.5)
     assert svc.leftovers(sandboxes=[sid]) == {} and svc.processes(b"qemu-system-") == {}
+
+
+def test_update_network_narrows_at_once_and_widens_only_within_the_ceiling(net):
+    svc, up = net
+    key = svc.tenant(allow_domains=["api.test", "other.test"])
+    other_key = svc.tenant(allow_domains=["api.test"])
+    sid = svc.create(key, policy={"network": {"allow": ["api.test", "other.test"]}})["id"]
+    bare = svc.create(key)["id"]  # no network at all
+    port = up.http_port
+
+    class fetch:  # noqa: N801 - reads as the command it builds
+        @staticmethod
+        def format(api_path: str, other_path: str) -> str:
+            return (f"curl -sS -m 10 -o /dev/null -w '%{{http_code}} ' http://api.test:{port}/{api_path}; "
+                    f"curl -sS -m 10 -D - -o /dev/null -w '%{{http_code}}' http://other.test:{port}/{other_path}")
+    try:
+        out, err, _ = svc.run(key, sid, fetch.format("a1", "o1"))  # positive control: both reachable
+        assert out.startswith("200 ") and out.endswith("200"), out + err
+        r = svc.call("POST", f"/v1/sandboxes/{sid}/network", key, json={"allow": ["api.test"]})
+        assert r.status_code == 200 and r.json()["network"]["allow"] == ["api.test"], r.text
+        out, err, _ = svc.run(key, sid, fetch.format("a2", "o2"))
+        assert out.startswith("200 ") and out.endswith("403"), out + err
+        assert "x-blastwall-reason: not-allowed" in out.lower(), out  # a reason the agent can act on
+        # Deny wins over allow, at once.
+        r = svc.call("POST", f"/v1/sandboxes/{sid}/network", key, json={"deny": ["api.test"]})
+        assert r.status_code == 200 and r.json()["network"]["deny"] == ["api.test"], r.text
+        out, err, _ = svc.run(key, sid, fetch.format("a3", "o3"))
+        assert out.startswith("403 "), out + err
+        # Widening: within the ceiling (other.test) yes; beyond it no, and nothing changes.
+        r = svc.call("POST", f"/v1/sandboxes/{sid}/network", key, json={"allow": ["api.test", "other.test"]})
+        assert r.status_code == 200, r.text
+        out, err, _ = svc.run(key, sid, fetch.format("a4", "o4"))
+        assert out.endswith("200"), out + err
+        r = svc.call("POST", f"/v1/sandboxes/{sid}/network", key, json={"allow": ["evil.test"]})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "ceiling_exceeded", r.text
+        assert svc.call("GET", f"/v1/sandboxes/{sid}", key).json()["network"]["allow"] == ["api.test", "other.test"]
+        rows = [row for row in svc.audit_rows() if row.get("command") == "network" or "network" in str(row)]
+        assert any("ceiling_exceeded" in str(row) for row in rows) and len(rows) >= 4, rows
+        # Bad input, another tenant, a sandbox without network: refused, nothing changed.
+        for body in ({"allow": "api.test"}, {"allow": [5]}, {"allow": ["bad host"]}, {"nope": []}):
+            assert svc.call("POST", f"/v1/sandboxes/{sid}/network", key, json=body).status_code == 422, body
+        assert svc.call("POST", f"/v1/sandboxes/{sid}/network", other_key, json={"allow": []}).status_code == 404
+        r = svc.call("POST", f"/v1/sandboxes/{bare}/network", key, json={"allow": ["api.test"]})
+        assert r.status_code == 422 and "without network" in r.json()["error"]["message"], r.text
+        paths = [r[1] for r in up.requests]
+        assert {"/a1", "/o1", "/a2", "/o4"} <= set(paths) and not {"/o2", "/a3"} & set(paths), paths
+    finally:
+        svc.call("DELETE", f"/v1/sandboxes/{sid}", key)
+        svc.call("DELETE", f"/v1/sandboxes/{bare}", key)

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 
-from blastwall.client._errors import CommandResult, SandboxFileError, error_for
+from blastwall.client._errors import CommandResult, InvalidRequestError, SandboxFileError, error_for
 
 __all__ = ["LocalBackend", "LocalCommand", "live_backend", "live_backends"]
 
@@ -224,6 +224,7 @@ class LocalBackend:
         self._next_pid = 1
         self._timer: threading.Timer | None = None
         self._killed = False
+        self._network: tuple[list[str], list[str]] | None = None  # update_network's, for every session booted
 
     @classmethod
     def create(cls, *, tier=None, policy_file=None, workspace=None, allow_domains=(), policy=None, resources=None,
@@ -345,6 +346,8 @@ class LocalBackend:
             except BaseException:
                 session.close()
                 raise
+            if self._network is not None:
+                session.update_network(*self._network)
             self._session = session
             return session
 
@@ -458,6 +461,21 @@ class LocalBackend:
         return {"id": self.sandbox_id, "state": "running", "image": self.policy.sandbox.image,
                 "tier": self.policy.sandbox.tier, "created_at": self.created, "expires_at": self.expires,
                 "metadata": dict(self.metadata), "workdir": self.workspace}
+
+    def update_network(self, allow, deny) -> None:
+        """The user's own sandbox: any change is theirs to make (there is no tenant ceiling here)."""
+        from blastwall.errors import ContainmentError
+
+        session = self._live_session()
+        current = self._network or ([h for h in self.policy.network.allow], [])
+        new = (current[0] if allow is None else allow, [*current[1], *(deny or [])])
+        try:
+            session.update_network(*new)
+        except ContainmentError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        except ValueError as exc:
+            raise InvalidRequestError(f"update_network: {exc}") from None
+        self._network = new
 
     def set_timeout(self, ttl: int) -> None:
         """Killed ``ttl`` seconds from now (replacing any timeout set before)."""

@@ -316,6 +316,10 @@ class RemoteBackend:
     def set_timeout(self, ttl: int) -> None:
         self.info = self._client.json("POST", f"{self._base}/timeout", {"ttl": int(ttl)})
 
+    def update_network(self, allow, deny) -> None:
+        body = {key: value for key, value in (("allow", allow), ("deny", deny)) if value is not None}
+        self.info = self._client.json("POST", f"{self._base}/network", body)
+
     def kill(self) -> bool:
         try:
             self._client.call("DELETE", self._base).close()

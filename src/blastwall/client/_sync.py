@@ -536,6 +536,16 @@ class Sandbox:
             raise InvalidRequestError("timeout: expected a whole number of seconds > 0")
         self._open().set_timeout(timeout)
 
+    def update_network(self, allow: list[str] | None = None, deny: list[str] | None = None) -> None:
+        """From now on the sandbox's new requests may reach ``allow`` (it replaces the list; None keeps it)
+        and never ``deny`` (added; deny wins).  Remote: narrowing always works, a host beyond the list only
+        within the tenant's ceiling (CeilingExceededError).  A sandbox created without network has none to
+        change (InvalidRequestError)."""
+        for name, hosts in (("allow", allow), ("deny", deny)):
+            if hosts is not None and (isinstance(hosts, str) or not all(isinstance(h, str) for h in hosts)):
+                raise InvalidRequestError(f"{name}: expected a list of host patterns")
+        self._open().update_network(None if allow is None else list(allow), None if deny is None else list(deny))
+
     def _cwd(self, cwd):
         """A command's working directory: /home/user paths as the workspace's, relative ones under it."""
         if cwd is None:

@@ -167,8 +167,8 @@ class Gatekeeper:
     async def _decide(self, session, client_id, host, port):
         """decide(), plus asking the person when the policy says so.  Cached per connection."""
         cached = self.registry.decided(client_id, host, port)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] == session.generation:  # Decided under the rules in force now.
+            return cached[1]
         verdict = decide(session.rules, host, port)
         if not verdict.allowed and verdict.reason is R.NOT_ALLOWED and session.unlisted == "ask":
             allowed, how = await session.ask(_canonical(host), port, session.ask_timeout)
@@ -178,7 +178,7 @@ class Gatekeeper:
                 self.audit.append(kind="approval", session=session.id, command=session.command, host=str(host),
                                   port=port, decision="allow" if allowed else "deny", rule=verdict.rule,
                                   reason=how)
-        self.registry.remember(client_id, host, port, verdict)
+        self.registry.remember(client_id, host, port, (session.generation, verdict))
         return verdict
 
     def _require_credentials(self, session, flow) -> bool:

@@ -141,6 +141,10 @@ class GatewaySession:
             raise ProtocolError((reply.get("message") or ["error"])[0])
         return reply
 
+    def update_network(self, allow, deny=()) -> None:
+        """Replace the session's allow list and add to its deny list, for new requests at once."""
+        self._call("network", [("allow", host) for host in allow] + [("deny", host) for host in deny])
+
     def summary(self) -> dict | None:
         """What the gateway refused, or None if the gateway is gone."""
         try:

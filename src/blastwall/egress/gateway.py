@@ -55,6 +55,7 @@ class Session:
         self.id = secrets.token_hex(8)
         self.token = secrets.token_urlsafe(24)
         self.rules = rules
+        self.generation = 0  # Raised when the rules change: decisions made before are made again.
         self.command = command
         self.directory = directory
         self.http_rules = list(http_rules)
@@ -75,6 +76,22 @@ class Session:
         self.dns_port: int | None = None
         self._blocked: list[dict] = []
         self.blocked_count = 0
+
+    def update_network(self, allow: list[str], deny: list[str]) -> None:
+        """The hosts new requests may reach from now: ``allow`` replaces the allow list (its HTTP rules'
+        hosts stay only if listed), ``deny`` is added to the deny list.  Whether it may widen is the
+        caller's decision (the service checks the tenant's ceiling); ValueError for a malformed pattern."""
+        import copy
+
+        from blastwall.egress.decide import _split
+        from blastwall.policy.hosts import normalize_host_pattern
+
+        rules = copy.copy(self.rules)
+        rules.allow = tuple(_split(normalize_host_pattern(p)) for p in allow)
+        rules.deny = self.rules.deny + tuple(_split(normalize_host_pattern(p)) for p in deny)
+        self.rules = rules
+        self.answers.clear()  # A person's yes was to the old rules.
+        self.generation += 1
 
     async def ask(self, host: str, port: int, timeout: float) -> tuple[bool, str]:
         """Ask the run process about ``host:port``; one question for parallel identical requests.
@@ -489,6 +506,13 @@ class Gateway:
                     session.answer((fields.get("id") or [""])[0], (fields.get("decision") or [""])[0] == "allow",
                                    (fields.get("scope") or ["once"])[0])
                     continue  # No reply: answers are one-way.
+                elif verb == "network" and session is not None:
+                    try:
+                        session.update_network(fields.get("allow", []), fields.get("deny", []))
+                    except (ValueError, TypeError) as exc:
+                        reply = encode("error", [("message", f"bad rules: {exc}")])
+                    else:
+                        reply = encode("ok", [("generation", str(session.generation))])
                 elif verb == "summary" and session is not None:
                     reply = encode("ok", session.summary_fields())
                 elif verb == "ping":

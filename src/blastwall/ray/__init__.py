@@ -248,6 +248,9 @@ class RayBackend:
     def set_timeout(self, ttl: int) -> None:
         self.info = self._call("set_ttl", int(ttl))
 
+    def update_network(self, allow, deny) -> None:
+        self.info = self._call("update_network", allow, deny)
+
     def kill(self) -> bool:
         from blastwall.client._errors import SandboxNotFoundError
 

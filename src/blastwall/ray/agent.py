@@ -296,6 +296,7 @@ _VERBS = {
     "command": lambda m, t, sid, cid, wait=0, stdout_from=None, stderr_from=None: _wait_status(
         m.command(t, sid, cid), wait, stdout_from, stderr_from),
     "list_commands": lambda m, t, sid: m.list_commands(t, sid),
+    "update_network": lambda m, t, sid, allow, deny: _describe(m.update_network(t, sid, allow, deny)),
     "send_stdin": lambda m, t, sid, cid, data: m.send_stdin(t, sid, cid, data),
     "close_stdin": lambda m, t, sid, cid: m.close_stdin(t, sid, cid),
     "kill_command": lambda m, t, sid, cid: m.kill_command(t, sid, cid),

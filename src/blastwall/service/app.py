@@ -24,7 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from blastwall.service.database import RETRY_AFTER, DatabaseUnavailable, database_message
 from blastwall.service.errors import ServiceError, Unauthorized, Unprocessable
 from blastwall.service.schema import (CommandKilled, CommandList, CommandStarted, CommandStatus, CreateSandbox,
-                                      EntryList, EntryOut, FilePath, FileWritten, Health, MadeDir, RenameFile,
+                                      EntryList, EntryOut, FilePath, FileWritten, Health, MadeDir, NetworkUpdate,
+                                      RenameFile,
                                       RunCommand, SandboxList, SandboxOut, SetTimeout, StdinData, errors,
                                       openapi_security)
 from blastwall.service.store import AuthFailure
@@ -127,6 +128,12 @@ def create_app(manager, store) -> FastAPI:
               responses={200: {"model": SandboxOut}, **errors(400, 403, 404, 410, 413, 422)})
     def set_timeout(sandbox_id: str, body: SetTimeout, tenant=Depends(tenant_of)):
         return manager.set_ttl(tenant, sandbox_id, body.ttl).describe()
+
+    @app.post("/v1/sandboxes/{sandbox_id}/network", tags=["sandboxes"],
+              responses={200: {"model": SandboxOut}, **errors(400, 403, 404, 410, 413, 422)})
+    def update_network(sandbox_id: str, body: NetworkUpdate, tenant=Depends(tenant_of)):
+        """Change what a running sandbox's new requests may reach (E2B's update_network)."""
+        return manager.update_network(tenant, sandbox_id, body.allow, body.deny).describe()
 
     @app.post("/v1/sandboxes/{sandbox_id}/commands", tags=["commands"],
               status_code=200,

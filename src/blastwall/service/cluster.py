@@ -325,6 +325,9 @@ class ClusterManager(Manager):
     def command(self, tenant, sandbox_id: str, command_id: str):
         return _Status(self, tenant, sandbox_id, command_id, self._call(tenant, sandbox_id, "command", command_id))
 
+    def update_network(self, tenant, sandbox_id: str, allow=None, deny=None):
+        return _Described(self._call(tenant, sandbox_id, "update_network", allow, deny))
+
     def list_commands(self, tenant, sandbox_id: str) -> list[dict]:
         return self._call(tenant, sandbox_id, "list_commands")
 

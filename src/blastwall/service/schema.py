@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-__all__ = ["CreateSandbox", "FilePath", "RenameFile", "ResourcesIn", "RunCommand", "SetTimeout", "StdinData",
+__all__ = ["CreateSandbox", "FilePath", "NetworkUpdate", "RenameFile", "ResourcesIn", "RunCommand", "SetTimeout", "StdinData",
            "errors", "openapi_security"]
 
 
@@ -64,6 +64,12 @@ class RunCommand(_Strict):
     user: Text | None = Field(None, description="'user', the sandbox's one user (E2B's argument; 'root' is refused)")
 
 
+class NetworkUpdate(_Strict):
+    allow: list[Text] | None = Field(None, description="the hosts new requests may reach from now (replaces the "
+                                                       "list; beyond it only within the tenant's ceiling)")
+    deny: list[Text] | None = Field(None, description="hosts added to the deny list (deny wins)")
+
+
 class StdinData(_Strict):
     data: Text = Field(..., description="text written to the command's stdin, UTF-8")
 
@@ -92,6 +98,7 @@ class ResourcesOut(BaseModel):
 
 class NetworkOut(BaseModel):
     allow: list[str]
+    deny: list[str] = Field([], description="hosts added by update_network")
 
 
 class SandboxOut(BaseModel):

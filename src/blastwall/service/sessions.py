@@ -80,6 +80,8 @@ class Sandbox:
         self.commands: dict[str, Command] = {}
         self.next_pid = 1  # Commands are numbered per sandbox (E2B's pid), under ``lock``.
         self.metadata: dict[str, str] = {}
+        self.deny: tuple[str, ...] = ()  # Added by update_network (the policy's own deny list is not shown).
+        self.networked = False  # Booted with the gateway (a network namespace whose one way out is it).
         self.on_stopped = None  # Set by the manager: destroy a sandbox that went down by itself.
 
     def check_alive(self) -> bool:
@@ -113,7 +115,7 @@ class Sandbox:
         return {"id": self.id, "state": self.state, "image": self.image, "tier": self.tier,
                 "created_at": self.created, "expires_at": self.expires,
                 "ttl_remaining": max(0, round(self.expires - time.time(), 1)),
-                "resources": self.resources.as_dict(), "network": {"allow": list(self.allow)},
+                "resources": self.resources.as_dict(), "network": {"allow": list(self.allow), "deny": list(self.deny)},
                 "workdir": MOUNT_AT, "metadata": dict(self.metadata)}
 
     def find_command(self, ref: object) -> Command | None:
@@ -493,6 +495,7 @@ class Manager:
         from blastwall.tiers.container.session import ContainerSession
         from blastwall.tiers.vm.session import VmSession
 
+        sandbox.networked = self._policy_has_egress(policy)
         # The row is written first (a reservation, or a spare's): then the workspace.
         os.mkdir(sandbox.workspace, 0o700)
         # Disposable: the workspace dies with the sandbox and the host never runs
@@ -593,6 +596,42 @@ class Manager:
         except DatabaseUnavailable as exc:
             raise _unavailable(exc) from None
         sandbox.expires = expires
+        return sandbox
+
+    def update_network(self, tenant, sandbox_id: str, allow=None, deny=None) -> Sandbox:
+        """New requests of a running sandbox may reach ``allow`` (replacing its list; None: unchanged) and
+        never ``deny`` (added).  Narrowing is always allowed; a host not covered by the sandbox's list is a
+        widening, allowed only within the tenant's ceiling (403 otherwise).  Audited; at once."""
+        from blastwall.errors import ContainmentError
+        from blastwall.service.ceiling import covers
+
+        sandbox = self.get(tenant, sandbox_id)
+        if not sandbox.networked:
+            raise Unprocessable("this sandbox was created without network access, so it has no way out to "
+                                "change; create it with the hosts it may need (network.allow), then narrow them",
+                                code="invalid_request")
+        new_allow = list(sandbox.allow) if allow is None else check_hosts(allow, "allow")
+        added_deny = [] if deny is None else check_hosts(deny, "deny")
+        wider = [h for h in new_allow if not any(covers(granted, h) for granted in sandbox.allow)]
+        beyond = [h for h in wider if not any(covers(grant, h) for grant in tenant.ceiling.allow_domains)]
+        detail = f"allow={','.join(new_allow) or '-'} deny+={','.join(added_deny) or '-'}"
+        if beyond:
+            self.audit("network", tenant.name, sandbox.id, decision="deny", rule="ceiling_exceeded", detail=detail)
+            raise Forbidden(f"network.allow: {beyond[0]!r} is not within the domains allowed for this tenant "
+                            f"(allowed: {', '.join(tenant.ceiling.allow_domains) or 'none'})")
+        with sandbox.lock:
+            self.audit("network", tenant.name, sandbox.id, detail=detail,
+                       reason="widened within the ceiling" if wider else "narrowed")
+            try:
+                sandbox.session.update_network(new_allow, added_deny)
+            except ContainmentError as exc:
+                raise Unprocessable(str(exc), code="invalid_request") from None
+            except (OSError, ValueError) as exc:
+                log.error("sandbox %s: updating its network failed: %r", sandbox.id, exc)
+                raise Unavailable("the gateway did not take the new rules; the operator's log has the cause") \
+                    from None
+            sandbox.allow = tuple(new_allow)
+            sandbox.deny = tuple(dict.fromkeys((*sandbox.deny, *added_deny)))
         return sandbox
 
     # -- commands ----------------------------------------------------------------------------------
@@ -834,6 +873,21 @@ def check_metadata(metadata: object) -> dict[str, str]:
             raise Unprocessable(f"metadata: {str(key)[:64]!r}: keys and values are strings of 1 KiB at most "
                                 "(a key not empty)", code="invalid_request")
     return dict(metadata)
+
+
+def check_hosts(hosts: object, field: str) -> list[str]:
+    """A list of host patterns as the policy's network lists take them (``*.example.com``, ``host:443``)."""
+    from blastwall.policy.hosts import normalize_host_pattern
+
+    if not isinstance(hosts, list) or len(hosts) > 256 or not all(isinstance(h, str) for h in hosts):
+        raise Unprocessable(f"{field}: expected a list of at most 256 host patterns", code="invalid_request")
+    normal = []
+    for host in hosts:
+        try:
+            normal.append(normalize_host_pattern(host))
+        except ValueError as exc:
+            raise Unprocessable(f"{field}: {exc}", code="invalid_request") from None
+    return list(dict.fromkeys(normal))
 
 
 def _user(user: object) -> None:

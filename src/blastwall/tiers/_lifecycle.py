@@ -230,6 +230,22 @@ class SessionBase:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def update_network(self, allow, deny=()) -> None:
+        """From now on new requests may reach ``allow`` (replacing the allow list) and never ``deny`` (added
+        to the deny list).  Whether this widens what the policy granted is the caller's to check first.
+        Unsupported when the sandbox was booted without the gateway (no network at all): its namespace has
+        no way out to give it."""
+        from blastwall.errors import Unsupported
+
+        gateway = self._egress_client()
+        if gateway is None:
+            raise Unsupported("this sandbox was started without network access, so it has no way out to change",
+                              fix="create it with the hosts it may need (network.allow), then narrow them")
+        gateway.update_network(list(allow), list(deny))
+
+    def _egress_client(self):
+        return getattr(self, "_gateway", None)
+
 
 class OneShot(SessionBase):
     """A one-shot sandbox (``prepare``, ``start``, ``wait``, ``kill``, ``close``) as the contract's Session

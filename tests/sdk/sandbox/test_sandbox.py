@@ -56,3 +56,12 @@ def test_bad_create_arguments_are_refused(create, connect_args, kwargs):
     with pytest.raises(InvalidArgumentException):
         create(**kwargs)
     assert {i.sandbox_id for i in Sandbox.list(**connect_args)} == before
+
+
+def test_update_network_on_a_sandbox_without_network_is_refused_clearly(sandbox):
+    with pytest.raises(InvalidArgumentException) as info:
+        sandbox.update_network(allow=["pypi.org"])
+    assert "without network" in str(info.value)
+    with pytest.raises(InvalidArgumentException):
+        sandbox.update_network(allow="pypi.org")  # a string is not a list of hosts
+    assert sandbox.commands.run("echo still").stdout == "still\n"

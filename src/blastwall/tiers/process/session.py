@@ -134,6 +134,9 @@ class ProcessSession(SessionBase):
         self.stopped_because = ""
 
     # The contract's reports, from the sandbox.
+    def _egress_client(self):
+        return self._box._gateway
+
     @property
     def egress_summary(self) -> dict | None:
         return self._box.egress_summary
