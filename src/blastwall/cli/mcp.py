@@ -46,6 +46,7 @@ MAX_LINE = 8 << 20          # bytes of one incoming message
 MAX_OUTPUT = 256 << 10      # bytes of each of a command's streams in a result
 MAX_READ = 1 << 20          # bytes of a file in a result
 MAX_RESOURCES = 500         # files listed as resources
+MAX_RESOURCE_DIRS = 200     # directories looked into for them
 MAX_CONCURRENT = 8          # tool calls served at once; more wait their turn
 PROGRESS_EVERY = 1.0        # seconds between progress notifications
 STARTUP_ERROR = -32002      # the JSON-RPC error of every request when the sandbox could not be set up
@@ -399,11 +400,13 @@ class Server:
 
     # -- resources ------------------------------------------------------------------------------------
     def _resources(self) -> list[dict]:
-        """The workspace's files (breadth first, at most MAX_RESOURCES), as the file tools see them."""
-        found, level = [], [""]
-        while level and len(found) < MAX_RESOURCES:
+        """The workspace's files (breadth first, at most MAX_RESOURCES from MAX_RESOURCE_DIRS directories),
+        as the file tools see them."""
+        found, level, visited = [], [""], 0
+        while level and len(found) < MAX_RESOURCES and visited < MAX_RESOURCE_DIRS:
             below = []
-            for directory in level:
+            for directory in level[:MAX_RESOURCE_DIRS - visited]:
+                visited += 1
                 for entry in self.sandbox.files.list(directory):
                     relative = _relative(self.sandbox.workspace, entry.path)
                     if entry.type == "dir":
