@@ -221,7 +221,8 @@ class Server:
     # -- messages -----------------------------------------------------------------------------------
     def dispatch(self, message: object) -> dict | None:
         """The reply to one message now, or None (a notification, or a tool call answered later)."""
-        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" \
+                or not isinstance(message.get("method"), str):
             return _error(message.get("id") if isinstance(message, dict) else None, -32600, "invalid request")
         method, params = message["method"], message.get("params") or {}
         if "id" not in message:
@@ -350,10 +351,12 @@ class Server:
         except (CommandExitError, TimeoutException) as exc:
             result, failed = exc.result, True
         stdout, stderr = "".join(streams["stdout"]), "".join(streams["stderr"])
-        mark = f"\n[... truncated at {MAX_OUTPUT} bytes]" if truncated else ""
+        mark = f"\n[... truncated at {MAX_OUTPUT} bytes]"
+        out_mark = mark if truncated and kept["stdout"] >= MAX_OUTPUT else ""
+        err_mark = mark if truncated and kept["stderr"] >= MAX_OUTPUT else ""
         text = (("timed out: killed after its timeout\n" if result.timed_out else "")
-                + f"exit code: {result.exit_code}\n--- stdout ---\n{stdout}{mark if kept['stdout'] >= MAX_OUTPUT else ''}"
-                + f"\n--- stderr ---\n{stderr}{mark if kept['stderr'] >= MAX_OUTPUT else ''}")
+                + f"exit code: {result.exit_code}\n--- stdout ---\n{stdout}{out_mark}"
+                + f"\n--- stderr ---\n{stderr}{err_mark}")
         return _text(text, is_error=failed, structured={"exit_code": result.exit_code, "stdout": stdout,
                                                         "stderr": stderr, "timed_out": result.timed_out,
                                                         "truncated": truncated})

@@ -12,7 +12,8 @@ import json
 import time
 from urllib.parse import quote
 
-from blastwall.client._errors import CommandResult, InvalidRequestError, SandboxFileError, SandboxNotFoundError, ServiceError, error_for
+from blastwall.client._errors import (CommandResult, InvalidRequestError, SandboxFileError, SandboxNotFoundError,
+                                      ServiceError, error_for)
 
 __all__ = ["PolledCommand", "RemoteBackend", "list_sandboxes"]
 
@@ -232,8 +233,8 @@ class RemoteBackend:
         base = f"{self._base}/commands/{quote(str(command_id), safe='')}"
 
         def status(wait, stdout_from, stderr_from):
-            return self._client.json("GET", f"{base}?wait={wait:g}&stdout_from={stdout_from}&stderr_from={stderr_from}",
-                                     timeout=wait + REQUEST_TIMEOUT)
+            query = f"wait={wait:g}&stdout_from={stdout_from}&stderr_from={stderr_from}"
+            return self._client.json("GET", f"{base}?{query}", timeout=wait + REQUEST_TIMEOUT)
 
         return PolledCommand(command_id, pid, status=status,
                              kill=lambda: self._client.json("POST", f"{base}/kill"),

@@ -27,8 +27,8 @@ never see one.  The SDK maps each code onto its own error classes
 
 from __future__ import annotations
 
-__all__ = ["CODES", "BadRequest", "Conflict", "Forbidden", "Gone", "InsufficientStorage", "NotFound", "PayloadTooLarge", "QuotaExceeded", "ServiceError",
-           "Unauthorized", "Unavailable", "Unprocessable"]
+__all__ = ["CODES", "BadRequest", "Conflict", "Forbidden", "Gone", "InsufficientStorage", "NotFound", "PayloadTooLarge",
+           "QuotaExceeded", "ServiceError", "Unauthorized", "Unavailable", "Unprocessable"]
 
 
 class ServiceError(Exception):
@@ -97,8 +97,9 @@ class InsufficientStorage(ServiceError):
 
 def from_answer(error: dict) -> ServiceError:
     """The error a node agent answered with (status, code, message, details, retry_after), as raised here."""
-    kind = {cls.status: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Gone, PayloadTooLarge,
-                                        Unprocessable, QuotaExceeded, Unavailable, InsufficientStorage)}.get(error.get("status"), ServiceError)
+    classes = (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Gone, PayloadTooLarge, Unprocessable,
+               QuotaExceeded, Unavailable, InsufficientStorage)
+    kind = {cls.status: cls for cls in classes}.get(error.get("status"), ServiceError)
     return kind(str(error.get("message", "")), code=str(error.get("code", "")) or None, details=error.get("details"),
                 retry_after=error.get("retry_after"))
 

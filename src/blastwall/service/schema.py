@@ -13,8 +13,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-__all__ = ["CreateSandbox", "FilePath", "NetworkUpdate", "RenameFile", "ResourcesIn", "RunCommand", "SetTimeout", "StdinData",
-           "errors", "openapi_security"]
+__all__ = ["CreateSandbox", "FilePath", "NetworkUpdate", "RenameFile", "ResourcesIn", "RunCommand", "SetTimeout",
+           "StdinData", "errors", "openapi_security"]
 
 
 def _text(value: str) -> str:
@@ -43,7 +43,8 @@ class ResourcesIn(_Strict):
 class CreateSandbox(_Strict):
     image: Text | None = Field(None, max_length=64, description="image name (default: the tenant's first)")
     template: Text | None = Field(None, max_length=64, description="E2B's name for image")
-    tier: Text | None = Field(None, description="'container' (the default) or 'vm', where the tenant's ceiling allows it")
+    tier: Text | None = Field(None, description="'container' (the default) or 'vm', where the tenant's ceiling "
+                                                "allows it")
     policy: Text | dict | None = Field(None, description="a policy layer: TOML text or the same as a JSON object")
     resources: ResourcesIn | None = None
     ttl: int | None = Field(None, description="seconds until the sandbox is destroyed (default 300)")

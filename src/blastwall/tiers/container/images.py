@@ -18,8 +18,8 @@ import time
 from blastwall.errors import EnforcementError, PolicyError
 from blastwall.policy.load import cache_dir
 
-__all__ = ["COMPAT", "DEFAULT_IMAGE", "DEFAULT_PACKAGES", "build", "has_compat", "image_dir", "import_image", "install_compat",
-           "list_images", "remove"]
+__all__ = ["COMPAT", "DEFAULT_IMAGE", "DEFAULT_PACKAGES", "build", "has_compat", "image_dir", "import_image",
+           "install_compat", "list_images", "remove"]
 
 DEFAULT_IMAGE = "default"
 # What a code-running agent reaches for: Python with pip and venv, git, curl, the usual tools.
