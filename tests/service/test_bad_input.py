@@ -327,3 +327,43 @@ def test_a_bug_answers_500_without_its_details(scratch):
         server.should_exit = True
         thread.join(timeout=10)
         logging.getLogger("blastwall.service").removeHandler(handler)
+
+
+@requires_gvisor
+def test_stdin_floods_and_huge_command_ids_harm_no_one(service):
+    """A command that never reads its stdin, flooded by its tenant: each write is answered within seconds
+    (one at a time per command, a few per tenant), and another tenant is served meanwhile."""
+    import concurrent.futures
+
+    key, other = service.tenant(), service.tenant()
+    sid = service.create(key)["id"]
+    theirs = service.create(other)["id"]
+    try:
+        started = service.call("POST", f"/v1/sandboxes/{sid}/commands", key,
+                               json={"cmd": "sleep 120", "background": True, "stdin": True, "timeout": 120})
+        cid = started.json()["id"]
+        data = "x" * 70000  # more than a pipe holds
+
+        def write(_):
+            t = time.monotonic()
+            r = service.call("POST", f"/v1/sandboxes/{sid}/commands/{cid}/stdin", key, json={"data": data},
+                             timeout=60)
+            return r.status_code, time.monotonic() - t
+
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            flood = [pool.submit(write, i) for i in range(80)]
+            time.sleep(1.0)
+            t = time.monotonic()
+            r = service.call("GET", f"/v1/sandboxes/{theirs}", other, timeout=30)
+            assert r.status_code == 200 and time.monotonic() - t < 3.0  # the other tenant is served
+            results = [f.result() for f in flood]
+        assert {status for status, _ in results} <= {204, 409, 429}, results
+        assert max(took for _, took in results) < 10.0, results
+        assert any(status in (409, 429) for status, _ in results)  # refused at once, not queued
+        huge = "9" * 5000
+        for method, suffix in (("GET", ""), ("POST", "/kill"), ("POST", "/stdin/close")):
+            r = service.call(method, f"/v1/sandboxes/{sid}/commands/{huge}{suffix}", key)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "command_not_found", (method, r.text)
+    finally:
+        service.call("DELETE", f"/v1/sandboxes/{sid}", key)
+        service.call("DELETE", f"/v1/sandboxes/{theirs}", other)

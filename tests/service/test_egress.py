@@ -149,3 +149,85 @@ def test_update_network_narrows_at_once_and_widens_only_within_the_ceiling(net):
     finally:
         svc.call("DELETE", f"/v1/sandboxes/{sid}", key)
         svc.call("DELETE", f"/v1/sandboxes/{bare}", key)
+
+
+KEEP_ALIVE = r'''
+import base64, os, socket, struct, sys, time, urllib.parse
+kind, port = sys.argv[1], int(sys.argv[2])
+proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+user, password = urllib.parse.unquote(proxy.username), urllib.parse.unquote(proxy.password)
+auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+
+def ask(s, path, absolute):
+    target = f"http://api.test:{port}{path}" if absolute else path
+    extra = f"Proxy-Authorization: Basic {auth}\r\n" if absolute else ""
+    s.sendall(f"GET {target} HTTP/1.1\r\nHost: api.test:{port}\r\n{extra}\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            return "closed"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head.split(b" ")[1].decode()
+
+if kind == "socks":
+    socks = urllib.parse.urlsplit(os.environ["BLASTWALL_SOCKS_PROXY"])
+    s = socket.create_connection((socks.hostname, socks.port), timeout=10)
+    s.sendall(b"\x05\x01\x02"); s.recv(2)
+    u, p = urllib.parse.unquote(socks.username).encode(), urllib.parse.unquote(socks.password).encode()
+    s.sendall(b"\x01" + bytes([len(u)]) + u + bytes([len(p)]) + p); s.recv(2)
+    s.sendall(b"\x05\x01\x00\x03\x08api.test" + struct.pack(">H", port)); s.recv(10)
+    absolute = False
+else:
+    s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
+    absolute = kind == "http"
+    if kind == "connect":
+        s.sendall(f"CONNECT api.test:{port} HTTP/1.1\r\nHost: api.test:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+        s.recv(65536)
+print("before", ask(s, f"/{kind}-before", absolute), flush=True)
+while not os.path.exists(f"/tmp/go-{kind}"):
+    time.sleep(0.1)
+try:
+    print("after", ask(s, f"/{kind}-after", absolute), flush=True)
+except OSError as exc:
+    print("after", type(exc).__name__, flush=True)
+'''
+
+
+def test_update_network_narrows_connections_already_open(net):
+    """A keep-alive connection opened before the change -- through the HTTP proxy, a CONNECT tunnel, SOCKS5 --
+    gets no further request to a host the change took away."""
+    svc, up = net
+    key = svc.tenant(allow_domains=["api.test"])
+    sid = svc.create(key, policy={"network": {"allow": ["api.test"]}})["id"]
+    port = up.http_port
+    try:
+        svc.run(key, sid, f"cat > /tmp/keep.py <<'EOF'\n{KEEP_ALIVE}\nEOF")
+        handles = {}
+        for kind in ("http", "connect", "socks"):
+            r = svc.call("POST", f"/v1/sandboxes/{sid}/commands", key,
+                         json={"cmd": f"python3 /tmp/keep.py {kind} {port}", "background": True, "timeout": 60})
+            handles[kind] = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+                "before" in svc.call("GET", f"/v1/sandboxes/{sid}/commands/{cid}", key).json()["stdout"]
+                for cid in handles.values()):
+            time.sleep(0.3)
+        assert svc.call("POST", f"/v1/sandboxes/{sid}/network", key, json={"deny": ["api.test"]}).status_code == 200
+        svc.run(key, sid, "touch /tmp/go-http /tmp/go-connect /tmp/go-socks")
+        outputs = {kind: svc.call("GET", f"/v1/sandboxes/{sid}/commands/{cid}?wait=30", key).json()["stdout"]
+                   for kind, cid in handles.items()}
+        paths = [r[1] for r in up.requests]
+        for kind, out in outputs.items():
+            assert "before 200" in out, (kind, out)  # positive control: the connection worked before
+            assert f"/{kind}-before" in paths and f"/{kind}-after" not in paths, (kind, out, paths)
+            assert "after 200" not in out, (kind, out)
+    finally:
+        svc.call("DELETE", f"/v1/sandboxes/{sid}", key)

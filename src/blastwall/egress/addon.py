@@ -350,6 +350,12 @@ class Gatekeeper:
             if not names_agree(host, name):
                 session.blocked(host, port, what, f"{name}")
                 return self._deny_response(flow, 421, f"{host}:{port}", what, f"the request names {name}")
+        # Each request in a tunnel is decided again under the rules in force now: update_network narrows a
+        # connection opened before it too (the verdict is cached per connection and rules generation).
+        verdict = await self._decide(session, flow.client_conn.id, host, port)
+        if not verdict.allowed:
+            self._record(session, host, port, verdict, "http")
+            return self._deny_response(flow, 403, f"{request.method} {host}:{port}", verdict.reason, verdict.detail)
         _canonical_out(request, host, port)
         return self._capabilities(session, flow, host, port)
 

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blastwall.service.database import RETRY_AFTER, DatabaseUnavailable, database_message
-from blastwall.service.errors import ServiceError, Unauthorized, Unprocessable
+from blastwall.service.errors import QuotaExceeded, ServiceError, Unauthorized, Unprocessable
 from blastwall.service.schema import (CommandKilled, CommandList, CommandStarted, CommandStatus, CreateSandbox,
                                       EntryList, EntryOut, FilePath, FileWritten, Health, MadeDir, NetworkUpdate,
                                       RenameFile,
@@ -36,6 +36,7 @@ log = logging.getLogger("blastwall.service")
 
 JSON_BODY_LIMIT = 1 << 20
 MAX_WAITS_PER_TENANT = 8      # long polls (commands/{id}?wait=) one tenant may hold at once
+MAX_STDIN_PER_TENANT = 8      # stdin writes (each may wait for its command to read) one tenant may hold at once
 
 
 class _Waits:
@@ -73,6 +74,7 @@ def create_app(manager, store) -> FastAPI:
     app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT, upload_limit=manager.config.max_upload)
     _error_handlers(app)
     waits = _Waits(MAX_WAITS_PER_TENANT)
+    writes = _Waits(MAX_STDIN_PER_TENANT)
     generate = app.openapi
 
     def openapi() -> dict:
@@ -171,13 +173,16 @@ def create_app(manager, store) -> FastAPI:
         return command.status(stdout_from=stdout_from or 0, stderr_from=stderr_from or 0)
 
     @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/stdin", status_code=204, tags=["commands"],
-              responses=errors(400, 404, 409, 410, 413, 422))
+              responses=errors(400, 404, 409, 410, 413, 422, 429))
     def send_stdin(sandbox_id: str, command_id: str, body: StdinData, tenant=Depends(tenant_of)):
         try:
             data = body.data.encode()
         except UnicodeEncodeError:  # A lone surrogate (\udc80) is JSON but not text.
             raise Unprocessable("data: not valid text (a lone surrogate)", code="invalid_request") from None
-        manager.send_stdin(tenant, sandbox_id, command_id, data)
+        with writes.slot(tenant.name) as granted:  # Each write may hold a worker thread for a while.
+            if not granted:
+                raise QuotaExceeded(f"this tenant already has {MAX_STDIN_PER_TENANT} stdin writes in progress")
+            manager.send_stdin(tenant, sandbox_id, command_id, data)
         return Response(status_code=204)
 
     @app.post("/v1/sandboxes/{sandbox_id}/commands/{command_id}/stdin/close", status_code=204, tags=["commands"],

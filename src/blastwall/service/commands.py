@@ -25,7 +25,7 @@ MAX_ENV_VALUE = 64 << 10
 KILL_GRACE = 5.0              # seconds to wait for a killed command's runsc exec
 QUIET_AFTER_EXIT = 1.0        # seconds of silence after which a finished command's open pipes are let go
 QUIET_AFTER_KILL = 0.1        # the same for a command we killed (its timeout, or a kill): it is over
-STDIN_WAIT = 5.0              # seconds a write to a command's stdin may wait for the command to read
+STDIN_WAIT = 2.0              # seconds a write to a command's stdin may wait for the command to read
 SHELL = "/bin/bash"           # what runs a command given as a string (E2B's shell; every image has it)
 
 
@@ -236,8 +236,12 @@ class Command:
 
     # stdin: a background command started with ``stdin=True`` reads what is sent here.
     def send_stdin(self, data: bytes) -> None:
-        """Write all of ``data`` to the command's stdin, waiting at most STDIN_WAIT for it to read."""
-        with self._stdin_lock:
+        """Write all of ``data`` to the command's stdin, waiting at most STDIN_WAIT for it to read.  One write
+        at a time: another one meanwhile is refused at once (``stdin_full``), never queued behind it."""
+        if not self._stdin_lock.acquire(blocking=False):
+            raise Conflict("another write to this command's stdin is in progress; send again when it returns",
+                           code="stdin_full")
+        try:
             if self._stdin is None:
                 raise Conflict("this command's stdin is closed (or it was started without stdin=true)",
                                code="stdin_closed")
@@ -253,6 +257,8 @@ class Command:
                     select.select([], [self._stdin], [], left)
                 except BrokenPipeError:
                     raise Conflict("the command closed its stdin", code="stdin_closed") from None
+        finally:
+            self._stdin_lock.release()
 
     def close_stdin(self) -> None:
         with self._stdin_lock:

@@ -124,8 +124,9 @@ class Sandbox:
             return None
         with self.lock:
             found = self.commands.get(ref) if isinstance(ref, str) else None
-            if found is None and str(ref).isdigit():
-                found = next((c for c in self.commands.values() if c.pid == int(ref)), None)
+            digits = str(ref)
+            if found is None and digits.isascii() and digits.isdigit() and len(digits) <= 9:
+                found = next((c for c in self.commands.values() if c.pid == int(digits)), None)
         return found
 
 
