@@ -152,7 +152,7 @@ def test_update_network_narrows_at_once_and_widens_only_within_the_ceiling(net):
 
 
 KEEP_ALIVE = r'''
-import base64, os, socket, struct, sys, time, urllib.parse
+import base64, os, socket, ssl, struct, sys, time, urllib.parse
 kind, port = sys.argv[1], int(sys.argv[2])
 proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
 user, password = urllib.parse.unquote(proxy.username), urllib.parse.unquote(proxy.password)
@@ -188,9 +188,11 @@ if kind == "socks":
 else:
     s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
     absolute = kind == "http"
-    if kind == "connect":
+    if kind in ("connect", "tls"):
         s.sendall(f"CONNECT api.test:{port} HTTP/1.1\r\nHost: api.test:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
         s.recv(65536)
+    if kind == "tls":  # not decrypted by the gateway (no grants): a tunnel it never looks into again
+        s = ssl.create_default_context(cafile="/home/user/ca.pem").wrap_socket(s, server_hostname="api.test")
 print("before", ask(s, f"/{kind}-before", absolute), flush=True)
 while not os.path.exists(f"/tmp/go-{kind}"):
     time.sleep(0.1)
@@ -202,18 +204,21 @@ except OSError as exc:
 
 
 def test_update_network_narrows_connections_already_open(net):
-    """A keep-alive connection opened before the change -- through the HTTP proxy, a CONNECT tunnel, SOCKS5 --
-    gets no further request to a host the change took away."""
+    """A keep-alive connection opened before the change -- through the HTTP proxy, a CONNECT tunnel (plain, and
+    TLS the gateway does not decrypt), SOCKS5 -- gets no further request to a host the change took away."""
     svc, up = net
     key = svc.tenant(allow_domains=["api.test"])
     sid = svc.create(key, policy={"network": {"allow": ["api.test"]}})["id"]
     port = up.http_port
     try:
         svc.run(key, sid, f"cat > /tmp/keep.py <<'EOF'\n{KEEP_ALIVE}\nEOF")
+        with open(up.ca, "rb") as f:
+            assert svc.call("PUT", f"/v1/sandboxes/{sid}/files/ca.pem", key, data=f.read()).status_code == 200
         handles = {}
-        for kind in ("http", "connect", "socks"):
+        for kind in ("http", "connect", "socks", "tls"):
+            where = up.https_port if kind == "tls" else port
             r = svc.call("POST", f"/v1/sandboxes/{sid}/commands", key,
-                         json={"cmd": f"python3 /tmp/keep.py {kind} {port}", "background": True, "timeout": 60})
+                         json={"cmd": f"python3 /tmp/keep.py {kind} {where}", "background": True, "timeout": 60})
             handles[kind] = r.json()["id"]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(
@@ -221,7 +226,7 @@ def test_update_network_narrows_connections_already_open(net):
                 for cid in handles.values()):
             time.sleep(0.3)
         assert svc.call("POST", f"/v1/sandboxes/{sid}/network", key, json={"deny": ["api.test"]}).status_code == 200
-        svc.run(key, sid, "touch /tmp/go-http /tmp/go-connect /tmp/go-socks")
+        svc.run(key, sid, "touch /tmp/go-http /tmp/go-connect /tmp/go-socks /tmp/go-tls")
         outputs = {kind: svc.call("GET", f"/v1/sandboxes/{sid}/commands/{cid}?wait=30", key).json()["stdout"]
                    for kind, cid in handles.items()}
         paths = [r[1] for r in up.requests]

@@ -167,8 +167,8 @@ class Gatekeeper:
     async def _decide(self, session, client_id, host, port):
         """decide(), plus asking the person when the policy says so.  Cached per connection."""
         cached = self.registry.decided(client_id, host, port)
-        if cached is not None and cached[0] == session.generation:  # Decided under the rules in force now.
-            return cached[1]
+        if cached is not None:
+            return cached
         verdict = decide(session.rules, host, port)
         if not verdict.allowed and verdict.reason is R.NOT_ALLOWED and session.unlisted == "ask":
             allowed, how = await session.ask(_canonical(host), port, session.ask_timeout)
@@ -178,7 +178,7 @@ class Gatekeeper:
                 self.audit.append(kind="approval", session=session.id, command=session.command, host=str(host),
                                   port=port, decision="allow" if allowed else "deny", rule=verdict.rule,
                                   reason=how)
-        self.registry.remember(client_id, host, port, (session.generation, verdict))
+        self.registry.remember(client_id, host, port, verdict)
         return verdict
 
     def _require_credentials(self, session, flow) -> bool:
@@ -350,12 +350,6 @@ class Gatekeeper:
             if not names_agree(host, name):
                 session.blocked(host, port, what, f"{name}")
                 return self._deny_response(flow, 421, f"{host}:{port}", what, f"the request names {name}")
-        # Each request in a tunnel is decided again under the rules in force now: update_network narrows a
-        # connection opened before it too (the verdict is cached per connection and rules generation).
-        verdict = await self._decide(session, flow.client_conn.id, host, port)
-        if not verdict.allowed:
-            self._record(session, host, port, verdict, "http")
-            return self._deny_response(flow, 403, f"{request.method} {host}:{port}", verdict.reason, verdict.detail)
         _canonical_out(request, host, port)
         return self._capabilities(session, flow, host, port)
 

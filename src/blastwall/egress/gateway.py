@@ -55,7 +55,7 @@ class Session:
         self.id = secrets.token_hex(8)
         self.token = secrets.token_urlsafe(24)
         self.rules = rules
-        self.generation = 0  # Raised when the rules change: decisions made before are made again.
+        self.connections: set = set()  # The session's open proxy connections (their writers), by _relay.
         self.command = command
         self.directory = directory
         self.http_rules = list(http_rules)
@@ -77,21 +77,34 @@ class Session:
         self._blocked: list[dict] = []
         self.blocked_count = 0
 
-    def update_network(self, allow: list[str], deny: list[str]) -> None:
-        """The hosts new requests may reach from now: ``allow`` replaces the allow list (its HTTP rules'
+    def update_network(self, allow: list[str], deny: list[str]) -> int:
+        """The hosts the session may reach from now: ``allow`` replaces the allow list (its HTTP rules'
         hosts stay only if listed), ``deny`` is added to the deny list.  Whether it may widen is the
-        caller's decision (the service checks the tenant's ceiling); ValueError for a malformed pattern."""
+        caller's decision (the service checks the tenant's ceiling); ValueError for a malformed pattern.
+
+        A change that takes anything away closes every open connection of the session: a connection
+        is decided when it opens (and a TLS tunnel that is not decrypted, a WebSocket, raw TCP are never
+        looked into again), so only closing it makes the change hold at once.  Clients reconnect and
+        are decided under the new rules.  The number of connections closed."""
         import copy
 
         from blastwall.egress.decide import _split
         from blastwall.policy.hosts import normalize_host_pattern
 
+        new_allow = [normalize_host_pattern(p) for p in allow]
+        new_deny = [normalize_host_pattern(p) for p in deny]
+        narrower = bool(new_deny) or any(old[2] not in new_allow for old in self.rules.allow)
         rules = copy.copy(self.rules)
-        rules.allow = tuple(_split(normalize_host_pattern(p)) for p in allow)
-        rules.deny = self.rules.deny + tuple(_split(normalize_host_pattern(p)) for p in deny)
+        rules.allow = tuple(_split(p) for p in new_allow)
+        rules.deny = self.rules.deny + tuple(_split(p) for p in new_deny)
         self.rules = rules
+        if not narrower:
+            return 0
         self.answers.clear()  # A person's yes was to the old rules.
-        self.generation += 1
+        open_now = list(self.connections)
+        for writer in open_now:
+            writer.transport.abort()
+        return len(open_now)
 
     async def ask(self, host: str, port: int, timeout: float) -> tuple[bool, str]:
         """Ask the run process about ``host:port``; one question for parallel identical requests.
@@ -457,9 +470,11 @@ class Gateway:
         self._serial = (getattr(self, "_serial", 0) + 1) % (1 << 31)
         number = self._serial
         self.registry.bind_port(kind, number, session)
+        session.connections.add(writer)  # update_network closes it if the rules narrow.
         try:
             await self.instances[kind].handle_stream(reader, _SessionWriter(writer, number))
         finally:
+            session.connections.discard(writer)
             self.registry.unbind_port(kind, number)
             writer.close()
 
@@ -508,11 +523,11 @@ class Gateway:
                     continue  # No reply: answers are one-way.
                 elif verb == "network" and session is not None:
                     try:
-                        session.update_network(fields.get("allow", []), fields.get("deny", []))
+                        closed = session.update_network(fields.get("allow", []), fields.get("deny", []))
                     except (ValueError, TypeError) as exc:
                         reply = encode("error", [("message", f"bad rules: {exc}")])
                     else:
-                        reply = encode("ok", [("generation", str(session.generation))])
+                        reply = encode("ok", [("closed", str(closed))])
                 elif verb == "summary" and session is not None:
                     reply = encode("ok", session.summary_fields())
                 elif verb == "ping":
