@@ -84,5 +84,5 @@ def test_a_broken_policy_is_a_clear_error_for_the_client(home, workspace, tmp_pa
     broken = tmp_path / "broken.toml"
     broken.write_text("[network\nallow = 5\n")
     seen = client("startup", home, workspace, "--policy", str(broken))
-    assert seen["initialize_error"] == -32002
+    assert seen["initialize_error"] == -32000
     assert "cannot start" in seen["message"] and "broken.toml" in seen["message"]

@@ -49,7 +49,8 @@ MAX_RESOURCES = 500         # files listed as resources
 MAX_RESOURCE_DIRS = 200     # directories looked into for them
 MAX_CONCURRENT = 8          # tool calls served at once; more wait their turn
 PROGRESS_EVERY = 1.0        # seconds between progress notifications
-STARTUP_ERROR = -32002      # the JSON-RPC error of every request when the sandbox could not be set up
+STARTUP_ERROR = -32000      # every request's JSON-RPC error when the sandbox could not be set up (-32002 is MCP's
+                            # "resource not found")
 
 
 def _paths(*names: str) -> dict:
